@@ -1,0 +1,17 @@
+"""fastbp: JIT-compiled backpropagation for multilayer perceptrons.
+
+Three layers: ``fastbp.reference`` (the NumPy oracle), ``fastbp.kernels`` (compiled
+CPU and CUDA kernels) and the API below (``MLP``, optimizers, schedules, gradcheck).
+"""
+
+from .gradcheck import GradcheckReport, gradcheck
+from .network import MLP
+from .optimizers import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, Nesterov,
+                         Optimizer, RMSprop, Schedule, StepDecay)
+from .training import History
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
+           "Nesterov", "RMSprop", "Adam", "Schedule", "Constant", "StepDecay", "ExponentialDecay",
+           "InverseScaling", "__version__"]

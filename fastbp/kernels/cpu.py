@@ -1,0 +1,440 @@
+"""CPU kernels (Numba ``@njit``): the compiled core of fastbp.
+
+Three fused kernel families, as in ``reference.py`` but over the flat buffers
+of ``layout.py``:
+
+* :func:`forward_layer` — z = a·W + b and a = f(z): one GEMM (BLAS through
+  Numba's ``np.dot`` into a preallocated output) and one epilogue pass that adds
+  the bias and applies the activation;
+* :func:`backprop_delta` — δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}): one GEMM and an
+  epilogue that multiplies by the derivative;
+* :func:`update_params` — gradient + L1/L2 + clipping + optimizer step in one
+  pass over the flat parameter vector.
+
+Plus :func:`output_delta` (loss and δ^L, softmax–cross-entropy and
+sigmoid–binary-cross-entropy fused and computed stably from the logits) and the
+drivers :func:`train_epoch` (gather each batch through a permutation, forward,
+loss, backward, update — a whole epoch in one compiled call), :func:`loss_and_gradient`
+and :func:`predict`.
+
+Conventions: the 1/B of the batch mean is folded into δ^L, so dW = a^{l-1ᵀ}δ^l
+and db = Σ δ^l need no further scaling. Nothing here allocates per batch: every
+buffer comes from the caller (see ``fastbp.training.Workspace``). Functions are
+compiled once per dtype (float32, float64); activations, losses and optimizers
+are integer codes from ``fastbp.spec`` branched on outside the inner loops.
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import spec
+
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
+    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
+MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
+OPT_SGD, OPT_MOMENTUM, OPT_NESTEROV, OPT_RMSPROP, OPT_ADAM = (
+    spec.OPT_SGD, spec.OPT_MOMENTUM, spec.OPT_NESTEROV, spec.OPT_RMSPROP, spec.OPT_ADAM)
+H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
+    spec.H_LR, spec.H_MOMENTUM, spec.H_BETA2, spec.H_EPS, spec.H_L1, spec.H_L2,
+    spec.H_CLIP_NORM, spec.H_CLIP_VALUE)
+LEAKY_SLOPE = spec.LEAKY_SLOPE
+
+_jit = njit(cache=True, nogil=True, error_model="numpy")
+
+
+# --- views into the flat buffers --------------------------------------------------
+
+
+@_jit
+def weights_view(theta, layout, l):
+    fan_in, fan_out, w_off = layout[l, 0], layout[l, 1], layout[l, 2]
+    return theta[w_off:w_off + fan_in * fan_out].reshape((fan_in, fan_out))
+
+
+@_jit
+def bias_view(theta, layout, l):
+    return theta[layout[l, 3]:layout[l, 3] + layout[l, 1]]
+
+
+@_jit
+def rows_view(buffer, offset, rows, cols):
+    """A (rows, cols) C-contiguous view of ``buffer`` starting at ``offset``."""
+    return buffer[offset:offset + rows * cols].reshape((rows, cols))
+
+
+# --- fused forward ---------------------------------------------------------------
+
+
+@_jit
+def forward_layer(a_prev, weights, bias, code, z, a):
+    """z = a_prev·W + b; a = f(z) (softmax along rows)."""
+    np.dot(a_prev, weights, z)
+    rows, cols = z.shape
+    if code == IDENTITY:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                a[i, j] = v
+    elif code == RELU:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                a[i, j] = v if v > 0 else 0
+    elif code == LEAKY_RELU:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                a[i, j] = v if v > 0 else LEAKY_SLOPE * v
+    elif code == SIGMOID:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                a[i, j] = 1 / (1 + np.exp(-v))
+    elif code == TANH:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                a[i, j] = np.tanh(v)
+    else:  # SOFTMAX
+        for i in range(rows):
+            m = -np.inf
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                m = max(m, v)
+            s = 0.0
+            for j in range(cols):
+                e = np.exp(z[i, j] - m)
+                a[i, j] = e
+                s += e
+            inv = 1 / s
+            for j in range(cols):
+                a[i, j] *= inv
+
+
+# --- fused delta propagation --------------------------------------------------
+
+
+@_jit
+def backprop_delta(delta, weights, z, a, code, delta_prev):
+    """δ_prev = (δ·Wᵀ) ⊙ f'(z), f' evaluated from z and a = f(z)."""
+    np.dot(delta, weights.T, delta_prev)
+    rows, cols = delta_prev.shape
+    if code == IDENTITY:
+        return
+    if code == RELU:
+        for i in range(rows):
+            for j in range(cols):
+                if z[i, j] <= 0:
+                    delta_prev[i, j] = 0
+    elif code == LEAKY_RELU:
+        for i in range(rows):
+            for j in range(cols):
+                if z[i, j] <= 0:
+                    delta_prev[i, j] *= LEAKY_SLOPE
+    elif code == SIGMOID:
+        for i in range(rows):
+            for j in range(cols):
+                delta_prev[i, j] *= a[i, j] * (1 - a[i, j])
+    else:  # TANH
+        for i in range(rows):
+            for j in range(cols):
+                delta_prev[i, j] *= 1 - a[i, j] * a[i, j]
+
+
+@_jit
+def weight_gradient(a_prev, delta, dweights, dbias):
+    """dW = a_prevᵀ·δ and db = Σ_rows δ (δ already carries the 1/B)."""
+    np.dot(a_prev.T, delta, dweights)
+    rows, cols = delta.shape
+    for j in range(cols):
+        dbias[j] = 0
+    for i in range(rows):
+        for j in range(cols):
+            dbias[j] += delta[i, j]
+
+
+# --- loss and output delta ------------------------------------------------------
+
+
+@_jit
+def output_delta(z, a, targets, out_code, loss_code, inv_batch, delta):
+    """Write δ^L (already divided by the batch size) and return the summed loss.
+
+    Cross-entropy with softmax and binary cross-entropy with sigmoid use the
+    logits z for a stable loss and δ = (p − y)/B; MSE uses the activation's
+    derivative (the full Jacobian for softmax).
+    """
+    rows, cols = z.shape
+    total = 0.0
+    if loss_code == CE:
+        for i in range(rows):
+            m = -np.inf
+            for j in range(cols):
+                m = max(m, z[i, j])
+            s = 0.0
+            for j in range(cols):
+                s += np.exp(z[i, j] - m)
+            log_s = np.log(s)
+            for j in range(cols):
+                total -= targets[i, j] * (z[i, j] - m - log_s)
+                delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
+    elif loss_code == BCE:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j]
+                total += max(v, 0) - v * targets[i, j] + np.log1p(np.exp(-abs(v)))
+                delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
+    else:  # MSE
+        scale = 2 * inv_batch / cols
+        for i in range(rows):
+            dot = 0.0
+            for j in range(cols):
+                e = a[i, j] - targets[i, j]
+                total += e * e / cols
+                g = scale * e
+                delta[i, j] = g
+                dot += g * a[i, j]
+            if out_code == SIGMOID:
+                for j in range(cols):
+                    delta[i, j] *= a[i, j] * (1 - a[i, j])
+            elif out_code == SOFTMAX:
+                for j in range(cols):
+                    delta[i, j] = a[i, j] * (delta[i, j] - dot)
+    return total
+
+
+@_jit
+def correct_count(a, targets, out_code):
+    """Correctly classified rows: argmax for softmax, all units at 0.5 for sigmoid."""
+    rows, cols = a.shape
+    correct = 0
+    if out_code == SOFTMAX:
+        for i in range(rows):
+            best_a, best_t = 0, 0
+            for j in range(1, cols):
+                if a[i, j] > a[i, best_a]:
+                    best_a = j
+                if targets[i, j] > targets[i, best_t]:
+                    best_t = j
+            correct += best_a == best_t
+    elif out_code == SIGMOID:
+        for i in range(rows):
+            ok = True
+            for j in range(cols):
+                ok = ok and ((a[i, j] > 0.5) == (targets[i, j] > 0.5))
+            correct += ok
+    return correct
+
+
+# --- fused weight update --------------------------------------------------------------
+
+
+@_jit
+def _clip_scale(theta, grad, layout, hyper):
+    """Factor that brings the global norm of the regularised gradient to clip_norm."""
+    clip_norm, l1, l2 = hyper[H_CLIP_NORM], hyper[H_L1], hyper[H_L2]
+    if clip_norm <= 0:
+        return 1.0
+    sq = 0.0
+    for l in range(layout.shape[0]):
+        w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
+        for i in range(w0, w1):
+            g = grad[i] + l2 * theta[i] + l1 * np.sign(theta[i])
+            sq += g * g
+        for i in range(w1, b1):
+            sq += grad[i] * grad[i]
+    norm = np.sqrt(sq)
+    return clip_norm / norm if norm > clip_norm else 1.0
+
+
+@_jit
+def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t):
+    """One optimizer step at step count t (1-based), in place; returns the penalty
+    l1 Σ|W| + (l2/2) Σ W² of the weights before the step.
+
+    Per element: g = (grad + l1 sign(w) + l2 w) · clip_scale, clamped to ±clip_value,
+    then the optimizer rule of ``reference.optimizer_step``. ``hyper`` is a float64
+    vector indexed by the ``spec.H_*`` constants.
+    """
+    lr, mu, beta2, eps = hyper[H_LR], hyper[H_MOMENTUM], hyper[H_BETA2], hyper[H_EPS]
+    l1, l2, clip_value = hyper[H_L1], hyper[H_L2], hyper[H_CLIP_VALUE]
+    scale = _clip_scale(theta, grad, layout, hyper)
+    corr1 = 1 - mu ** t
+    corr2 = 1 - beta2 ** t
+    # Cast the scalars once to the parameter dtype so float32 stays float32.
+    zero = theta[0] * 0
+    lr_, mu_, b2_, eps_ = zero + lr, zero + mu, zero + beta2, zero + eps
+    l1_, l2_, scale_, cv_ = zero + l1, zero + l2, zero + scale, zero + clip_value
+    c1_, c2_ = zero + corr1, zero + corr2
+    one = zero + 1
+    penalty = 0.0
+    for l in range(layout.shape[0]):
+        w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
+        for region in range(2):
+            start, stop = (w0, w1) if region == 0 else (w1, b1)
+            regularise = region == 0 and (l1 != 0 or l2 != 0)
+            for i in range(start, stop):
+                w = theta[i]
+                g = grad[i]
+                if regularise:
+                    penalty += l1 * abs(w) + 0.5 * l2 * w * w
+                    g = g + l1_ * np.sign(w) + l2_ * w
+                g = g * scale_
+                if clip_value > 0:
+                    g = min(max(g, -cv_), cv_)
+                if opt_code == OPT_SGD:
+                    theta[i] = w - lr_ * g
+                elif opt_code == OPT_MOMENTUM:
+                    v = mu_ * state1[i] - lr_ * g
+                    state1[i] = v
+                    theta[i] = w + v
+                elif opt_code == OPT_NESTEROV:
+                    v = mu_ * state1[i] - lr_ * g
+                    state1[i] = v
+                    theta[i] = w + mu_ * v - lr_ * g
+                elif opt_code == OPT_RMSPROP:
+                    s = mu_ * state1[i] + (one - mu_) * g * g
+                    state1[i] = s
+                    theta[i] = w - lr_ * g / (np.sqrt(s) + eps_)
+                else:  # OPT_ADAM
+                    m = mu_ * state1[i] + (one - mu_) * g
+                    v = b2_ * state2[i] + (one - b2_) * g * g
+                    state1[i] = m
+                    state2[i] = v
+                    theta[i] = w - lr_ * (m / c1_) / (np.sqrt(v / c2_) + eps_)
+    return penalty
+
+
+# --- passes over one batch -------------------------------------------------------------
+
+
+@_jit
+def forward_pass(x, theta, layout, codes, zs, acts, bmax):
+    """Forward through every layer for the rows of ``x``; caches z^l and a^l in the
+    flat buffers ``zs`` and ``acts`` (layer l at offset bmax·Σ_{j<l} n_j)."""
+    rows = x.shape[0]
+    a_prev = x
+    offset = 0
+    for l in range(layout.shape[0]):
+        cols = layout[l, 1]
+        z = rows_view(zs, offset, rows, cols)
+        a = rows_view(acts, offset, rows, cols)
+        forward_layer(a_prev, weights_view(theta, layout, l), bias_view(theta, layout, l), codes[l], z, a)
+        a_prev = a
+        offset += bmax * cols
+    return offset - bmax * layout[layout.shape[0] - 1, 1]
+
+
+@_jit
+def backward_pass(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas, bmax):
+    """Forward, loss and backward for one batch; writes the batch-mean data-loss
+    gradient into ``grad``. Returns (summed loss, correct count)."""
+    rows = x.shape[0]
+    n_layers = layout.shape[0]
+    out = forward_pass(x, theta, layout, codes, zs, acts, bmax)
+    k = layout[n_layers - 1, 1]
+    z_out = rows_view(zs, out, rows, k)
+    a_out = rows_view(acts, out, rows, k)
+    half = deltas.shape[0] // 2
+    delta = rows_view(deltas, 0, rows, k)
+    loss = output_delta(z_out, a_out, targets, codes[n_layers - 1], loss_code, 1.0 / rows, delta)
+    correct = correct_count(a_out, targets, codes[n_layers - 1])
+    offset = out
+    for l in range(n_layers - 1, -1, -1):
+        cols = layout[l, 1]
+        if l > 0:
+            fan_in = layout[l, 0]
+            offset -= bmax * fan_in
+            a_prev = rows_view(acts, offset, rows, fan_in)
+        else:
+            a_prev = x
+        weight_gradient(a_prev, delta, weights_view(grad, layout, l), bias_view(grad, layout, l))
+        if l > 0:
+            which = (n_layers - l) % 2  # ping-pong between the two delta buffers
+            delta_prev = rows_view(deltas, which * half, rows, layout[l, 0])
+            backprop_delta(delta, weights_view(theta, layout, l), rows_view(zs, offset, rows, fan_in),
+                           a_prev, codes[l - 1], delta_prev)
+            delta = delta_prev
+    return loss, correct
+
+
+@_jit
+def gather_rows(source, perm, start, rows, out):
+    """out[r] = source[perm[start + r]] for r < rows."""
+    cols = source.shape[1]
+    for r in range(rows):
+        src = perm[start + r]
+        for j in range(cols):
+            out[r, j] = source[src, j]
+
+
+# --- drivers ----------------------------------------------------------------------------
+
+
+@_jit
+def train_epoch(X, Y, perm, batch_size, theta, grad, state1, state2, layout, codes, loss_code,
+                opt_code, hyper, step, xb, yb, zs, acts, deltas):
+    """One epoch in one compiled call: for each batch of ``perm`` (the last may be
+    partial) gather, forward, loss, backward and update. ``step[0]`` is the optimizer
+    step count, advanced per batch. Returns (Σ_batches b·(loss_b + penalty_b), correct).
+    """
+    n = perm.shape[0]
+    total = 0.0
+    correct = 0
+    for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
+        x = xb[:rows]
+        y = yb[:rows]
+        gather_rows(X, perm, start, rows, x)
+        gather_rows(Y, perm, start, rows, y)
+        loss, hits = backward_pass(x, y, theta, grad, layout, codes, loss_code, zs, acts, deltas,
+                                   batch_size)
+        step[0] += 1
+        penalty = update_params(theta, grad, state1, state2, layout, opt_code, hyper, step[0])
+        total += loss + rows * penalty
+        correct += hits
+    return total, correct
+
+
+@_jit
+def loss_and_gradient(X, Y, theta, grad, layout, codes, loss_code, zs, acts, deltas):
+    """Full-batch data loss (mean) and its gradient into ``grad``."""
+    loss, _ = backward_pass(X, Y, theta, grad, layout, codes, loss_code, zs, acts, deltas, X.shape[0])
+    return loss / X.shape[0]
+
+
+@_jit
+def predict(X, theta, layout, codes, zs, acts, out, chunk):
+    """Network output for every row of X, in chunks of ``chunk`` rows."""
+    n = X.shape[0]
+    k = out.shape[1]
+    for start in range(0, n, chunk):
+        rows = min(chunk, n - start)
+        offset = forward_pass(X[start:start + rows], theta, layout, codes, zs, acts, chunk)
+        a_out = rows_view(acts, offset, rows, k)
+        out[start:start + rows] = a_out
+
+
+@_jit
+def evaluate(X, Y, theta, layout, codes, loss_code, zs, acts, deltas, chunk):
+    """Summed data loss and correct count over every row of X, in chunks (no update)."""
+    n = X.shape[0]
+    n_layers = layout.shape[0]
+    k = layout[n_layers - 1, 1]
+    total = 0.0
+    correct = 0
+    for start in range(0, n, chunk):
+        rows = min(chunk, n - start)
+        offset = forward_pass(X[start:start + rows], theta, layout, codes, zs, acts, chunk)
+        z_out = rows_view(zs, offset, rows, k)
+        a_out = rows_view(acts, offset, rows, k)
+        y = Y[start:start + rows]
+        total += output_delta(z_out, a_out, y, codes[n_layers - 1], loss_code, 1.0, rows_view(deltas, 0, rows, k))
+        correct += correct_count(a_out, y, codes[n_layers - 1])
+    return total, correct

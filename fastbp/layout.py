@@ -1,0 +1,43 @@
+"""The flat parameter buffer.
+
+All weights and biases of a network live in one contiguous 1-D array ``theta``:
+layer by layer, W^l (fan_in × fan_out, row-major) followed by b^l. The gradient
+and every optimizer state are buffers of the same length, so an optimizer step
+is one loop over a flat vector, clipping one reduction, gradcheck perturbs
+``theta[i]`` and save/load is one array.
+
+Kernels receive ``theta`` plus the int64 table built by :func:`make_layout`,
+one row per layer: ``[fan_in, fan_out, weight_offset, bias_offset]``.
+"""
+
+import numpy as np
+
+FAN_IN, FAN_OUT, W_OFF, B_OFF = 0, 1, 2, 3
+
+
+def make_layout(sizes):
+    """Layout table for layer sizes ``[n_0, n_1, ..., n_L]``; returns (table, n_params)."""
+    sizes = [int(s) for s in sizes]
+    table = np.zeros((len(sizes) - 1, 4), dtype=np.int64)
+    offset = 0
+    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        table[l] = (fan_in, fan_out, offset, offset + fan_in * fan_out)
+        offset += fan_in * fan_out + fan_out
+    return table, offset
+
+
+def weight_views(theta, table):
+    """Lists of views ``(weights, biases)`` into ``theta``; writes go through."""
+    weights, biases = [], []
+    for fan_in, fan_out, w_off, b_off in table:
+        weights.append(theta[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out))
+        biases.append(theta[b_off:b_off + fan_out])
+    return weights, biases
+
+
+def weight_mask(table, n_params):
+    """Boolean mask of the entries of ``theta`` that are weights (regularised)."""
+    mask = np.zeros(n_params, dtype=bool)
+    for fan_in, fan_out, w_off, _ in table:
+        mask[w_off:w_off + fan_in * fan_out] = True
+    return mask

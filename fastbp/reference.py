@@ -1,0 +1,258 @@
+"""The oracle: backpropagation for an MLP in plain NumPy, no Numba.
+
+Written straight from the math of the background notes, for clarity, not for
+speed; every compiled kernel is tested against these functions and the asv
+benchmarks measure their speed-ups against :func:`train_epoch`. It stays honest
+NumPy: vectorised over the batch, one matrix product per layer and phase, no
+Python loop over samples or neurons.
+
+Notation (samples as rows, so the matrices are the transposes of the notes'):
+
+* ``a^0 = X`` (B, n_0); for l = 1..L: ``z^l = a^{l-1} W^l + b^l``, ``a^l = f^l(z^l)``
+  with ``W^l`` of shape (n_{l-1}, n_l);
+* output delta ``δ^L = ∂ℓ_i/∂z^L`` per sample (the mean over the batch is
+  taken in the gradients);
+* hidden deltas ``δ^l = (δ^{l+1} W^{l+1ᵀ}) ⊙ f'^l(z^l)``;
+* ``dW^l = a^{l-1ᵀ} δ^l / B`` and ``db^l = Σ_batch δ^l / B``.
+
+Losses (per batch, ℓ = mean over the B samples of the per-sample loss):
+
+* ``mse``: per sample ``(1/k) Σ_j (a_j − y_j)²`` — the mean of the squared errors
+  over samples and outputs;
+* ``binary_cross_entropy``: ``−Σ_j [y_j log p_j + (1 − y_j) log(1 − p_j)]``;
+* ``cross_entropy``: ``−Σ_j y_j log p_j`` with p = softmax(z).
+
+Regularisation adds ``l1 Σ|W| + (l2/2) Σ W²`` over the weights (not the biases)
+to the objective, hence ``l1·sign(W) + l2·W`` to the weight gradients. Clipping
+acts on that full gradient: first by global norm, then by value.
+"""
+
+import numpy as np
+
+from . import spec
+
+# --- activations: f and f' -----------------------------------------------
+
+
+def activate(z, name):
+    """f(z) for the activation ``name``; softmax is taken along each row."""
+    if name == "identity":
+        return z.copy()
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, spec.LEAKY_SLOPE * z)
+    if name == "softmax":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_derivative(z, a, name):
+    """f'(z), given z and a = f(z) (elementwise; softmax has no elementwise f')."""
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "sigmoid":
+        return a * (1 - a)
+    if name == "tanh":
+        return 1 - a * a
+    if name == "relu":
+        return (z > 0).astype(z.dtype)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1, spec.LEAKY_SLOPE).astype(z.dtype)
+    raise ValueError(f"activation {name!r} has no elementwise derivative")
+
+
+# --- forward pass with caches ----------------------------------------------
+
+
+def forward(weights, biases, activations, X):
+    """Forward pass; returns the caches ``(zs, activations_out)``.
+
+    ``activations_out[0]`` is X and ``activations_out[l]`` is a^l; ``zs[l-1]`` is z^l.
+    """
+    a = X
+    zs, acts = [], [X]
+    for W, b, name in zip(weights, biases, activations):
+        z = a @ W + b
+        a = activate(z, name)
+        zs.append(z)
+        acts.append(a)
+    return zs, acts
+
+
+# --- loss and output delta -------------------------------------------------------
+
+
+def _log_softmax(z):
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def sample_losses(z, a, Y, loss, output):
+    """Per-sample loss ℓ_i, computed stably from the logits z where it matters."""
+    code = spec.resolve_loss(loss, output)
+    if code == spec.MSE:
+        return ((a - Y) ** 2).mean(axis=1)
+    if code == spec.BINARY_CROSS_ENTROPY:
+        # -[y log σ(z) + (1-y) log(1-σ(z))] = max(z,0) - z y + log(1 + e^{-|z|})
+        return (np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)
+    return -(Y * _log_softmax(z)).sum(axis=1)
+
+
+def output_delta(z, a, Y, loss, output):
+    """δ^L = ∂ℓ_i/∂z^L for each sample (rows)."""
+    code = spec.resolve_loss(loss, output)
+    if code in (spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY):
+        return a - Y  # the activation derivative cancels against the loss
+    k = Y.shape[1]
+    grad_a = 2.0 * (a - Y) / k  # ∂ℓ_i/∂a^L
+    if output == "softmax":  # Jacobian of softmax: diag(p) - p pᵀ
+        return a * (grad_a - (grad_a * a).sum(axis=1, keepdims=True))
+    return grad_a * activation_derivative(z, a, output)
+
+
+# --- backward pass ------------------------------------------------------------
+
+
+def backward(weights, activations, zs, acts, Y, loss):
+    """Backpropagation: returns ``(dWs, dbs)``, the batch-mean data-loss gradients."""
+    B = Y.shape[0]
+    L = len(weights)
+    dWs, dbs = [None] * L, [None] * L
+    delta = output_delta(zs[-1], acts[-1], Y, loss, activations[-1])
+    for l in range(L - 1, -1, -1):
+        dWs[l] = acts[l].T @ delta / B
+        dbs[l] = delta.sum(axis=0) / B
+        if l > 0:
+            delta = (delta @ weights[l].T) * activation_derivative(zs[l - 1], acts[l], activations[l - 1])
+    return dWs, dbs
+
+
+def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0):
+    """Loss (data + penalty) and gradients of the objective for one batch."""
+    zs, acts = forward(weights, biases, activations, X)
+    data_loss = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1]).mean()
+    dWs, dbs = backward(weights, activations, zs, acts, Y, loss)
+    dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
+    return data_loss + penalty(weights, l1, l2), dWs, dbs
+
+
+# --- regularisation and clipping ------------------------------------------------
+
+
+def penalty(weights, l1, l2):
+    """l1 Σ|W| + (l2/2) Σ W² over all weight matrices."""
+    return sum(l1 * np.abs(W).sum() + 0.5 * l2 * (W * W).sum() for W in weights)
+
+
+def regularisation_gradient(W, l1, l2):
+    return l1 * np.sign(W) + l2 * W
+
+
+def clip(grads, clip_norm=None, clip_value=None):
+    """Scale all gradients so that their global L2 norm is at most ``clip_norm``,
+    then clamp each element to [-clip_value, clip_value]."""
+    if clip_norm:
+        norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
+        if norm > clip_norm:
+            grads = [g * (clip_norm / norm) for g in grads]
+    if clip_value:
+        grads = [np.clip(g, -clip_value, clip_value) for g in grads]
+    return grads
+
+
+# --- optimizers -------------------------------------------------------------------
+
+
+def optimizer_step(name, params, grads, state, lr, t, momentum=0.9, beta2=0.999, eps=1e-8):
+    """One optimizer step, in place, on matching lists ``params`` and ``grads``.
+
+    ``state`` holds two lists of arrays shaped like params (``s1``, ``s2``);
+    ``t`` is the 1-based step count (Adam's bias correction).
+
+    * sgd:       θ ← θ − η g
+    * momentum:  v ← μ v − η g;  θ ← θ + v
+    * nesterov:  v ← μ v − η g;  θ ← θ + μ v − η g
+    * rmsprop:   s ← ρ s + (1 − ρ) g²;  θ ← θ − η g / (√s + ε)
+    * adam:      m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²;
+                 θ ← θ − η m̂ / (√v̂ + ε), m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t)
+    """
+    for i, (p, g) in enumerate(zip(params, grads)):
+        s1, s2 = state["s1"][i], state["s2"][i]
+        if name == "sgd":
+            p -= lr * g
+        elif name == "momentum":
+            s1 *= momentum
+            s1 -= lr * g
+            p += s1
+        elif name == "nesterov":
+            s1 *= momentum
+            s1 -= lr * g
+            p += momentum * s1 - lr * g
+        elif name == "rmsprop":
+            s1[...] = momentum * s1 + (1 - momentum) * g * g
+            p -= lr * g / (np.sqrt(s1) + eps)
+        elif name == "adam":
+            s1[...] = momentum * s1 + (1 - momentum) * g
+            s2[...] = beta2 * s2 + (1 - beta2) * g * g
+            m_hat = s1 / (1 - momentum ** t)
+            v_hat = s2 / (1 - beta2 ** t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+        else:
+            raise ValueError(f"unknown optimizer {name!r}")
+
+
+def new_optimizer_state(params):
+    return {"s1": [np.zeros_like(p) for p in params], "s2": [np.zeros_like(p) for p in params], "t": 0}
+
+
+# --- metrics ---------------------------------------------------------------------
+
+
+def correct_count(a, Y, output):
+    """Number of correctly classified rows (subset accuracy for several sigmoids)."""
+    if output == "softmax":
+        return int((a.argmax(axis=1) == Y.argmax(axis=1)).sum())
+    if output == "sigmoid":
+        return int(((a > 0.5) == (Y > 0.5)).all(axis=1).sum())
+    return 0
+
+
+# --- one training epoch -------------------------------------------------------------
+
+
+def train_epoch(weights, biases, activations, X, Y, perm, batch_size, loss, optimizer,
+                state, lr, l1=0.0, l2=0.0, clip_norm=None, clip_value=None, **opt_hyper):
+    """Train one epoch over ``X[perm]`` in batches of ``batch_size`` (the last may be
+    partial and is trained on). Updates weights, biases and state in place.
+
+    Returns ``(mean_loss, correct)``: the sample-weighted mean over batches of the
+    objective (data loss + penalty, before each batch's update) and the number of
+    correctly classified training samples seen during the epoch.
+    """
+    n = X.shape[0]
+    total, correct = 0.0, 0
+    params = [*weights, *biases]
+    for start in range(0, n, batch_size):
+        idx = perm[start:start + batch_size]
+        Xb, Yb = X[idx], Y[idx]
+        zs, acts = forward(weights, biases, activations, Xb)
+        batch_loss = sample_losses(zs[-1], acts[-1], Yb, loss, activations[-1]).mean()
+        total += len(idx) * (batch_loss + penalty(weights, l1, l2))
+        correct += correct_count(acts[-1], Yb, activations[-1])
+        dWs, dbs = backward(weights, activations, zs, acts, Yb, loss)
+        dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
+        grads = clip([*dWs, *dbs], clip_norm, clip_value)
+        state["t"] += 1
+        optimizer_step(optimizer, params, grads, state, lr, state["t"], **opt_hyper)
+    return total / n, correct
+
+
+def predict(weights, biases, activations, X):
+    """Network output a^L for X."""
+    return forward(weights, biases, activations, X)[1][-1]

@@ -1,0 +1,102 @@
+"""Input checks that run before any compiled code, so bad input never reaches a
+kernel and never touches a trained model."""
+
+import math
+import numbers
+
+import numpy as np
+
+
+def check_features(X, n_features, dtype, name="X"):
+    """X as a C-contiguous 2-D array of ``dtype``; shape, dtype and finiteness checked."""
+    if X is None:
+        raise TypeError(f"{name} is None")
+    arr = np.asarray(X)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
+                         + ("; reshape a single sample with X.reshape(1, -1)" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})"
+                         + (" after conversion to " + str(np.dtype(dtype)) if np.isfinite(np.asarray(X, dtype=float)).all() else ""))
+    return arr
+
+
+def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
+    """Targets as a (n_samples, n_outputs) array of ``dtype``.
+
+    * softmax: integer labels (n,) in [0, n_outputs) become one-hot rows; a (n, k)
+      matrix is taken as given (rows of non-negative targets);
+    * sigmoid: labels (n,) in {0, 1} for one output unit, integer labels as
+      one-hot for several, or a (n, k) matrix of values in [0, 1];
+    * identity: values (n,) for one output, or (n, k).
+    """
+    if y is None:
+        raise TypeError("y is None")
+    arr = np.asarray(y)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"y must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"y must be 1-D labels or a 2-D (n_samples, n_outputs) array, got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"X has {n_samples} samples but y has {arr.shape[0]}")
+    if not np.isfinite(arr).all():
+        raise ValueError("y contains NaN or inf")
+    if arr.ndim == 2 and arr.shape[1] != n_outputs:
+        raise ValueError(f"y has {arr.shape[1]} columns but the network has {n_outputs} outputs")
+    if arr.ndim == 1 and output == "identity":
+        if n_outputs != 1:
+            raise ValueError(f"y is 1-D but the network has {n_outputs} outputs; pass a (n, {n_outputs}) array")
+        return np.ascontiguousarray(arr.reshape(-1, 1), dtype=dtype)
+    if arr.ndim == 1:
+        if output == "sigmoid" and n_outputs == 1:
+            labels = arr.astype(np.float64)
+            if not np.isin(labels, (0.0, 1.0)).all():
+                raise ValueError(f"labels for a single sigmoid output must be 0 or 1, got values {np.unique(arr)[:10]}")
+            return np.ascontiguousarray(labels.reshape(-1, 1), dtype=dtype)
+        if not np.all(np.mod(arr, 1) == 0):
+            raise ValueError("class labels must be integers")
+        labels = arr.astype(np.int64)
+        if labels.min() < 0 or labels.max() >= n_outputs:
+            raise ValueError(f"class labels must lie in [0, {n_outputs - 1}] for {n_outputs} outputs, "
+                             f"got range [{labels.min()}, {labels.max()}]")
+        onehot = np.zeros((n_samples, n_outputs), dtype=dtype)
+        onehot[np.arange(n_samples), labels] = 1
+        return onehot
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if classification_loss and (arr.min() < 0 or (output == "sigmoid" and arr.max() > 1)):
+        raise ValueError("cross-entropy targets must lie in [0, 1]")
+    return arr
+
+
+def check_int(name, value, minimum, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_nonnegative(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_positive_or_none(name, value):
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be None or a finite number > 0, got {value!r}")
+    return float(value)
