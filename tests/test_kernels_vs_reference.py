@@ -1,0 +1,187 @@
+"""Compiled CPU kernels against the NumPy reference: forward outputs, gradients and
+parameters after several training epochs, for every activation × loss × optimizer ×
+batch mode, float64 tightly and float32 loosely, on odd shapes."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastbp
+from fastbp import reference
+
+from conftest import ReferenceTrainer, assert_close, make_data
+
+HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
+               ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse")]
+# (class, learning rate, constants): small rates keep float32 runs out of chaotic regimes
+OPTIMIZERS = [(fastbp.SGD, 0.05, {}), (fastbp.Momentum, 0.02, {"momentum": 0.9}),
+              (fastbp.Nesterov, 0.02, {"momentum": 0.8}), (fastbp.RMSprop, 0.005, {"rho": 0.9}),
+              (fastbp.Adam, 0.005, {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8})]
+
+
+def sizes_for(output):
+    return [17, 33, 5] if output != "sigmoid" else [17, 33, 3]
+
+
+@pytest.mark.parametrize("activation", HIDDEN)
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity"])
+@pytest.mark.parametrize("n", [1, 37])
+def test_forward_matches_reference(activation, output, n, dtype):
+    sizes = [17, 33, 9, 5]
+    net = fastbp.MLP(sizes, activation=activation, output=output, init="xavier", seed=3, dtype=dtype)
+    X, _ = make_data(n, sizes, output, dtype, seed=1)
+    expected = reference.predict(net.weights, net.biases, net.layer_activations, X)
+    assert net.forward(X).dtype == dtype
+    assert_close(net.forward(X), expected, dtype, f"{activation}/{output}")
+
+
+@pytest.mark.parametrize("activation", HIDDEN)
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
+def test_gradients_match_reference(activation, output, loss, dtype):
+    sizes = sizes_for(output)
+    net = fastbp.MLP(sizes, activation=activation, output=output, init="xavier", seed=5, dtype=dtype)
+    X, Y = make_data(37, sizes, output, dtype, seed=2)
+    value, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, loss,
+                                          l1=1e-3, l2=1e-2)
+    got_value, _ = net.flat_gradient(X, Y, loss, l1=1e-3, l2=1e-2)
+    assert_close(got_value, value, dtype, "objective")
+    for l, (dW, db) in enumerate(net.gradients(X, Y, loss, l1=1e-3, l2=1e-2)):
+        assert_close(dW, dWs[l], dtype, f"dW{l}")
+        assert_close(db, dbs[l], dtype, f"db{l}")
+
+
+def train_both(net, X, Y, loss, optimizer, batch_size, epochs, **kwargs):
+    """Train net (compiled, shuffle=False) and the reference the same way; return both."""
+    ref = ReferenceTrainer(net)
+    n = X.shape[0]
+    schedule = fastbp.optimizers.get_schedule(kwargs.pop("schedule", None))
+    ref_losses = []
+    for epoch in range(epochs):
+        total, _ = ref.epoch(X, Y, np.arange(n), min(batch_size or n, n), loss, optimizer,
+                             schedule(epoch, optimizer.lr), **kwargs)
+        ref_losses.append(total)
+    hist = net.fit(X, Y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                   shuffle=False, schedule=schedule, **kwargs)
+    return hist, ref, ref_losses
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o[0].name)
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS[:3])
+@pytest.mark.parametrize("batch_size", [None, 10, 1], ids=["full", "mini-partial", "sgd"])
+def test_training_matches_reference(optimizer, output, loss, batch_size, dtype):
+    cls, lr, constants = optimizer
+    optimizer = cls(lr / 5 if batch_size == 1 else lr, **constants)
+    sizes = sizes_for(output)
+    net = fastbp.MLP(sizes, activation="tanh", output=output, init="xavier", seed=7, dtype=dtype)
+    X, Y = make_data(23, sizes, output, dtype, seed=4)  # 23 = 2·10 + 3: a partial last batch
+    hist, ref, ref_losses = train_both(net, X, Y, loss, optimizer, batch_size, epochs=3)
+    assert_close(net.theta, ref.flat(), dtype, "parameters after 3 epochs")
+    assert_close(hist.loss, ref_losses, dtype, "epoch losses")
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid"])
+@pytest.mark.parametrize("extras", [
+    dict(l1=1e-3), dict(l2=1e-2), dict(l1=1e-3, l2=1e-2),
+    dict(clip_norm=0.05), dict(clip_value=1e-3), dict(clip_norm=0.5, clip_value=1e-2, l2=1e-3),
+    dict(schedule=fastbp.StepDecay(1, 0.5)), dict(schedule=fastbp.ExponentialDecay(0.9)),
+    dict(schedule=fastbp.InverseScaling(0.5, 2.0)),
+], ids=lambda d: "-".join(d))
+def test_regularisation_clipping_schedules_match_reference(activation, extras, dtype):
+    sizes = [17, 33, 5]
+    net = fastbp.MLP(sizes, activation=activation, output="softmax", seed=11, dtype=dtype)
+    X, Y = make_data(37, sizes, "softmax", dtype, seed=5)
+    hist, ref, ref_losses = train_both(net, X, Y, "cross_entropy", fastbp.Adam(0.01), 8, epochs=3,
+                                       **dict(extras))
+    assert_close(net.theta, ref.flat(), dtype, "parameters")
+    assert_close(hist.loss, ref_losses, dtype, "epoch losses")
+
+
+def test_clipping_actually_clips():
+    """With a tiny clip_norm the first SGD step moves θ by exactly lr·clip_norm."""
+    net = fastbp.MLP([4, 6, 3], seed=0, dtype="float64")
+    X, Y = make_data(8, [4, 6, 3], "softmax", np.float64)
+    before = net.theta.copy()
+    net.fit(X, Y, optimizer=fastbp.SGD(1.0), epochs=1, batch_size=None, clip_norm=1e-3)
+    assert np.linalg.norm(net.theta - before) == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_shuffled_training_uses_seeded_permutations(dtype):
+    """shuffle=True draws one permutation per epoch from default_rng(seed)."""
+    sizes = [17, 33, 5]
+    net = fastbp.MLP(sizes, seed=2, dtype=dtype)
+    X, Y = make_data(50, sizes, "softmax", dtype, seed=6)
+    ref = ReferenceTrainer(net)
+    rng = np.random.default_rng(123)
+    opt = fastbp.Momentum(0.05)
+    for _ in range(3):
+        ref.epoch(X, Y, rng.permutation(50), 16, "cross_entropy", opt, opt.lr)
+    net.fit(X, Y, optimizer=opt, epochs=3, batch_size=16, seed=123)
+    assert_close(net.theta, ref.flat(), dtype)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(widths=st.lists(st.sampled_from([1, 2, 3, 17, 33]), min_size=1, max_size=3),
+       n_in=st.sampled_from([1, 5, 17]), n_out=st.sampled_from([2, 3, 17]),
+       n=st.integers(1, 40), batch_size=st.integers(1, 45),
+       activation=st.sampled_from(HIDDEN))
+def test_random_architectures_match_reference(widths, n_in, n_out, n, batch_size, activation):
+    sizes = [n_in, *widths, n_out]
+    net = fastbp.MLP(sizes, activation=activation, output="softmax", init="xavier", seed=1, dtype="float64")
+    X, Y = make_data(n, sizes, "softmax", np.float64, seed=n)
+    for l, (dW, db) in enumerate(net.gradients(X, Y, "cross_entropy")):
+        _, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, "cross_entropy")
+        assert_close(dW, dWs[l], np.float64)
+        assert_close(db, dbs[l], np.float64)
+    hist, ref, ref_losses = train_both(net, X, Y, "cross_entropy", fastbp.Adam(0.01), batch_size, epochs=2)
+    assert_close(net.theta, ref.flat(), np.float64)
+    assert_close(hist.loss, ref_losses, np.float64)
+
+
+def test_stable_for_large_logits(dtype):
+    """Softmax-CE and sigmoid-BCE are computed from the logits: no overflow or NaN."""
+    for output, loss in [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy")]:
+        net = fastbp.MLP([3, 4], output=output, seed=0, dtype=dtype)
+        net.weights[0][...] = 400.0
+        X = np.ones((5, 3), dtype)
+        Y = np.zeros((5, 4), dtype)
+        Y[:, 0] = 1
+        Y[:, 1] = 0
+        result = net.evaluate(X, Y, loss)
+        assert np.isfinite(result["loss"])
+        expected = reference.sample_losses(X @ net.weights[0], reference.activate(X @ net.weights[0], output),
+                                           Y, loss, output).mean()
+        assert result["loss"] == pytest.approx(expected, rel=1e-4)
+        _, grad = net.flat_gradient(X, Y, loss)
+        assert np.isfinite(grad).all()
+
+
+def test_evaluate_and_predict_chunking_match_reference():
+    """More rows than one predict chunk: outputs and summed loss stay exact."""
+    sizes = [7, 9, 4]
+    net = fastbp.MLP(sizes, seed=1, dtype="float64")
+    X, Y = make_data(2500, sizes, "softmax", np.float64)
+    probs = reference.predict(net.weights, net.biases, net.layer_activations, X)
+    assert_close(net.predict_proba(X), probs, np.float64)
+    np.testing.assert_array_equal(net.predict(X), probs.argmax(axis=1))
+    zs, acts = reference.forward(net.weights, net.biases, net.layer_activations, X)
+    loss = reference.sample_losses(zs[-1], acts[-1], Y, "cross_entropy", "softmax").mean()
+    got = net.evaluate(X, Y, "cross_entropy")
+    assert got["loss"] == pytest.approx(loss, rel=1e-12)
+    assert got["accuracy"] == pytest.approx(reference.correct_count(acts[-1], Y, "softmax") / 2500)
+
+
+def test_all_pairs_covered():
+    """Guard: the parametrisations above span every hidden activation and valid pair."""
+    assert set(HIDDEN) == set(fastbp.spec.HIDDEN_ACTIVATIONS)
+    pairs = {(o, fastbp.spec.resolve_loss(l, o)) for o, l in OUTPUT_LOSS}
+    valid = set()
+    for o, l in itertools.product(fastbp.spec.OUTPUT_ACTIVATIONS, fastbp.spec.LOSS_NAMES.values()):
+        try:
+            valid.add((o, fastbp.spec.resolve_loss(l, o)))
+        except ValueError:
+            pass
+    assert pairs == valid
