@@ -42,10 +42,14 @@ class FitState:
 class History:
     """Per-epoch records of a fit: ``loss`` (objective incl. L1/L2 penalty, averaged
     over the epoch's batches), ``accuracy`` (training accuracy during the epoch, for
-    classification), ``lr``, ``seconds`` and ``samples_per_second``."""
+    classification), ``lr``, ``seconds``, ``samples_per_second``, and per layer
+    ``grad_norm`` (mean over the epoch's batches of the L2 norm of the layer's
+    regularised gradient) and ``update_ratio`` (mean of ‖ΔW‖/‖W‖), both computed
+    inside the update kernel."""
 
     def __init__(self):
         self.loss, self.accuracy, self.lr, self.seconds, self.samples_per_second = [], [], [], [], []
+        self.grad_norm, self.update_ratio = [], []
         self.epochs = 0
         self.stopped_early = False
 
@@ -93,7 +97,10 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
     backup_states = (np.empty_like(state.state1), np.empty_like(state.state2))
     history = History()
     classification = net.output != "identity"
+    diagnostics = np.zeros((len(net.sizes) - 1, 2), dtype=np.float64)
+    n_batches = -(-n // work.bmax)
     for epoch in range(epochs):
+        diagnostics[...] = 0
         hyper[spec.H_LR] = schedule(epoch, optimizer.lr)
         if shuffle:
             perm = rng.permutation(n).astype(np.int64)
@@ -105,7 +112,7 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
         total, correct = cpu.train_epoch(
             X, Y, perm, work.bmax, net.theta, state.grad, state.state1, state.state2, net.layout,
             net.codes, loss_code, optimizer.code, hyper, state.step, work.xb, work.yb, work.zs,
-            work.acts, work.deltas)
+            work.acts, work.deltas, diagnostics)
         seconds = time.perf_counter() - t0
         epoch_loss = total / n
         if not np.isfinite(epoch_loss) or not np.isfinite(net.theta).all():
@@ -120,7 +127,8 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
             break
         history.record(loss=epoch_loss, accuracy=correct / n if classification else float("nan"),
                        lr=float(hyper[spec.H_LR]), seconds=seconds,
-                       samples_per_second=n / seconds if seconds > 0 else float("inf"))
+                       samples_per_second=n / seconds if seconds > 0 else float("inf"),
+                       grad_norm=diagnostics[:, 0] / n_batches, update_ratio=diagnostics[:, 1] / n_batches)
         if verbose:
             acc = f"  accuracy {history.accuracy[-1]:.4f}" if classification else ""
             print(f"epoch {epoch + 1:>4}/{epochs}  loss {epoch_loss:.6f}{acc}  "

@@ -185,3 +185,21 @@ def test_all_pairs_covered():
         except ValueError:
             pass
     assert pairs == valid
+
+
+def test_gradient_diagnostics_match_reference(dtype):
+    """grad_norm and update_ratio per layer, computed inside the update kernel."""
+    sizes = [17, 33, 9, 5]
+    net = fastbp.MLP(sizes, activation="sigmoid", seed=3, dtype=dtype)
+    X, Y = make_data(37, sizes, "softmax", dtype, seed=8)
+    _, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y,
+                                      "cross_entropy", l2=1e-2)
+    weights = [W.copy() for W in net.weights]
+    hist = net.fit(X, Y, optimizer=fastbp.SGD(0.1), epochs=1, batch_size=None, l2=1e-2)
+    for l in range(3):
+        norm = np.sqrt((dWs[l] ** 2).sum() + (dbs[l] ** 2).sum())
+        assert_close(hist.grad_norm[0][l], norm, dtype, f"grad norm {l}")
+        ratio = 0.1 * np.linalg.norm(dWs[l]) / np.linalg.norm(weights[l])
+        assert hist.update_ratio[0][l] == pytest.approx(ratio, rel=1e-3 if dtype == np.float32 else 1e-9)
+    # sigmoid layers shrink the gradient going backwards: the first layer's is the smallest
+    assert hist.grad_norm[0][0] < hist.grad_norm[0][2]

@@ -254,13 +254,17 @@ def _clip_scale(theta, grad, layout, hyper):
 
 
 @_jit
-def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t):
+def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t, diagnostics):
     """One optimizer step at step count t (1-based), in place; returns the penalty
     l1 Σ|W| + (l2/2) Σ W² of the weights before the step.
 
     Per element: g = (grad + l1 sign(w) + l2 w) · clip_scale, clamped to ±clip_value,
     then the optimizer rule of ``reference.optimizer_step``. ``hyper`` is a float64
     vector indexed by the ``spec.H_*`` constants.
+
+    Gradient diagnostics come from the same pass: ``diagnostics[l, 0]`` accumulates
+    the L2 norm of layer l's regularised gradient (weights and bias, before
+    clipping) and ``diagnostics[l, 1]`` the ratio ‖ΔW‖ / ‖W‖ of its weight update.
     """
     lr, mu, beta2, eps = hyper[H_LR], hyper[H_MOMENTUM], hyper[H_BETA2], hyper[H_EPS]
     l1, l2, clip_value = hyper[H_L1], hyper[H_L2], hyper[H_CLIP_VALUE]
@@ -276,6 +280,7 @@ def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t):
     penalty = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
+        grad_sq, update_sq, weight_sq = 0.0, 0.0, 0.0
         for region in range(2):
             start, stop = (w0, w1) if region == 0 else (w1, b1)
             regularise = region == 0 and (l1 != 0 or l2 != 0)
@@ -285,6 +290,7 @@ def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t):
                 if regularise:
                     penalty += l1 * abs(w) + 0.5 * l2 * w * w
                     g = g + l1_ * np.sign(w) + l2_ * w
+                grad_sq += g * g
                 g = g * scale_
                 if clip_value > 0:
                     g = min(max(g, -cv_), cv_)
@@ -308,6 +314,12 @@ def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t):
                     state1[i] = m
                     state2[i] = v
                     theta[i] = w - lr_ * (m / c1_) / (np.sqrt(v / c2_) + eps_)
+                if region == 0:
+                    step_size = theta[i] - w
+                    update_sq += step_size * step_size
+                    weight_sq += w * w
+        diagnostics[l, 0] += np.sqrt(grad_sq)
+        diagnostics[l, 1] += np.sqrt(update_sq / weight_sq) if weight_sq > 0 else 0.0
     return penalty
 
 
@@ -379,10 +391,12 @@ def gather_rows(source, perm, start, rows, out):
 
 @_jit
 def train_epoch(X, Y, perm, batch_size, theta, grad, state1, state2, layout, codes, loss_code,
-                opt_code, hyper, step, xb, yb, zs, acts, deltas):
+                opt_code, hyper, step, xb, yb, zs, acts, deltas, diagnostics):
     """One epoch in one compiled call: for each batch of ``perm`` (the last may be
     partial) gather, forward, loss, backward and update. ``step[0]`` is the optimizer
-    step count, advanced per batch. Returns (Σ_batches b·(loss_b + penalty_b), correct).
+    step count, advanced per batch; ``diagnostics`` (n_layers, 2) accumulates per-batch
+    gradient norms and update ratios (see :func:`update_params`).
+    Returns (Σ_batches b·(loss_b + penalty_b), correct).
     """
     n = perm.shape[0]
     total = 0.0
@@ -396,7 +410,8 @@ def train_epoch(X, Y, perm, batch_size, theta, grad, state1, state2, layout, cod
         loss, hits = backward_pass(x, y, theta, grad, layout, codes, loss_code, zs, acts, deltas,
                                    batch_size)
         step[0] += 1
-        penalty = update_params(theta, grad, state1, state2, layout, opt_code, hyper, step[0])
+        penalty = update_params(theta, grad, state1, state2, layout, opt_code, hyper, step[0],
+                                diagnostics)
         total += loss + rows * penalty
         correct += hits
     return total, correct
