@@ -234,23 +234,112 @@ def correct_count(a, targets, out_code):
 
 # --- fused weight update --------------------------------------------------------------
 
+# Reductions (norms, penalty) may be reassociated so that the update loops vectorise;
+# no flag that assumes finite values is set, so NaN/inf still propagate to the
+# divergence check.
+_jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+
+
+@_jit_fast
+def _regularised_sq_norm(theta, grad, start, stop, l1, l2):
+    """Σ (grad + l1 sign(w) + l2 w)² over theta[start:stop]."""
+    theta, grad = theta[start:stop], grad[start:stop]
+    total = 0.0
+    for i in range(theta.shape[0]):
+        w = theta[i]
+        g = grad[i] + l1 * np.sign(w) + l2 * w
+        total += g * g
+    return total
+
 
 @_jit
 def _clip_scale(theta, grad, layout, hyper):
     """Factor that brings the global norm of the regularised gradient to clip_norm."""
-    clip_norm, l1, l2 = hyper[H_CLIP_NORM], hyper[H_L1], hyper[H_L2]
+    clip_norm = hyper[H_CLIP_NORM]
     if clip_norm <= 0:
         return 1.0
+    zero = theta[0] * 0
+    l1, l2 = zero + hyper[H_L1], zero + hyper[H_L2]
     sq = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
-        for i in range(w0, w1):
-            g = grad[i] + l2 * theta[i] + l1 * np.sign(theta[i])
-            sq += g * g
-        for i in range(w1, b1):
-            sq += grad[i] * grad[i]
+        sq += _regularised_sq_norm(theta, grad, w0, w1, l1, l2)
+        sq += _regularised_sq_norm(theta, grad, w1, b1, zero, zero)
     norm = np.sqrt(sq)
     return clip_norm / norm if norm > clip_norm else 1.0
+
+
+@_jit_fast
+def _update_range(theta, grad, state1, state2, start, stop, opt_code, lr, mu, beta2, eps, corr1,
+                  corr2, l1, l2, scale, clip_value):
+    """The optimizer step on theta[start:stop]; returns the sums
+    (Σ g², Σ Δθ², Σ θ², penalty) over the range, g the regularised gradient.
+
+    One loop per optimizer so that each loop is branch-free and vectorises; the
+    gradient is g = (grad + l1 sign(w) + l2 w), then ·scale and clamped to ±clip_value.
+    """
+    grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
+    one = lr * 0 + 1
+    # Slices, so that the loops run over 0..n and vectorise (an index range starting
+    # at a runtime offset keeps Numba's negative-index wraparound in the loop).
+    theta, grad = theta[start:stop], grad[start:stop]
+    state1, state2 = state1[start:stop], state2[start:stop]
+    n = theta.shape[0]
+    if opt_code == OPT_SGD:
+        for i in range(n):
+            w = theta[i]
+            g = grad[i] + l1 * np.sign(w) + l2 * w
+            grad_sq += g * g
+            penalty += l1 * abs(w) + 0.5 * l2 * w * w
+            g = min(max(g * scale, -clip_value), clip_value)
+            new = w - lr * g
+            theta[i] = new
+            step_sq += (new - w) * (new - w)
+            weight_sq += w * w
+    elif opt_code == OPT_MOMENTUM or opt_code == OPT_NESTEROV:
+        # momentum: θ + v;  nesterov: θ + μ v − η g  (θ + a·v − b·η g, exact in both cases)
+        a, b = (one, one * 0) if opt_code == OPT_MOMENTUM else (mu, one)
+        for i in range(n):
+            w = theta[i]
+            g = grad[i] + l1 * np.sign(w) + l2 * w
+            grad_sq += g * g
+            penalty += l1 * abs(w) + 0.5 * l2 * w * w
+            g = min(max(g * scale, -clip_value), clip_value)
+            v = mu * state1[i] - lr * g
+            state1[i] = v
+            new = w + a * v - b * lr * g
+            theta[i] = new
+            step_sq += (new - w) * (new - w)
+            weight_sq += w * w
+    elif opt_code == OPT_RMSPROP:
+        for i in range(n):
+            w = theta[i]
+            g = grad[i] + l1 * np.sign(w) + l2 * w
+            grad_sq += g * g
+            penalty += l1 * abs(w) + 0.5 * l2 * w * w
+            g = min(max(g * scale, -clip_value), clip_value)
+            sq = mu * state1[i] + (one - mu) * g * g
+            state1[i] = sq
+            new = w - lr * g / (np.sqrt(sq) + eps)
+            theta[i] = new
+            step_sq += (new - w) * (new - w)
+            weight_sq += w * w
+    else:  # OPT_ADAM
+        for i in range(n):
+            w = theta[i]
+            g = grad[i] + l1 * np.sign(w) + l2 * w
+            grad_sq += g * g
+            penalty += l1 * abs(w) + 0.5 * l2 * w * w
+            g = min(max(g * scale, -clip_value), clip_value)
+            m = mu * state1[i] + (one - mu) * g
+            v = beta2 * state2[i] + (one - beta2) * g * g
+            state1[i] = m
+            state2[i] = v
+            new = w - lr * (m / corr1) / (np.sqrt(v / corr2) + eps)
+            theta[i] = new
+            step_sq += (new - w) * (new - w)
+            weight_sq += w * w
+    return grad_sq, step_sq, weight_sq, penalty
 
 
 @_jit
@@ -266,60 +355,26 @@ def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t, diagn
     the L2 norm of layer l's regularised gradient (weights and bias, before
     clipping) and ``diagnostics[l, 1]`` the ratio ‖ΔW‖ / ‖W‖ of its weight update.
     """
-    lr, mu, beta2, eps = hyper[H_LR], hyper[H_MOMENTUM], hyper[H_BETA2], hyper[H_EPS]
-    l1, l2, clip_value = hyper[H_L1], hyper[H_L2], hyper[H_CLIP_VALUE]
     scale = _clip_scale(theta, grad, layout, hyper)
-    corr1 = 1 - mu ** t
-    corr2 = 1 - beta2 ** t
-    # Cast the scalars once to the parameter dtype so float32 stays float32.
+    # Cast the scalars once to the parameter dtype so float32 math stays float32.
     zero = theta[0] * 0
-    lr_, mu_, b2_, eps_ = zero + lr, zero + mu, zero + beta2, zero + eps
-    l1_, l2_, scale_, cv_ = zero + l1, zero + l2, zero + scale, zero + clip_value
-    c1_, c2_ = zero + corr1, zero + corr2
-    one = zero + 1
+    lr, mu, beta2, eps = zero + hyper[H_LR], zero + hyper[H_MOMENTUM], zero + hyper[H_BETA2], zero + hyper[H_EPS]
+    l1, l2, scale_ = zero + hyper[H_L1], zero + hyper[H_L2], zero + scale
+    clip_value = zero + (hyper[H_CLIP_VALUE] if hyper[H_CLIP_VALUE] > 0 else np.inf)
+    corr1 = zero + (1 - hyper[H_MOMENTUM] ** t)
+    corr2 = zero + (1 - hyper[H_BETA2] ** t)
     penalty = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
-        grad_sq, update_sq, weight_sq = 0.0, 0.0, 0.0
-        for region in range(2):
-            start, stop = (w0, w1) if region == 0 else (w1, b1)
-            regularise = region == 0 and (l1 != 0 or l2 != 0)
-            for i in range(start, stop):
-                w = theta[i]
-                g = grad[i]
-                if regularise:
-                    penalty += l1 * abs(w) + 0.5 * l2 * w * w
-                    g = g + l1_ * np.sign(w) + l2_ * w
-                grad_sq += g * g
-                g = g * scale_
-                if clip_value > 0:
-                    g = min(max(g, -cv_), cv_)
-                if opt_code == OPT_SGD:
-                    theta[i] = w - lr_ * g
-                elif opt_code == OPT_MOMENTUM:
-                    v = mu_ * state1[i] - lr_ * g
-                    state1[i] = v
-                    theta[i] = w + v
-                elif opt_code == OPT_NESTEROV:
-                    v = mu_ * state1[i] - lr_ * g
-                    state1[i] = v
-                    theta[i] = w + mu_ * v - lr_ * g
-                elif opt_code == OPT_RMSPROP:
-                    s = mu_ * state1[i] + (one - mu_) * g * g
-                    state1[i] = s
-                    theta[i] = w - lr_ * g / (np.sqrt(s) + eps_)
-                else:  # OPT_ADAM
-                    m = mu_ * state1[i] + (one - mu_) * g
-                    v = b2_ * state2[i] + (one - b2_) * g * g
-                    state1[i] = m
-                    state2[i] = v
-                    theta[i] = w - lr_ * (m / c1_) / (np.sqrt(v / c2_) + eps_)
-                if region == 0:
-                    step_size = theta[i] - w
-                    update_sq += step_size * step_size
-                    weight_sq += w * w
-        diagnostics[l, 0] += np.sqrt(grad_sq)
-        diagnostics[l, 1] += np.sqrt(update_sq / weight_sq) if weight_sq > 0 else 0.0
+        g_w, step_w, weight_w, penalty_w = _update_range(
+            theta, grad, state1, state2, w0, w1, opt_code, lr, mu, beta2, eps, corr1, corr2,
+            l1, l2, scale_, clip_value)
+        g_b, _, _, _ = _update_range(
+            theta, grad, state1, state2, w1, b1, opt_code, lr, mu, beta2, eps, corr1, corr2,
+            zero, zero, scale_, clip_value)
+        penalty += penalty_w
+        diagnostics[l, 0] += np.sqrt(g_w + g_b)
+        diagnostics[l, 1] += np.sqrt(step_w / weight_w) if weight_w > 0 else 0.0
     return penalty
 
 
