@@ -324,7 +324,8 @@ def _update_range(theta, grad, state1, state2, start, stop, opt_code, lr, mu, be
             theta[i] = new
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
-    else:  # OPT_ADAM
+    else:  # OPT_ADAM: θ − η m̂/(√v̂ + ε) with one division per element
+        lr_corrected, inv_corr2 = lr / corr1, one / corr2
         for i in range(n):
             w = theta[i]
             g = grad[i] + l1 * np.sign(w) + l2 * w
@@ -335,7 +336,7 @@ def _update_range(theta, grad, state1, state2, start, stop, opt_code, lr, mu, be
             v = beta2 * state2[i] + (one - beta2) * g * g
             state1[i] = m
             state2[i] = v
-            new = w - lr * (m / corr1) / (np.sqrt(v / corr2) + eps)
+            new = w - lr_corrected * m / (np.sqrt(v * inv_corr2) + eps)
             theta[i] = new
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
