@@ -39,6 +39,12 @@ H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
     spec.H_CLIP_NORM, spec.H_CLIP_VALUE)
 LEAKY_SLOPE = spec.LEAKY_SLOPE
 
+#: batches of at most this many rows form the gradient inside the update
+#: (``fused_update_layer``) instead of through a separate GEMM and buffer
+FUSED_MAX_ROWS = 4
+#: elements of the gradient buffer reused as the fused path's block scratch (L1-sized)
+FUSED_SCRATCH = 4096
+
 _jit = njit(cache=True, nogil=True, error_model="numpy")
 
 
@@ -241,9 +247,8 @@ _jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc
 
 
 @_jit_fast
-def _regularised_sq_norm(theta, grad, start, stop, l1, l2):
-    """Σ (grad + l1 sign(w) + l2 w)² over theta[start:stop]."""
-    theta, grad = theta[start:stop], grad[start:stop]
+def _regularised_sq_norm(theta, grad, l1, l2):
+    """Σ (grad + l1 sign(w) + l2 w)² over equal-length slices."""
     total = 0.0
     for i in range(theta.shape[0]):
         w = theta[i]
@@ -263,27 +268,25 @@ def _clip_scale(theta, grad, layout, hyper):
     sq = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
-        sq += _regularised_sq_norm(theta, grad, w0, w1, l1, l2)
-        sq += _regularised_sq_norm(theta, grad, w1, b1, zero, zero)
+        sq += _regularised_sq_norm(theta[w0:w1], grad[w0:w1], l1, l2)
+        sq += _regularised_sq_norm(theta[w1:b1], grad[w1:b1], zero, zero)
     norm = np.sqrt(sq)
     return clip_norm / norm if norm > clip_norm else 1.0
 
 
 @_jit_fast
-def _update_range(theta, grad, state1, state2, start, stop, opt_code, lr, mu, beta2, eps, corr1,
-                  corr2, l1, l2, scale, clip_value):
-    """The optimizer step on theta[start:stop]; returns the sums
-    (Σ g², Σ Δθ², Σ θ², penalty) over the range, g the regularised gradient.
+def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
+    """The optimizer step on the equal-length slices theta, grad, state1, state2;
+    returns the sums (Σ g², Σ Δθ², Σ θ², penalty) over them, g the regularised gradient.
 
     One loop per optimizer so that each loop is branch-free and vectorises; the
     gradient is g = (grad + l1 sign(w) + l2 w), then ·scale and clamped to ±clip_value.
+    Callers pass slices (loops over 0..n vectorise; an index range starting at a
+    runtime offset keeps Numba's negative-index wraparound in the loop).
     """
+    lr, mu, beta2, eps, corr1, corr2, clip_value = consts
     grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
     one = lr * 0 + 1
-    # Slices, so that the loops run over 0..n and vectorise (an index range starting
-    # at a runtime offset keeps Numba's negative-index wraparound in the loop).
-    theta, grad = theta[start:stop], grad[start:stop]
-    state1, state2 = state1[start:stop], state2[start:stop]
     n = theta.shape[0]
     if opt_code == OPT_SGD:
         for i in range(n):
@@ -344,6 +347,22 @@ def _update_range(theta, grad, state1, state2, start, stop, opt_code, lr, mu, be
 
 
 @_jit
+def step_constants(theta, hyper, t):
+    """(lr, μ/ρ/β1, β2, ε, 1 − β1^t, 1 − β2^t, clip_value) cast to the parameter dtype,
+    so float32 math stays float32; clip_value is +inf when off."""
+    zero = theta[0] * 0
+    clip_value = hyper[H_CLIP_VALUE] if hyper[H_CLIP_VALUE] > 0 else np.inf
+    return (zero + hyper[H_LR], zero + hyper[H_MOMENTUM], zero + hyper[H_BETA2], zero + hyper[H_EPS],
+            zero + (1 - hyper[H_MOMENTUM] ** t), zero + (1 - hyper[H_BETA2] ** t), zero + clip_value)
+
+
+@_jit
+def _record(diagnostics, l, grad_sq, step_sq, weight_sq):
+    diagnostics[l, 0] += np.sqrt(grad_sq)
+    diagnostics[l, 1] += np.sqrt(step_sq / weight_sq) if weight_sq > 0 else 0.0
+
+
+@_jit
 def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t, diagnostics):
     """One optimizer step at step count t (1-based), in place; returns the penalty
     l1 Σ|W| + (l2/2) Σ W² of the weights before the step.
@@ -356,26 +375,62 @@ def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t, diagn
     the L2 norm of layer l's regularised gradient (weights and bias, before
     clipping) and ``diagnostics[l, 1]`` the ratio ‖ΔW‖ / ‖W‖ of its weight update.
     """
-    scale = _clip_scale(theta, grad, layout, hyper)
-    # Cast the scalars once to the parameter dtype so float32 math stays float32.
+    consts = step_constants(theta, hyper, t)
     zero = theta[0] * 0
-    lr, mu, beta2, eps = zero + hyper[H_LR], zero + hyper[H_MOMENTUM], zero + hyper[H_BETA2], zero + hyper[H_EPS]
-    l1, l2, scale_ = zero + hyper[H_L1], zero + hyper[H_L2], zero + scale
-    clip_value = zero + (hyper[H_CLIP_VALUE] if hyper[H_CLIP_VALUE] > 0 else np.inf)
-    corr1 = zero + (1 - hyper[H_MOMENTUM] ** t)
-    corr2 = zero + (1 - hyper[H_BETA2] ** t)
+    l1, l2 = zero + hyper[H_L1], zero + hyper[H_L2]
+    scale = zero + _clip_scale(theta, grad, layout, hyper)
     penalty = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
         g_w, step_w, weight_w, penalty_w = _update_range(
-            theta, grad, state1, state2, w0, w1, opt_code, lr, mu, beta2, eps, corr1, corr2,
-            l1, l2, scale_, clip_value)
+            theta[w0:w1], grad[w0:w1], state1[w0:w1], state2[w0:w1], opt_code, consts, l1, l2, scale)
         g_b, _, _, _ = _update_range(
-            theta, grad, state1, state2, w1, b1, opt_code, lr, mu, beta2, eps, corr1, corr2,
-            zero, zero, scale_, clip_value)
+            theta[w1:b1], grad[w1:b1], state1[w1:b1], state2[w1:b1], opt_code, consts, zero, zero, scale)
         penalty += penalty_w
-        diagnostics[l, 0] += np.sqrt(g_w + g_b)
-        diagnostics[l, 1] += np.sqrt(step_w / weight_w) if weight_w > 0 else 0.0
+        _record(diagnostics, l, g_w + g_b, step_w, weight_w)
+    return penalty
+
+
+@_jit
+def fused_update_layer(theta, state1, state2, layout, l, a_prev, delta, scratch, opt_code, consts,
+                       l1, l2, diagnostics):
+    """Gradient and optimizer step of layer l in one pass, for small batches: the rows
+    of dW = a_prevᵀ·δ are formed block by block in the cache-sized ``scratch`` and
+    applied at once, so the full gradient never goes through memory. Same result as
+    ``weight_gradient`` + ``update_params`` without norm clipping; returns the penalty.
+    """
+    fan_in, fan_out, w_off, b_off = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
+    rows = delta.shape[0]
+    block = max(1, scratch.shape[0] // fan_out)
+    one = theta[0] * 0 + 1
+    grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
+    for i0 in range(0, fan_in, block):
+        i1 = min(i0 + block, fan_in)
+        grad_block = scratch[:(i1 - i0) * fan_out]
+        for i in range(i0, i1):
+            grad_row = grad_block[(i - i0) * fan_out:(i - i0 + 1) * fan_out]
+            grad_row[:] = 0
+            for r in range(rows):
+                a = a_prev[r, i]
+                delta_row = delta[r]
+                for j in range(fan_out):
+                    grad_row[j] += a * delta_row[j]
+        start, stop = w_off + i0 * fan_out, w_off + i1 * fan_out
+        g, st, w, p = _update_range(theta[start:stop], grad_block, state1[start:stop],
+                                    state2[start:stop], opt_code, consts, l1, l2, one)
+        grad_sq += g
+        step_sq += st
+        weight_sq += w
+        penalty += p
+    grad_bias = scratch[:fan_out]
+    grad_bias[:] = 0
+    for r in range(rows):
+        delta_row = delta[r]
+        for j in range(fan_out):
+            grad_bias[j] += delta_row[j]
+    g, _, _, _ = _update_range(theta[b_off:b_off + fan_out], grad_bias, state1[b_off:b_off + fan_out],
+                               state2[b_off:b_off + fan_out], opt_code, consts, l1 * 0, l2 * 0, one)
+    _record(diagnostics, l, grad_sq + g, step_sq, weight_sq)
     return penalty
 
 
@@ -400,9 +455,12 @@ def forward_pass(x, theta, layout, codes, zs, acts, bmax):
 
 
 @_jit
-def backward_pass(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas, bmax):
-    """Forward, loss and backward for one batch; writes the batch-mean data-loss
-    gradient into ``grad``. Returns (summed loss, correct count)."""
+def _backward(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas, bmax,
+              fused, state1, state2, opt_code, consts, l1, l2, scratch, diagnostics):
+    """Forward, loss and backward for one batch. Unfused: writes the batch-mean
+    data-loss gradient into ``grad``. Fused: updates each layer's parameters as soon
+    as its delta is known (after δ^{l-1} has been formed with the old W^l).
+    Returns (summed loss, correct count, penalty of the fused update)."""
     rows = x.shape[0]
     n_layers = layout.shape[0]
     out = forward_pass(x, theta, layout, codes, zs, acts, bmax)
@@ -413,22 +471,39 @@ def backward_pass(x, targets, theta, grad, layout, codes, loss_code, zs, acts, d
     delta = rows_view(deltas, 0, rows, k)
     loss = output_delta(z_out, a_out, targets, codes[n_layers - 1], loss_code, 1.0 / rows, delta)
     correct = correct_count(a_out, targets, codes[n_layers - 1])
+    penalty = 0.0
     offset = out
     for l in range(n_layers - 1, -1, -1):
-        cols = layout[l, 1]
         if l > 0:
             fan_in = layout[l, 0]
             offset -= bmax * fan_in
             a_prev = rows_view(acts, offset, rows, fan_in)
         else:
             a_prev = x
-        weight_gradient(a_prev, delta, weights_view(grad, layout, l), bias_view(grad, layout, l))
+        if not fused:
+            weight_gradient(a_prev, delta, weights_view(grad, layout, l), bias_view(grad, layout, l))
         if l > 0:
             which = (n_layers - l) % 2  # ping-pong between the two delta buffers
             delta_prev = rows_view(deltas, which * half, rows, layout[l, 0])
             backprop_delta(delta, weights_view(theta, layout, l), rows_view(zs, offset, rows, fan_in),
                            a_prev, codes[l - 1], delta_prev)
+        if fused:
+            penalty += fused_update_layer(theta, state1, state2, layout, l, a_prev, delta, scratch,
+                                          opt_code, consts, l1, l2, diagnostics)
+        if l > 0:
             delta = delta_prev
+    return loss, correct, penalty
+
+
+@_jit
+def backward_pass(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas, bmax):
+    """Forward, loss and backward for one batch; writes the batch-mean data-loss
+    gradient into ``grad``. Returns (summed loss, correct count)."""
+    zero = theta[0] * 0
+    consts = (zero, zero, zero, zero, zero, zero, zero)
+    loss, correct, _ = _backward(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas,
+                                 bmax, False, grad, grad, 0, consts, zero, zero, grad,
+                                 np.zeros((0, 2)))
     return loss, correct
 
 
@@ -457,17 +532,22 @@ def train_epoch(X, Y, perm, batch_size, theta, grad, state1, state2, layout, cod
     n = perm.shape[0]
     total = 0.0
     correct = 0
+    l1, l2 = theta[0] * 0 + hyper[H_L1], theta[0] * 0 + hyper[H_L2]
     for start in range(0, n, batch_size):
         rows = min(batch_size, n - start)
         x = xb[:rows]
         y = yb[:rows]
         gather_rows(X, perm, start, rows, x)
         gather_rows(Y, perm, start, rows, y)
-        loss, hits = backward_pass(x, y, theta, grad, layout, codes, loss_code, zs, acts, deltas,
-                                   batch_size)
         step[0] += 1
-        penalty = update_params(theta, grad, state1, state2, layout, opt_code, hyper, step[0],
-                                diagnostics)
+        fused = rows <= FUSED_MAX_ROWS and hyper[H_CLIP_NORM] <= 0
+        loss, hits, penalty = _backward(
+            x, y, theta, grad, layout, codes, loss_code, zs, acts, deltas, batch_size, fused,
+            state1, state2, opt_code, step_constants(theta, hyper, step[0]), l1, l2,
+            grad[:FUSED_SCRATCH], diagnostics)
+        if not fused:
+            penalty = update_params(theta, grad, state1, state2, layout, opt_code, hyper, step[0],
+                                    diagnostics)
         total += loss + rows * penalty
         correct += hits
     return total, correct
