@@ -23,12 +23,14 @@ def check_features(X, n_features, dtype, name="X"):
         raise ValueError(f"{name} is empty: shape {arr.shape}")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})"
-                         + (" after conversion to " + str(np.dtype(dtype)) if np.isfinite(np.asarray(X, dtype=float)).all() else ""))
-    return arr
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, naming the entry
+        converted = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(converted).all():
+        row, col = np.argwhere(~np.isfinite(converted))[0]
+        overflow = np.isfinite(arr[row, col]) if np.issubdtype(arr.dtype, np.floating) else True
+        raise ValueError(f"{name} contains NaN or inf (first at row {row}, column {col})"
+                         + (f"; the value {float(arr[row, col])!r} overflows {np.dtype(dtype)}" if overflow else ""))
+    return converted
 
 
 def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):

@@ -279,3 +279,9 @@ def test_reference_is_pure_numpy():
                 for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert "numba" not in imported and "kernels" not in imported
+
+
+def test_overflow_on_conversion_is_named():
+    net = fastbp.MLP([2, 3, 2])  # float32
+    with pytest.raises(ValueError, match="1e\\+300 overflows float32"):
+        net.predict(np.array([[1e300, 0.0]]))
