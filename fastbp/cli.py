@@ -24,10 +24,11 @@ _T_MODULE = time.perf_counter()
 
 
 def _digits(seed):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    return train_test_split(X / 16.0, y, test_size=0.25, random_state=seed, stratify=y)
+    from .datasets import load_digits, stratified_split
+    X, y = load_digits()
+    train, test = stratified_split(y, 0.25, seed)
+    X = X / 16.0
+    return X[train], X[test], y[train], y[test]
 
 
 def _reference_samples_per_second(net, X, Y, epochs, batch_size, optimizer, l2, seed):

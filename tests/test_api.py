@@ -285,3 +285,15 @@ def test_overflow_on_conversion_is_named():
     net = fastbp.MLP([2, 3, 2])  # float32
     with pytest.raises(ValueError, match="1e\\+300 overflows float32"):
         net.predict(np.array([[1e300, 0.0]]))
+
+
+def test_bundled_digits_match_scikit_learn():
+    from sklearn.datasets import load_digits as sklearn_digits
+    from fastbp.datasets import load_digits, stratified_split
+    X, y = load_digits()
+    X_ref, y_ref = sklearn_digits(return_X_y=True)
+    np.testing.assert_array_equal(X, X_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    train, test = stratified_split(y, 0.25, seed=0)
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(y)
+    assert np.abs(np.bincount(y[test]) / np.bincount(y) - 0.25).max() < 0.02
