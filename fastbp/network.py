@@ -1,4 +1,6 @@
-"""``fastbp.MLP``: the network spec, its flat parameters, fit / predict / evaluate."""
+"""``fastbp.MLP``: the network spec, its flat parameters, fit / predict / evaluate, save / load."""
+
+import numbers
 
 import numpy as np
 
@@ -10,6 +12,32 @@ from .optimizers import get_optimizer, get_schedule
 from .training import FitState, Workspace, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
+
+def _gradient_monitor(gradient_warnings):
+    from .callbacks import GradientMonitor
+    if isinstance(gradient_warnings, GradientMonitor):
+        gradient_warnings.reset()
+        return gradient_warnings
+    if isinstance(gradient_warnings, (bool, np.bool_)):
+        return GradientMonitor() if gradient_warnings else None
+    raise TypeError(f"gradient_warnings must be True, False or a GradientMonitor, got {gradient_warnings!r}")
+
+
+def _check_verbose(verbose):
+    """0, 1, 2 or "bar" (True means 1); 1 and "bar" need tqdm."""
+    if isinstance(verbose, (bool, np.bool_)):
+        verbose = int(verbose)
+    if not (verbose == "bar" if isinstance(verbose, str) else
+            isinstance(verbose, numbers.Integral) and verbose in (0, 1, 2)):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'bar', got {verbose!r}")
+    if verbose in (1, "bar"):
+        try:
+            import tqdm  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("verbose=1 shows a tqdm progress bar; install it with "
+                              "pip install 'fastbp[progress]' (or pip install tqdm), or use verbose=2") from exc
+    return verbose if isinstance(verbose, str) else int(verbose)
+
 
 DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}
 PREDICT_CHUNK = 1024
@@ -104,7 +132,8 @@ class MLP:
 
     def fit(self, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, shuffle=True,
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
-            callbacks=(), verbose=0, warm_start=False, device="cpu"):
+            callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
+            validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         ``batch_size=None`` (or >= n) is full-batch, 1 is SGD; a partial last batch is
@@ -114,7 +143,21 @@ class MLP:
         weights (not biases) and are included in the reported loss. ``clip_norm`` clips
         the global gradient norm, then ``clip_value`` each element. ``callbacks`` are
         ``f(net, epoch, history)`` called after each epoch; returning True stops training.
-        ``warm_start`` continues from the optimizer state of the previous fit.
+        ``warm_start`` continues from the optimizer state of the previous fit (or of
+        :meth:`load`), and from its epoch count: epoch e's shuffle is
+        ``default_rng([seed, e]).permutation(n)`` and the schedule sees e, so 5 + 5
+        warm-started epochs equal 10 straight ones, shuffled or not.
+
+        ``validation_data=(Xv, yv)`` or ``validation_split=f`` (the *last* fraction f
+        of the rows, taken before any shuffling; shuffle first if the rows are
+        ordered) is evaluated after each epoch into ``history.val_loss`` /
+        ``val_accuracy``. ``early_stopping=patience`` stops after that many epochs
+        without improvement of ``val_loss`` (``loss`` without validation data) and,
+        with ``restore_best``, puts back the best epoch's parameters (see
+        ``fastbp.callbacks.EarlyStopping``). ``gradient_warnings`` (True, False or a
+        ``fastbp.callbacks.GradientMonitor``) warns on vanishing / exploding layer
+        gradients. ``verbose``: 0 quiet, 1 a tqdm progress bar when stderr is a
+        terminal, ``"bar"`` the bar always, 2 one line per epoch.
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.
@@ -139,14 +182,70 @@ class MLP:
         callbacks = list(callbacks)
         if not all(callable(cb) for cb in callbacks):
             raise TypeError("every callback must be callable")
+        X, Y, validation = self._validation(X, Y, validation_data, validation_split, loss_code)
+        callbacks += self._early_stopping(early_stopping, restore_best)
+        monitor = _gradient_monitor(gradient_warnings)
+        verbose = _check_verbose(verbose)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
         history = run_epochs(self, X, Y, loss_code=loss_code, optimizer=optimizer, epochs=epochs,
                              batch_size=batch_size, shuffle=bool(shuffle), l1=l1, l2=l2,
                              clip_norm=clip_norm, clip_value=clip_value, schedule=schedule, seed=seed,
-                             callbacks=callbacks, verbose=verbose, state=state)
+                             callbacks=callbacks, verbose=verbose, state=state,
+                             validation=validation, gradient_monitor=monitor)
         self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
         return history
+
+    def _validation(self, X, Y, validation_data, validation_split, loss_code):
+        """(X, Y, validation) with validation None or a converted (Xv, Yv) pair."""
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("pass validation_data or validation_split, not both")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            Xv = check_features(validation_data[0], self.n_features, self.dtype, name="validation X")
+            Yv = self._targets(validation_data[1], Xv.shape[0], loss_code)
+            return X, Y, (Xv, Yv)
+        if validation_split is None:
+            return X, Y, None
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                or not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be a number in (0, 1), got {validation_split!r}")
+        n = X.shape[0]
+        n_val = int(round(validation_split * n))
+        if n_val < 1 or n_val >= n:
+            raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
+                             f"{n - n_val} for training and {n_val} for validation; both need one")
+        return X[:n - n_val], Y[:n - n_val], (X[n - n_val:], Y[n - n_val:])
+
+    @staticmethod
+    def _early_stopping(early_stopping, restore_best):
+        from .callbacks import EarlyStopping
+        if not isinstance(restore_best, (bool, np.bool_)):
+            raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
+        if early_stopping is None:
+            return []
+        if isinstance(early_stopping, bool) or not isinstance(early_stopping, numbers.Integral) \
+                or early_stopping < 1:
+            raise ValueError(f"early_stopping must be None or a patience (integer >= 1), got {early_stopping!r}")
+        return [EarlyStopping(int(early_stopping), restore_best=bool(restore_best))]
+
+    # --- save / load --------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the network to one ``.npz`` file at ``path`` (exactly that name):
+        parameters, optimizer state and epoch count (if fitted) and a JSON header.
+        No pickle; written atomically. See ``fastbp.persist``."""
+        from . import persist
+        persist.save(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """A network read from a file written by :meth:`save`; ``fit(..., warm_start=True)``
+        with the same optimizer continues training exactly where it stopped. A
+        malformed or truncated file raises ``ValueError`` naming it."""
+        from . import persist
+        return persist.load(path)
 
     # --- inference --------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Everything the kernels write into is allocated here once per fit (``Workspace``,
 ``FitState``), so the hot path neither allocates nor runs Python per batch.
 """
 
+import sys
 import time
 import warnings
 
@@ -30,13 +31,42 @@ class Workspace:
 
 class FitState:
     """Optimizer state beside the parameters: flat gradient, two moment buffers and
-    the step count (kept on the network so a later fit can continue)."""
+    the step count (kept on the network so a later fit can continue), plus the number
+    of epochs trained so far (``epochs_done``: it indexes the schedule and seeds each
+    epoch's shuffle, so a run split by ``warm_start`` or save/load equals a straight
+    one) and the learning-rate multiplier callbacks such as ``ReduceOnPlateau`` set
+    (``lr_scale``)."""
 
     def __init__(self, n_params, dtype):
         self.grad = np.zeros(n_params, dtype=dtype)
         self.state1 = np.zeros(n_params, dtype=dtype)
         self.state2 = np.zeros(n_params, dtype=dtype)
         self.step = np.zeros(1, dtype=np.int64)
+        self.epochs_done = 0
+        self.lr_scale = 1.0
+
+
+class FitContext:
+    """What a :class:`fastbp.callbacks.Callback` sees of the running fit
+    (``on_train_begin(net, fit)``): the optimizer, ``epochs`` (of this fit),
+    ``has_validation``, and ``lr_scale``, a multiplier on the learning rate that a
+    callback may change; it applies from the next epoch on and carries over to a
+    ``warm_start`` fit (and through save/load)."""
+
+    def __init__(self, state, optimizer, epochs, has_validation):
+        self.state, self.optimizer, self.epochs = state, optimizer, epochs
+        self.has_validation = has_validation
+
+    @property
+    def lr_scale(self):
+        return self.state.lr_scale
+
+    @lr_scale.setter
+    def lr_scale(self, value):
+        value = float(value)
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"lr_scale must be a finite number > 0, got {value!r}")
+        self.state.lr_scale = value
 
 
 class History:
@@ -45,13 +75,17 @@ class History:
     classification), ``lr``, ``seconds``, ``samples_per_second``, and per layer
     ``grad_norm`` (mean over the epoch's batches of the L2 norm of the layer's
     regularised gradient) and ``update_ratio`` (mean of ‖ΔW‖/‖W‖), both computed
-    inside the update kernel."""
+    inside the update kernel. With validation data, ``val_loss`` (mean data loss,
+    no penalty, as :meth:`MLP.evaluate`) and ``val_accuracy`` after each epoch
+    (empty lists otherwise). ``best_epoch`` (0-based) is set by early stopping."""
 
     def __init__(self):
         self.loss, self.accuracy, self.lr, self.seconds, self.samples_per_second = [], [], [], [], []
         self.grad_norm, self.update_ratio = [], []
+        self.val_loss, self.val_accuracy = [], []
         self.epochs = 0
         self.stopped_early = False
+        self.best_epoch = None
 
     def record(self, **logs):
         for key, value in logs.items():
@@ -61,9 +95,26 @@ class History:
     def as_dict(self):
         return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)}
 
+    def plot(self, path=None, title=None):
+        """Learning curves: loss and accuracy (train and validation) per epoch, and the
+        per-layer gradient norms per epoch on a log scale. Saves a PNG (or any format
+        matplotlib knows from the suffix) when ``path`` is given; returns the
+        matplotlib Figure. Uses the Agg canvas directly, so no GUI backend and no
+        pyplot state are touched."""
+        from .plotting import plot_history  # matplotlib is optional: imported on use
+        return plot_history(self, path, title)
+
     def __repr__(self):
         last = f", last loss {self.loss[-1]:.4g}" if self.loss else ""
         return f"History({self.epochs} epochs{last})"
+
+
+def epoch_permutation(seed, epoch, n):
+    """The shuffle of epoch ``epoch`` (0-based, counted over every warm-started fit):
+    ``numpy.random.default_rng([seed, epoch]).permutation(n)``. Deriving each epoch's
+    order from (seed, global epoch) rather than from one running generator makes
+    training split across fits (``warm_start``, save/load) equal to training straight."""
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
 
 
 def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
@@ -80,18 +131,36 @@ def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
     return hyper
 
 
+def _progress_bar(verbose, epochs):
+    """A tqdm bar for ``verbose=1`` (shown only when stderr is a terminal) or
+    ``verbose="bar"`` (always); None otherwise."""
+    if verbose not in (1, "bar"):
+        return None
+    if verbose == 1 and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=True, dynamic_ncols=True)
+
+
 def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, l1, l2,
-               clip_norm, clip_value, schedule, seed, callbacks, verbose, state):
+               clip_norm, clip_value, schedule, seed, callbacks, verbose, state,
+               validation=None, gradient_monitor=None):
     """Train ``net`` in place on validated, converted X and Y; returns a History.
+
+    Epoch e of this fit is epoch ``state.epochs_done + e`` of the network: the
+    schedule, the shuffle (:func:`epoch_permutation`) and ``lr_scale`` continue
+    across ``warm_start`` fits. ``validation`` is None or a converted (Xv, Yv) pair,
+    evaluated with the compiled ``evaluate`` after every epoch. ``callbacks`` are
+    :class:`fastbp.callbacks.Callback` objects or plain ``f(net, epoch, history)``.
 
     If an epoch produces a non-finite loss the parameters and optimizer state are
     restored to the end of the previous epoch, a RuntimeWarning is issued and
     training stops.
     """
+    from .callbacks import Callback
     n = X.shape[0]
     work = Workspace(net.sizes, min(batch_size, n), net.dtype)
     hyper = hyper_vector(optimizer, optimizer.lr, l1, l2, clip_norm, clip_value)
-    rng = np.random.default_rng(seed)
     perm = np.arange(n, dtype=np.int64)
     backup = np.empty_like(net.theta)
     backup_states = (np.empty_like(state.state1), np.empty_like(state.state2))
@@ -99,41 +168,84 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
     classification = net.output != "identity"
     diagnostics = np.zeros((len(net.sizes) - 1, 2), dtype=np.float64)
     n_batches = -(-n // work.bmax)
-    for epoch in range(epochs):
-        diagnostics[...] = 0
-        hyper[spec.H_LR] = schedule(epoch, optimizer.lr)
-        if shuffle:
-            perm = rng.permutation(n).astype(np.int64)
-        np.copyto(backup, net.theta)
-        np.copyto(backup_states[0], state.state1)
-        np.copyto(backup_states[1], state.state2)
-        step_before = int(state.step[0])
-        t0 = time.perf_counter()
-        total, correct = cpu.train_epoch(
-            X, Y, perm, work.bmax, net.theta, state.grad, state.state1, state.state2, net.layout,
-            net.codes, loss_code, optimizer.code, hyper, state.step, work.xb, work.yb, work.zs,
-            work.acts, work.deltas, diagnostics)
-        seconds = time.perf_counter() - t0
-        epoch_loss = total / n
-        if not np.isfinite(epoch_loss) or not np.isfinite(net.theta).all():
-            np.copyto(net.theta, backup)
-            np.copyto(state.state1, backup_states[0])
-            np.copyto(state.state2, backup_states[1])
-            state.step[0] = step_before
-            warnings.warn(f"training diverged in epoch {epoch + 1} (non-finite loss or parameters); "
-                          "parameters restored to the end of the previous epoch. Lower the learning "
-                          "rate or use clip_norm.", RuntimeWarning, stacklevel=3)
-            history.stopped_early = True
-            break
-        history.record(loss=epoch_loss, accuracy=correct / n if classification else float("nan"),
-                       lr=float(hyper[spec.H_LR]), seconds=seconds,
-                       samples_per_second=n / seconds if seconds > 0 else float("inf"),
-                       grad_norm=diagnostics[:, 0] / n_batches, update_ratio=diagnostics[:, 1] / n_batches)
-        if verbose:
-            acc = f"  accuracy {history.accuracy[-1]:.4f}" if classification else ""
-            print(f"epoch {epoch + 1:>4}/{epochs}  loss {epoch_loss:.6f}{acc}  "
-                  f"({history.samples_per_second[-1]:,.0f} samples/s)")
-        if any(cb(net, epoch, history) for cb in callbacks):
-            history.stopped_early = True
-            break
+    if validation is not None:
+        Xv, Yv = validation
+        val_chunk = min(1024, Xv.shape[0])
+        val_work = Workspace(net.sizes, val_chunk, net.dtype)
+    fit = FitContext(state, optimizer, epochs, validation is not None)
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            cb.on_train_begin(net, fit)
+    bar = _progress_bar(verbose, epochs)
+    try:
+        for epoch in range(epochs):
+            global_epoch = state.epochs_done
+            diagnostics[...] = 0
+            hyper[spec.H_LR] = schedule(global_epoch, optimizer.lr) * state.lr_scale
+            if shuffle:
+                perm = epoch_permutation(seed, global_epoch, n)
+            np.copyto(backup, net.theta)
+            np.copyto(backup_states[0], state.state1)
+            np.copyto(backup_states[1], state.state2)
+            step_before = int(state.step[0])
+            t0 = time.perf_counter()
+            total, correct = cpu.train_epoch(
+                X, Y, perm, work.bmax, net.theta, state.grad, state.state1, state.state2, net.layout,
+                net.codes, loss_code, optimizer.code, hyper, state.step, work.xb, work.yb, work.zs,
+                work.acts, work.deltas, diagnostics)
+            seconds = time.perf_counter() - t0
+            epoch_loss = total / n
+            grad_norm = diagnostics[:, 0] / n_batches
+            if gradient_monitor is not None:
+                gradient_monitor.check(grad_norm, epoch)
+            if not np.isfinite(epoch_loss) or not np.isfinite(net.theta).all():
+                np.copyto(net.theta, backup)
+                np.copyto(state.state1, backup_states[0])
+                np.copyto(state.state2, backup_states[1])
+                state.step[0] = step_before
+                warnings.warn(f"training diverged in epoch {epoch + 1} (non-finite loss or parameters); "
+                              "parameters restored to the end of the previous epoch. Lower the learning "
+                              "rate or use clip_norm.", RuntimeWarning, stacklevel=3)
+                history.stopped_early = True
+                break
+            state.epochs_done += 1
+            history.record(loss=epoch_loss, accuracy=correct / n if classification else float("nan"),
+                           lr=float(hyper[spec.H_LR]), seconds=seconds,
+                           samples_per_second=n / seconds if seconds > 0 else float("inf"),
+                           grad_norm=grad_norm, update_ratio=diagnostics[:, 1] / n_batches)
+            if validation is not None:
+                val_total, val_correct = cpu.evaluate(Xv, Yv, net.theta, net.layout, net.codes, loss_code,
+                                                      val_work.zs, val_work.acts, val_work.deltas, val_chunk)
+                history.val_loss.append(val_total / Xv.shape[0])
+                history.val_accuracy.append(val_correct / Xv.shape[0] if classification else float("nan"))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(_epoch_logs(history, classification), refresh=False)
+            elif verbose == 2:
+                logs = "  ".join(f"{k} {v}" for k, v in _epoch_logs(history, classification).items())
+                print(f"epoch {epoch + 1:>4}/{epochs}  {logs}  "
+                      f"({history.samples_per_second[-1]:,.0f} samples/s)")
+            stops = [bool(cb.on_epoch_end(net, epoch, history) if isinstance(cb, Callback)
+                          else cb(net, epoch, history)) for cb in callbacks]
+            if any(stops):
+                history.stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            cb.on_train_end(net, history)
     return history
+
+
+def _epoch_logs(history, classification):
+    """The last epoch's loss / accuracy (and validation) as short strings."""
+    logs = {"loss": f"{history.loss[-1]:.4f}"}
+    if classification:
+        logs["acc"] = f"{history.accuracy[-1]:.4f}"
+    if history.val_loss:
+        logs["val_loss"] = f"{history.val_loss[-1]:.4f}"
+        if classification:
+            logs["val_acc"] = f"{history.val_accuracy[-1]:.4f}"
+    return logs
