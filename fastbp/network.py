@@ -59,12 +59,18 @@ class MLP:
     seed : int
         Seeds the initial weights and, unless ``fit(seed=...)`` says otherwise, shuffling.
     dtype : "float32" (default) or "float64".
+    dropout : float or sequence of float
+        Inverted-dropout rate p in [0, 1) after each hidden layer (one number for all,
+        or one per hidden layer); active in ``fit`` only, never in predict / evaluate /
+        gradients / gradcheck. Masks are drawn inside the compiled epoch from a seed
+        derived from (fit seed, epoch), so a seed reproduces a run.
 
     ``weights[l]`` has shape (fan_in, fan_out) and ``z = a @ W + b`` with samples
     as rows; ``weights`` and ``biases`` are views into the flat vector ``theta``.
     """
 
-    def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32"):
+    def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32",
+                 dropout=0.0):
         sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
@@ -91,6 +97,14 @@ class MLP:
         if str(np.dtype(dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(dtype)
+        rates = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
+        if len(rates) != n_hidden:
+            raise ValueError(f"{len(rates)} dropout rates given for {n_hidden} hidden layers")
+        for p in rates:
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+                raise ValueError(f"dropout rates must be numbers in [0, 1), got {p!r}")
+        self.dropout = [float(p) for p in rates]
+        self.keep = np.array([1 - p for p in self.dropout] + [1.0], dtype=np.float64)
         self.layout, self.n_params = make_layout(self.sizes)
         self.codes = np.array([spec.ACTIVATIONS[a] for a in self.layer_activations], dtype=np.int64)
         self.theta = np.zeros(self.n_params, dtype=self.dtype)
@@ -118,8 +132,9 @@ class MLP:
         return self.sizes[-1]
 
     def __repr__(self):
+        drop = f", dropout={self.dropout}" if any(self.dropout) else ""
         return (f"MLP({self.sizes}, activation={self.activations}, output={self.output!r}, "
-                f"dtype={self.dtype.name!r}, n_params={self.n_params})")
+                f"dtype={self.dtype.name!r}{drop}, n_params={self.n_params})")
 
     # --- training ---------------------------------------------------------------------
 
@@ -133,7 +148,8 @@ class MLP:
     def fit(self, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, shuffle=True,
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
-            validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True):
+            validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
+            checkpoint=None):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         ``batch_size=None`` (or >= n) is full-batch, 1 is SGD; a partial last batch is
@@ -157,7 +173,11 @@ class MLP:
         ``fastbp.callbacks.EarlyStopping``). ``gradient_warnings`` (True, False or a
         ``fastbp.callbacks.GradientMonitor``) warns on vanishing / exploding layer
         gradients. ``verbose``: 0 quiet, 1 a tqdm progress bar when stderr is a
-        terminal, ``"bar"`` the bar always, 2 one line per epoch.
+        terminal, ``"bar"`` the bar always, 2 one line per epoch. ``checkpoint=k``
+        (gradient checkpointing) keeps the activations of every k-th layer only and
+        recomputes the others during the backward pass (``True``: k = ⌈√layers⌉);
+        same gradients bit for bit, less memory, one extra forward pass of compute.
+        Not combined with dropout.
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.
@@ -186,13 +206,14 @@ class MLP:
         callbacks += self._early_stopping(early_stopping, restore_best)
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
+        checkpoint = self._check_checkpoint(checkpoint)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
         history = run_epochs(self, X, Y, loss_code=loss_code, optimizer=optimizer, epochs=epochs,
                              batch_size=batch_size, shuffle=bool(shuffle), l1=l1, l2=l2,
                              clip_norm=clip_norm, clip_value=clip_value, schedule=schedule, seed=seed,
                              callbacks=callbacks, verbose=verbose, state=state,
-                             validation=validation, gradient_monitor=monitor)
+                             validation=validation, gradient_monitor=monitor, checkpoint=checkpoint)
         self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
         return history
 
@@ -217,6 +238,16 @@ class MLP:
             raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
                              f"{n - n_val} for training and {n_val} for validation; both need one")
         return X[:n - n_val], Y[:n - n_val], (X[n - n_val:], Y[n - n_val:])
+
+    def _check_checkpoint(self, checkpoint):
+        if checkpoint is None or checkpoint is False:
+            return None
+        if checkpoint is not True and (isinstance(checkpoint, bool) or
+                                       not isinstance(checkpoint, numbers.Integral) or checkpoint < 1):
+            raise ValueError(f"checkpoint must be None, True or an integer >= 1, got {checkpoint!r}")
+        if any(self.dropout):
+            raise ValueError("checkpoint cannot be combined with dropout (the masks would have to be kept)")
+        return checkpoint if checkpoint is True else int(checkpoint)
 
     @staticmethod
     def _early_stopping(early_stopping, restore_best):
@@ -321,7 +352,7 @@ class MLP:
     def copy(self, dtype=None):
         """An independent network with the same architecture and parameters."""
         other = MLP(self.sizes, self.activations, self.output, self.init, self.seed,
-                    self.dtype if dtype is None else dtype)
+                    self.dtype if dtype is None else dtype, dropout=self.dropout)
         other.theta[...] = self.theta
         other.loss = self.loss
         return other

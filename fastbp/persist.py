@@ -29,7 +29,7 @@ def _header(net):
         "format": FORMAT, "format_version": FORMAT_VERSION, "fastbp_version": __version__,
         "sizes": net.sizes, "activations": net.activations, "output": net.output, "init": net.init,
         "seed": net.seed, "dtype": net.dtype.name, "loss": net.loss,
-        "has_state": state is not None,
+        "dropout": net.dropout, "has_state": state is not None,
     }
     if state is not None:
         header["optimizer"] = {"name": optimizer.name, "params": dict(vars(optimizer))}
@@ -100,7 +100,8 @@ def load(path):
             raise _Malformed(f"format version {version} is newer than this fastbp reads ({FORMAT_VERSION})")
         net = MLP(_require(header, "sizes", list), activation=_require(header, "activations", list),
                   output=_require(header, "output", str), init=_require(header, "init", str),
-                  seed=_require(header, "seed", int), dtype=_require(header, "dtype", str))
+                  seed=_require(header, "seed", int), dtype=_require(header, "dtype", str),
+                  dropout=header.get("dropout", 0.0))
         net.theta[...] = _array(arrays, "theta", net.dtype, (net.n_params,))
         loss = header.get("loss")
         if loss is not None:

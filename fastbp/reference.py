@@ -70,16 +70,31 @@ def activation_derivative(z, a, name):
 # --- forward pass with caches ----------------------------------------------
 
 
-def forward(weights, biases, activations, X):
+def dropout(a, mask):
+    """Inverted dropout with an explicit mask: ``a ⊙ mask``, the mask holding 0 (dropped)
+    or 1/(1 − p) (kept), so the expected activation is unchanged."""
+    return a * mask
+
+
+def dropout_mask(shape, p, rng, dtype=np.float64):
+    """A mask for :func:`dropout`: each entry 1/(1 − p) with probability 1 − p, else 0."""
+    return ((rng.random(shape) < 1 - p) / (1 - p)).astype(dtype)
+
+
+def forward(weights, biases, activations, X, masks=None):
     """Forward pass; returns the caches ``(zs, activations_out)``.
 
     ``activations_out[0]`` is X and ``activations_out[l]`` is a^l; ``zs[l-1]`` is z^l.
+    ``masks`` (optional) holds one dropout mask or None per hidden layer; the cached
+    a^l is then the dropped activation ``dropout(f(z^l), mask)``.
     """
     a = X
     zs, acts = [], [X]
-    for W, b, name in zip(weights, biases, activations):
+    for l, (W, b, name) in enumerate(zip(weights, biases, activations)):
         z = a @ W + b
         a = activate(z, name)
+        if masks is not None and l < len(weights) - 1 and masks[l] is not None:
+            a = dropout(a, masks[l])
         zs.append(z)
         acts.append(a)
     return zs, acts
@@ -119,8 +134,12 @@ def output_delta(z, a, Y, loss, output):
 # --- backward pass ------------------------------------------------------------
 
 
-def backward(weights, activations, zs, acts, Y, loss):
-    """Backpropagation: returns ``(dWs, dbs)``, the batch-mean data-loss gradients."""
+def backward(weights, activations, zs, acts, Y, loss, masks=None):
+    """Backpropagation: returns ``(dWs, dbs)``, the batch-mean data-loss gradients.
+
+    With dropout ``masks`` (as given to :func:`forward`), a hidden delta is
+    ``δ^l = (δ^{l+1} W^{l+1ᵀ}) ⊙ mask ⊙ f'(z^l)``, f' taken at the undropped f(z^l).
+    """
     B = Y.shape[0]
     L = len(weights)
     dWs, dbs = [None] * L, [None] * L
@@ -129,15 +148,22 @@ def backward(weights, activations, zs, acts, Y, loss):
         dWs[l] = acts[l].T @ delta / B
         dbs[l] = delta.sum(axis=0) / B
         if l > 0:
-            delta = (delta @ weights[l].T) * activation_derivative(zs[l - 1], acts[l], activations[l - 1])
+            mask = None if masks is None else masks[l - 1]
+            name = activations[l - 1]
+            a = acts[l] if mask is None else activate(zs[l - 1], name)
+            delta = delta @ weights[l].T
+            if mask is not None:
+                delta = delta * mask
+            delta = delta * activation_derivative(zs[l - 1], a, name)
     return dWs, dbs
 
 
-def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0):
-    """Loss (data + penalty) and gradients of the objective for one batch."""
-    zs, acts = forward(weights, biases, activations, X)
+def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0, masks=None):
+    """Loss (data + penalty) and gradients of the objective for one batch (with
+    optional dropout ``masks``, one per hidden layer)."""
+    zs, acts = forward(weights, biases, activations, X, masks)
     data_loss = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1]).mean()
-    dWs, dbs = backward(weights, activations, zs, acts, Y, loss)
+    dWs, dbs = backward(weights, activations, zs, acts, Y, loss, masks)
     dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
     return data_loss + penalty(weights, l1, l2), dWs, dbs
 

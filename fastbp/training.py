@@ -12,21 +12,71 @@ import warnings
 import numpy as np
 
 from . import spec
-from .kernels import cpu
+from .kernels import cpu, cpu_ext
 
 
 class Workspace:
-    """Per-fit scratch buffers for batches of at most ``bmax`` rows."""
+    """Per-fit scratch buffers for batches of at most ``bmax`` rows.
 
-    def __init__(self, sizes, bmax, dtype):
+    ``dropout=True`` adds the mask and dropped-activation buffers of
+    ``kernels.cpu_ext``; ``segments`` (layer indices where checkpoint segments
+    start, 0 first) makes ``zs``/``acts`` one segment long and adds the boundary
+    stores ``ck_z``/``ck_a`` for gradient checkpointing.
+    """
+
+    def __init__(self, sizes, bmax, dtype, dropout=False, segments=None):
         widths = sizes[1:]
         self.bmax = int(bmax)
         self.xb = np.zeros((bmax, sizes[0]), dtype=dtype)
         self.yb = np.zeros((bmax, sizes[-1]), dtype=dtype)
-        self.zs = np.zeros(bmax * sum(widths), dtype=dtype)
-        self.acts = np.zeros(bmax * sum(widths), dtype=dtype)
+        self.extended = bool(dropout) or segments is not None
+        self.starts = np.zeros(0 if segments is None else len(segments) + 1, dtype=np.int64)
+        self.ck_off = np.full(len(widths), -1, dtype=np.int64)
+        if segments is None:
+            cached = sum(widths)
+            self.ck_z = self.ck_a = np.zeros(0, dtype=dtype)
+        else:
+            self.starts[:-1], self.starts[-1] = segments, len(widths)
+            bounds = list(self.starts)
+            cached = max(sum(widths[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+            offset = 0
+            for start in bounds[1:-1]:
+                self.ck_off[start - 1] = offset
+                offset += bmax * widths[start - 1]
+            self.ck_z = np.zeros(offset, dtype=dtype)
+            self.ck_a = np.zeros(offset, dtype=dtype)
+        self.zs = np.zeros(bmax * cached, dtype=dtype)
+        self.acts = np.zeros(bmax * cached, dtype=dtype)
+        self.masks = np.zeros(bmax * cached if dropout else 0, dtype=dtype)
+        self.dacts = np.zeros(bmax * cached if dropout else 0, dtype=dtype)
         # two ping-pong buffers, each big enough for the widest layer (input included)
         self.deltas = np.zeros(2 * bmax * max(sizes), dtype=dtype)
+
+    def train_epoch(self, net, X, Y, perm, state, loss_code, opt_code, hyper, diagnostics, rng_seed):
+        """One compiled epoch: ``cpu.train_epoch`` on the plain path, else
+        ``cpu_ext.train_epoch_ext`` (dropout seeded with ``rng_seed``, or checkpointing)."""
+        if not self.extended:
+            return cpu.train_epoch(X, Y, perm, self.bmax, net.theta, state.grad, state.state1,
+                                   state.state2, net.layout, net.codes, loss_code, opt_code, hyper,
+                                   state.step, self.xb, self.yb, self.zs, self.acts, self.deltas,
+                                   diagnostics)
+        return cpu_ext.train_epoch_ext(X, Y, perm, self.bmax, net.theta, state.grad, state.state1,
+                                       state.state2, net.layout, net.codes, loss_code, opt_code, hyper,
+                                       state.step, self.xb, self.yb, self.zs, self.acts, self.deltas,
+                                       diagnostics, net.keep, self.masks, self.dacts, rng_seed,
+                                       self.starts, self.ck_off, self.ck_z, self.ck_a)
+
+
+def checkpoint_segments(n_layers, checkpoint):
+    """Segment starts for ``fit(checkpoint=k)``: every k-th layer's activations are
+    kept, so segments start at 0, k, 2k, ...; ``True`` picks k = ⌈√n_layers⌉."""
+    k = int(np.ceil(np.sqrt(n_layers))) if checkpoint is True else int(checkpoint)
+    return list(range(0, n_layers, k))
+
+
+def dropout_seed(seed, epoch):
+    """Seed of Numba's generator for the dropout masks of (global) epoch ``epoch``."""
+    return int(np.random.default_rng([seed, epoch, 1]).integers(0, 2 ** 31 - 1))
 
 
 class FitState:
@@ -144,7 +194,7 @@ def _progress_bar(verbose, epochs):
 
 def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, l1, l2,
                clip_norm, clip_value, schedule, seed, callbacks, verbose, state,
-               validation=None, gradient_monitor=None):
+               validation=None, gradient_monitor=None, checkpoint=None):
     """Train ``net`` in place on validated, converted X and Y; returns a History.
 
     Epoch e of this fit is epoch ``state.epochs_done + e`` of the network: the
@@ -159,7 +209,9 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
     """
     from .callbacks import Callback
     n = X.shape[0]
-    work = Workspace(net.sizes, min(batch_size, n), net.dtype)
+    dropout = bool(np.any(net.keep < 1))
+    segments = checkpoint_segments(len(net.sizes) - 1, checkpoint) if checkpoint else None
+    work = Workspace(net.sizes, min(batch_size, n), net.dtype, dropout=dropout, segments=segments)
     hyper = hyper_vector(optimizer, optimizer.lr, l1, l2, clip_norm, clip_value)
     perm = np.arange(n, dtype=np.int64)
     backup = np.empty_like(net.theta)
@@ -189,10 +241,9 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
             np.copyto(backup_states[1], state.state2)
             step_before = int(state.step[0])
             t0 = time.perf_counter()
-            total, correct = cpu.train_epoch(
-                X, Y, perm, work.bmax, net.theta, state.grad, state.state1, state.state2, net.layout,
-                net.codes, loss_code, optimizer.code, hyper, state.step, work.xb, work.yb, work.zs,
-                work.acts, work.deltas, diagnostics)
+            rng_seed = dropout_seed(seed, global_epoch) if dropout else -1
+            total, correct = work.train_epoch(net, X, Y, perm, state, loss_code, optimizer.code, hyper,
+                                              diagnostics, rng_seed)
             seconds = time.perf_counter() - t0
             epoch_loss = total / n
             grad_norm = diagnostics[:, 0] / n_batches

@@ -501,3 +501,170 @@ def test_cli_train_plot(tmp_path, capsys):
     assert cli.main(["train", "--epochs", "2", "--no-reference", "--plot", str(path)]) == 0
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert str(path) in capsys.readouterr().out
+
+
+# --- dropout ---------------------------------------------------------------------------------
+
+from fastbp.kernels import cpu, cpu_ext  # noqa: E402
+from fastbp.training import Workspace  # noqa: E402
+
+HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+
+
+def mask_views(buffer, sizes, bmax, rows):
+    """Per-hidden-layer (rows, width) views of a flat kernel buffer (layer l at bmax·Σ_{j<l} n_j)."""
+    views, offset = [], 0
+    for width in sizes[1:-1]:
+        views.append(buffer[offset:offset + rows * width].reshape(rows, width))
+        offset += bmax * width
+    return views
+
+
+@pytest.mark.parametrize("activation", HIDDEN)
+def test_dropout_gradient_with_a_given_mask_matches_reference(activation, dtype):
+    sizes = [7, 12, 9, 4]
+    net = fastbp.MLP(sizes, activation=activation, init="xavier", seed=5, dtype=dtype, dropout=[0.3, 0.5])
+    X, Y = make_data(11, sizes, "softmax", dtype, seed=2)
+    rng = np.random.default_rng(0)
+    masks = [reference.dropout_mask((11, 12), 0.3, rng, dtype), reference.dropout_mask((11, 9), 0.5, rng, dtype)]
+    assert 0 < (masks[0] == 0).mean() < 1
+    work = Workspace(sizes, 11, dtype, dropout=True)
+    for view, mask in zip(mask_views(work.masks, sizes, 11, 11), masks):
+        view[...] = mask
+    grad = np.zeros(net.n_params, dtype)
+    loss, _ = cpu_ext.backward_pass_dropout(X, Y, net.theta, grad, net.layout, net.codes, 2, work.zs,
+                                            work.acts, work.deltas, 11, net.keep, work.masks, work.dacts,
+                                            False)
+    value, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y,
+                                          "cross_entropy", masks=masks)
+    assert_close(loss / 11, value, dtype, "loss")
+    expected = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in zip(dWs, dbs)])
+    assert_close(grad, expected, dtype, "gradient")
+    # and the mask matters: without it the reference gradient is different
+    _, dWs0, _ = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, "cross_entropy")
+    assert not np.allclose(dWs0[0], dWs[0])
+
+
+def test_kernel_drawn_masks_replayed_by_the_reference():
+    """One full-batch SGD epoch in the compiled driver; the masks it drew (left in the
+    workspace) replayed by the reference give the same parameters."""
+    sizes = [6, 20, 15, 3]
+    net = fastbp.MLP(sizes, activation="tanh", seed=1, dtype="float64", dropout=[0.25, 0.4])
+    X, Y = make_data(30, sizes, "softmax", np.float64, seed=4)
+    ref = ReferenceTrainer(net)
+    work = Workspace(sizes, 30, np.float64, dropout=True)
+    state = fastbp.training.FitState(net.n_params, np.float64)
+    hyper = fastbp.training.hyper_vector(fastbp.SGD(0.5), 0.5, 0.0, 0.0, 0.0, 0.0)
+    diagnostics = np.zeros((3, 2))
+    work.train_epoch(net, X, Y, np.arange(30), state, 2, fastbp.SGD.code, hyper, diagnostics, 1234)
+    masks = mask_views(work.masks, sizes, 30, 30)
+    for mask, keep in zip(masks, (0.75, 0.6)):
+        assert set(np.unique(mask)) == {0.0, 1 / keep}
+    _, dWs, dbs = reference.gradients(ref.weights, ref.biases, ref.activations, X, Y, "cross_entropy",
+                                      masks=masks)
+    for p, g in zip([*ref.weights, *ref.biases], [*dWs, *dbs]):
+        p -= 0.5 * g
+    assert_close(net.theta, ref.flat(), np.float64)
+
+
+def test_dropout_keeps_the_expected_activation_and_drops_the_right_fraction():
+    sizes = [10, 400, 2]
+    net = fastbp.MLP(sizes, activation="sigmoid", seed=0, dtype="float64", dropout=0.3)
+    X = np.random.default_rng(1).normal(size=(500, 10))
+    work = Workspace(sizes, 500, np.float64, dropout=True)
+    cpu_ext.forward_pass_dropout(X, net.theta, net.layout, net.codes, work.zs, work.acts, 500, net.keep,
+                                 work.masks, work.dacts, True)
+    kept = work.acts[:500 * 400].reshape(500, 400)
+    dropped = work.dacts[:500 * 400].reshape(500, 400)
+    assert (dropped == 0).mean() == pytest.approx(0.3, abs=0.01)
+    assert dropped.mean() == pytest.approx(kept.mean(), rel=0.01)
+    np.testing.assert_array_equal(dropped[dropped != 0], kept[dropped != 0] * (1 / 0.7))
+
+
+def test_dropout_is_seeded_reproducible_and_off_at_inference(tmp_path):
+    X, y = data(60)
+    nets = [fastbp.MLP(SIZES, seed=3, dtype="float64", dropout=0.4) for _ in range(3)]
+    nets[0].fit(X, y, epochs=3, batch_size=16)
+    nets[1].fit(X, y, epochs=3, batch_size=16)
+    nets[2].fit(X, y, epochs=3, batch_size=16, seed=99)
+    np.testing.assert_array_equal(nets[0].theta, nets[1].theta)
+    assert not np.array_equal(nets[0].theta, nets[2].theta)
+    plain = fastbp.MLP(SIZES, seed=3, dtype="float64")
+    plain.fit(X, y, epochs=3, batch_size=16)
+    assert not np.array_equal(plain.theta, nets[0].theta)  # dropout did something in training
+    # inference, evaluation, gradients and gradcheck see no dropout
+    twin = fastbp.MLP(SIZES, seed=3, dtype="float64")
+    twin.theta[...] = nets[0].theta
+    np.testing.assert_array_equal(nets[0].predict_proba(X), twin.predict_proba(X))
+    assert nets[0].evaluate(X, y) == twin.evaluate(X, y)
+    np.testing.assert_array_equal(nets[0].flat_gradient(X, y)[1], twin.flat_gradient(X, y)[1])
+    assert fastbp.gradcheck(nets[0], X[:5], y[:5]).passed
+    # split training with dropout equals straight training (masks seeded per global epoch)
+    half = fastbp.MLP(SIZES, seed=3, dtype="float64", dropout=0.4)
+    half.fit(X, y, epochs=1, batch_size=16)
+    half.save(tmp_path / "d.npz")
+    resumed = fastbp.MLP.load(tmp_path / "d.npz")
+    assert resumed.dropout == [0.4, 0.4]
+    resumed.fit(X, y, epochs=2, batch_size=16, warm_start=True)
+    np.testing.assert_array_equal(resumed.theta, nets[0].theta)
+
+
+@pytest.mark.parametrize("dropout,match", [(1.0, "dropout"), (-0.1, "dropout"), ([0.1], "2 hidden"),
+                                           (True, "dropout"), ("0.2", "dropout")])
+def test_bad_dropout_raises(dropout, match):
+    with pytest.raises(ValueError, match=match):
+        fastbp.MLP(SIZES, dropout=dropout)
+
+
+# --- gradient checkpointing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpoint", [1, 2, 3, True, 10])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+def test_checkpointed_training_is_bitwise_identical(checkpoint, activation):
+    sizes = [9, 13, 8, 11, 7, 10, 4]
+    X, y = make_data(37, sizes, "softmax", np.float64, seed=3)  # 37 = 3·10 + 7: partial last batch
+    plain = fastbp.MLP(sizes, activation=activation, seed=2, dtype="float64")
+    h_plain = plain.fit(X, y, optimizer=fastbp.Adam(0.01), epochs=3, batch_size=10)
+    ckpt = fastbp.MLP(sizes, activation=activation, seed=2, dtype="float64")
+    h_ckpt = ckpt.fit(X, y, optimizer=fastbp.Adam(0.01), epochs=3, batch_size=10, checkpoint=checkpoint)
+    np.testing.assert_array_equal(ckpt.theta, plain.theta)
+    assert h_ckpt.loss == h_plain.loss and h_ckpt.accuracy == h_plain.accuracy
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_checkpointed_gradient_matches_plain_and_reference(k):
+    sizes = [5, 8, 8, 8, 8, 8, 3]
+    net = fastbp.MLP(sizes, activation="tanh", seed=0, dtype="float64")
+    X, Y = make_data(9, sizes, "softmax", np.float64, seed=1)
+    plain_work = Workspace(sizes, 9, np.float64)
+    grad_plain = np.zeros(net.n_params)
+    cpu.backward_pass(X, Y, net.theta, grad_plain, net.layout, net.codes, 2, plain_work.zs, plain_work.acts,
+                      plain_work.deltas, 9)
+    work = Workspace(sizes, 9, np.float64, segments=fastbp.training.checkpoint_segments(6, k))
+    grad = np.zeros(net.n_params)
+    cpu_ext.backward_pass_checkpoint(X, Y, net.theta, grad, net.layout, net.codes, 2, work.zs, work.acts,
+                                     work.deltas, 9, work.starts, work.ck_off, work.ck_z, work.ck_a)
+    np.testing.assert_array_equal(grad, grad_plain)
+    _, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, "cross_entropy")
+    assert_close(grad, np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in zip(dWs, dbs)]),
+                 np.float64)
+    if 1 < k < 6:  # the activation cache really is smaller
+        assert work.zs.size + work.ck_z.size < plain_work.zs.size
+
+
+def test_checkpoint_segments():
+    from fastbp.training import checkpoint_segments
+    assert checkpoint_segments(17, 4) == [0, 4, 8, 12, 16]
+    assert checkpoint_segments(17, True) == [0, 5, 10, 15]
+    assert checkpoint_segments(3, 10) == [0]
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(checkpoint=0), "checkpoint"), (dict(checkpoint=1.5), "checkpoint"),
+                                          (dict(checkpoint="yes"), "checkpoint")])
+def test_bad_checkpoint_raises(kwargs, match):
+    X, y = data(10)
+    with pytest.raises(ValueError, match=match):
+        fastbp.MLP(SIZES).fit(X, y, **kwargs)
+    with pytest.raises(ValueError, match="dropout"):
+        fastbp.MLP(SIZES, dropout=0.1).fit(X, y, checkpoint=2)
