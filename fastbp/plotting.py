@@ -11,10 +11,11 @@ def _matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
         raise ImportError("History.plot needs matplotlib; install it with "
                           "pip install 'fastbp[plot]' (or pip install matplotlib)") from exc
-    return Figure, FigureCanvasAgg
+    return Figure, FigureCanvasAgg, MaxNLocator
 
 
 def plot_history(history, path=None, title=None):
@@ -22,7 +23,7 @@ def plot_history(history, path=None, title=None):
     norms (log scale), all per epoch. Returns the Figure; saves it to ``path`` if given."""
     if history.epochs == 0:
         raise ValueError("the history holds no epochs to plot")
-    Figure, FigureCanvasAgg = _matplotlib()
+    Figure, FigureCanvasAgg, MaxNLocator = _matplotlib()
     epochs = np.arange(1, history.epochs + 1)
     has_accuracy = not np.all(np.isnan(history.accuracy))
     fig = Figure(figsize=(13, 4) if has_accuracy else (9, 4), layout="constrained")
@@ -52,8 +53,7 @@ def plot_history(history, path=None, title=None):
     ax.legend(fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)
-        if len(epochs) < 15:
-            ax.set_xticks(epochs)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     if path is not None:

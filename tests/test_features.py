@@ -668,3 +668,13 @@ def test_bad_checkpoint_raises(kwargs, match):
         fastbp.MLP(SIZES).fit(X, y, **kwargs)
     with pytest.raises(ValueError, match="dropout"):
         fastbp.MLP(SIZES, dropout=0.1).fit(X, y, checkpoint=2)
+
+
+@pytest.mark.slow
+def test_features_example_runs_quick(tmp_path, capsys):
+    import runpy
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "features.py")
+    module = runpy.run_path(example)
+    module["main"](["--quick", "--plot", str(tmp_path / "c.png")])
+    assert "all feature checks passed" in capsys.readouterr().out
+    assert (tmp_path / "c.png").exists()
