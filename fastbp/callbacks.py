@@ -79,7 +79,8 @@ class EarlyStopping(Callback):
     ``monitor="auto"`` watches ``val_loss`` when the fit has validation data, else the
     training ``loss``. With ``restore_best`` (default) the parameters of the best
     epoch are copied back at the end (the optimizer moments are not rewound: a later
-    ``warm_start`` continues from the last epoch's moments). Sets
+    ``warm_start`` continues from the last epoch's moments; BN running statistics are
+    restored with the parameters). Sets
     ``history.best_epoch`` (0-based, within the fit).
     """
 
@@ -97,6 +98,7 @@ class EarlyStopping(Callback):
         self._best_epoch = None
         self._wait = 0
         self._best_params = np.empty_like(net.theta) if self.restore_best else None
+        self._best_running = np.empty_like(net.bn_running) if self.restore_best else None
 
     def on_epoch_end(self, net, epoch, history):
         value = getattr(history, self._key)[-1]
@@ -104,6 +106,7 @@ class EarlyStopping(Callback):
             self._best, self._best_epoch, self._wait = value, epoch, 0
             if self._best_params is not None:
                 np.copyto(self._best_params, net.theta)
+                np.copyto(self._best_running, net.bn_running)
             return False
         self._wait += 1
         return self._wait >= self.patience
@@ -113,6 +116,7 @@ class EarlyStopping(Callback):
         if self._best_params is not None and self._best_epoch is not None \
                 and self._best_epoch != history.epochs - 1:
             np.copyto(net.theta, self._best_params)
+            np.copyto(net.bn_running, self._best_running)
 
     def __repr__(self):
         return (f"EarlyStopping(patience={self.patience}, monitor={self.monitor!r}, "

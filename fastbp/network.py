@@ -6,8 +6,8 @@ import numpy as np
 
 from . import spec
 from .init import init_weights, resolve_init
-from .kernels import cpu
-from .layout import make_layout, weight_views
+from .kernels import cpu, cpu_ext
+from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
 from .training import FitState, Workspace, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
@@ -64,13 +64,21 @@ class MLP:
         or one per hidden layer); active in ``fit`` only, never in predict / evaluate /
         gradients / gradcheck. Masks are drawn inside the compiled epoch from a seed
         derived from (fit seed, epoch), so a seed reproduces a run.
+    batchnorm : bool
+        Batch normalization after every hidden layer's affine step: y = γ x̂ + β with
+        x̂ the unit's input normalised by the batch mean and variance in training and
+        by running estimates (updated each batch with ``bn_momentum``:
+        r ← m·r + (1 − m)·batch value, unbiased variance) in predict / evaluate. The
+        layer's bias is β; γ (``gammas[l]``, initialised to 1) sits after it in
+        ``theta``. ``flat_gradient`` and gradcheck use batch statistics. Not combined
+        with dropout or checkpointing.
 
     ``weights[l]`` has shape (fan_in, fan_out) and ``z = a @ W + b`` with samples
     as rows; ``weights`` and ``biases`` are views into the flat vector ``theta``.
     """
 
     def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32",
-                 dropout=0.0):
+                 dropout=0.0, batchnorm=False, bn_momentum=0.9):
         sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
@@ -105,10 +113,28 @@ class MLP:
                 raise ValueError(f"dropout rates must be numbers in [0, 1), got {p!r}")
         self.dropout = [float(p) for p in rates]
         self.keep = np.array([1 - p for p in self.dropout] + [1.0], dtype=np.float64)
-        self.layout, self.n_params = make_layout(self.sizes)
+        if not isinstance(batchnorm, (bool, np.bool_)):
+            raise TypeError(f"batchnorm must be True or False, got {batchnorm!r}")
+        if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, numbers.Real) or not 0 <= bn_momentum < 1:
+            raise ValueError(f"bn_momentum must be a number in [0, 1), got {bn_momentum!r}")
+        if batchnorm and any(self.dropout):
+            raise ValueError("batchnorm cannot be combined with dropout in this version")
+        self.batchnorm, self.bn_momentum = bool(batchnorm), float(bn_momentum)
+        bn_flags = [self.batchnorm] * n_hidden + [False]
+        self.layout, self.n_params = make_layout(self.sizes, bn_flags)
+        self.update_layout = update_layout(self.layout, bn_flags)
+        self.bn_goff = gamma_offsets(self.layout, bn_flags) if self.batchnorm else np.zeros(0, dtype=np.int64)
+        total = sum(self.sizes[1:])
+        # running mean (first half) and variance (second half) per unit, BN layers only used
+        self.bn_running = np.concatenate([np.zeros(total), np.ones(total)]) if self.batchnorm else np.zeros(0)
         self.codes = np.array([spec.ACTIVATIONS[a] for a in self.layer_activations], dtype=np.int64)
         self.theta = np.zeros(self.n_params, dtype=self.dtype)
         self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.gammas = [self.theta[g:g + n] if g >= 0 else None
+                       for g, n in zip(self.bn_goff, self.sizes[1:])] if self.batchnorm else [None] * len(bn_flags)
+        for gamma in self.gammas:
+            if gamma is not None:
+                gamma[...] = 1
         rng = np.random.default_rng(self.seed)
         for W, (fan_in, fan_out) in zip(self.weights, zip(self.sizes[:-1], self.sizes[1:])):
             W[...] = init_weights(fan_in, fan_out, self.init, rng)
@@ -133,6 +159,7 @@ class MLP:
 
     def __repr__(self):
         drop = f", dropout={self.dropout}" if any(self.dropout) else ""
+        drop += ", batchnorm=True" if self.batchnorm else ""
         return (f"MLP({self.sizes}, activation={self.activations}, output={self.output!r}, "
                 f"dtype={self.dtype.name!r}{drop}, n_params={self.n_params})")
 
@@ -245,8 +272,8 @@ class MLP:
         if checkpoint is not True and (isinstance(checkpoint, bool) or
                                        not isinstance(checkpoint, numbers.Integral) or checkpoint < 1):
             raise ValueError(f"checkpoint must be None, True or an integer >= 1, got {checkpoint!r}")
-        if any(self.dropout):
-            raise ValueError("checkpoint cannot be combined with dropout (the masks would have to be kept)")
+        if any(self.dropout) or self.batchnorm:
+            raise ValueError("checkpoint cannot be combined with dropout or batchnorm in this version")
         return checkpoint if checkpoint is True else int(checkpoint)
 
     @staticmethod
@@ -284,10 +311,24 @@ class MLP:
         """Output activations a^L for every row of X (compiled, in chunks)."""
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
-        work = Workspace(self.sizes, chunk, self.dtype)
+        work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
+        if self.batchnorm:
+            self._loss_sum(X, out[:0], 0, chunk, work, out=out)
+        else:
+            cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
         return out
+
+    def _loss_sum(self, X, Y, loss_code, chunk, work, batch_stats=False, out=None):
+        """(summed data loss, correct) over converted X, Y in chunks, without dropout;
+        BN with running statistics (or each chunk's batch statistics)."""
+        if not self.batchnorm:
+            return cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code, work.zs, work.acts,
+                                work.deltas, chunk)
+        return cpu_ext.evaluate_bn(X, Y, self.theta, self.layout, self.codes, loss_code, work.zs, work.acts,
+                                   work.deltas, chunk, self.bn_goff, work.xhat, work.stats, self.bn_running,
+                                   spec.BN_EPS, 1 if batch_stats else 0,
+                                   out if out is not None else Y[:0])
 
     def predict_proba(self, X):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
@@ -315,9 +356,8 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         chunk = min(PREDICT_CHUNK, X.shape[0])
-        work = Workspace(self.sizes, chunk, self.dtype)
-        total, correct = cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code,
-                                      work.zs, work.acts, work.deltas, chunk)
+        work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
+        total, correct = self._loss_sum(X, Y, loss_code, chunk, work)
         result = {"loss": total / X.shape[0]}
         if self.output != "identity":
             result["accuracy"] = correct / X.shape[0]
@@ -332,10 +372,17 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        work = Workspace(self.sizes, X.shape[0], self.dtype)
+        work = Workspace(self.sizes, X.shape[0], self.dtype, batchnorm=self.batchnorm)
         grad = np.zeros(self.n_params, dtype=self.dtype)
-        value = cpu.loss_and_gradient(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
-                                      work.zs, work.acts, work.deltas)
+        if self.batchnorm:  # batch statistics, running statistics left alone
+            value, _ = cpu_ext.backward_pass_bn(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
+                                                work.zs, work.acts, work.deltas, X.shape[0], self.bn_goff,
+                                                work.xhat, work.stats, self.bn_running, spec.BN_EPS,
+                                                self.bn_momentum, 1, work.scratch)
+            value /= X.shape[0]
+        else:
+            value = cpu.loss_and_gradient(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
+                                          work.zs, work.acts, work.deltas)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W
@@ -352,7 +399,9 @@ class MLP:
     def copy(self, dtype=None):
         """An independent network with the same architecture and parameters."""
         other = MLP(self.sizes, self.activations, self.output, self.init, self.seed,
-                    self.dtype if dtype is None else dtype, dropout=self.dropout)
+                    self.dtype if dtype is None else dtype, dropout=self.dropout, batchnorm=self.batchnorm,
+                    bn_momentum=self.bn_momentum)
         other.theta[...] = self.theta
+        other.bn_running[...] = self.bn_running
         other.loss = self.loss
         return other

@@ -4,7 +4,8 @@ The archive holds a JSON header (``header``: format name and version, fastbp
 version, architecture, dtype, loss, optimizer class and hyper-parameters, epochs
 trained, learning-rate scale) and plain arrays: ``theta`` (the flat parameters, see
 ``layout.py``) and, when the network has been fitted, the optimizer state
-``state1``, ``state2`` and ``step``. Files are written atomically (a temporary file
+``state1``, ``state2`` and ``step``, and for batch normalization the running
+statistics ``bn_running``. Files are written atomically (a temporary file
 in the target directory, fsync, then ``os.replace``) and read with
 ``allow_pickle=False``; anything malformed or truncated raises a ``ValueError``
 naming the file.
@@ -29,7 +30,8 @@ def _header(net):
         "format": FORMAT, "format_version": FORMAT_VERSION, "fastbp_version": __version__,
         "sizes": net.sizes, "activations": net.activations, "output": net.output, "init": net.init,
         "seed": net.seed, "dtype": net.dtype.name, "loss": net.loss,
-        "dropout": net.dropout, "has_state": state is not None,
+        "dropout": net.dropout, "batchnorm": net.batchnorm, "bn_momentum": net.bn_momentum,
+        "has_state": state is not None,
     }
     if state is not None:
         header["optimizer"] = {"name": optimizer.name, "params": dict(vars(optimizer))}
@@ -42,6 +44,8 @@ def save(net, path):
     """Write ``net`` (parameters, optimizer state, header) to ``path`` atomically."""
     path = os.fspath(path)
     arrays = {"header": np.array(json.dumps(_header(net))), "theta": net.theta}
+    if net.batchnorm:
+        arrays["bn_running"] = net.bn_running
     if net.fit_state is not None:
         arrays.update(state1=net.fit_state.state1, state2=net.fit_state.state2, step=net.fit_state.step)
     directory = os.path.dirname(os.path.abspath(path))
@@ -101,8 +105,13 @@ def load(path):
         net = MLP(_require(header, "sizes", list), activation=_require(header, "activations", list),
                   output=_require(header, "output", str), init=_require(header, "init", str),
                   seed=_require(header, "seed", int), dtype=_require(header, "dtype", str),
-                  dropout=header.get("dropout", 0.0))
+                  dropout=header.get("dropout", 0.0), batchnorm=header.get("batchnorm", False),
+                  bn_momentum=header.get("bn_momentum", 0.9))
         net.theta[...] = _array(arrays, "theta", net.dtype, (net.n_params,))
+        if net.batchnorm:
+            net.bn_running[...] = _array(arrays, "bn_running", np.float64, net.bn_running.shape)
+            if (net.bn_running[net.bn_running.size // 2:] < 0).any():
+                raise _Malformed("negative running variance")
         loss = header.get("loss")
         if loss is not None:
             net._loss_code(loss)

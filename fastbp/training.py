@@ -19,17 +19,17 @@ class Workspace:
     """Per-fit scratch buffers for batches of at most ``bmax`` rows.
 
     ``dropout=True`` adds the mask and dropped-activation buffers of
-    ``kernels.cpu_ext``; ``segments`` (layer indices where checkpoint segments
+    ``kernels.cpu_ext``, ``batchnorm=True`` its x̂ / statistics buffers; ``segments`` (layer indices where checkpoint segments
     start, 0 first) makes ``zs``/``acts`` one segment long and adds the boundary
     stores ``ck_z``/``ck_a`` for gradient checkpointing.
     """
 
-    def __init__(self, sizes, bmax, dtype, dropout=False, segments=None):
+    def __init__(self, sizes, bmax, dtype, dropout=False, segments=None, batchnorm=False):
         widths = sizes[1:]
         self.bmax = int(bmax)
         self.xb = np.zeros((bmax, sizes[0]), dtype=dtype)
         self.yb = np.zeros((bmax, sizes[-1]), dtype=dtype)
-        self.extended = bool(dropout) or segments is not None
+        self.extended = bool(dropout) or segments is not None or bool(batchnorm)
         self.starts = np.zeros(0 if segments is None else len(segments) + 1, dtype=np.int64)
         self.ck_off = np.full(len(widths), -1, dtype=np.int64)
         if segments is None:
@@ -49,6 +49,10 @@ class Workspace:
         self.acts = np.zeros(bmax * cached, dtype=dtype)
         self.masks = np.zeros(bmax * cached if dropout else 0, dtype=dtype)
         self.dacts = np.zeros(bmax * cached if dropout else 0, dtype=dtype)
+        # batch normalization: x̂ per layer, (μ, 1/√(σ²+ε)) per unit, a bias-sized scratch
+        self.xhat = np.zeros(bmax * cached if batchnorm else 0, dtype=dtype)
+        self.stats = np.zeros(2 * sum(widths) if batchnorm else 0, dtype=np.float64)
+        self.scratch = np.zeros(max(widths) if batchnorm else 0, dtype=dtype)
         # two ping-pong buffers, each big enough for the widest layer (input included)
         self.deltas = np.zeros(2 * bmax * max(sizes), dtype=dtype)
 
@@ -64,7 +68,9 @@ class Workspace:
                                        state.state2, net.layout, net.codes, loss_code, opt_code, hyper,
                                        state.step, self.xb, self.yb, self.zs, self.acts, self.deltas,
                                        diagnostics, net.keep, self.masks, self.dacts, rng_seed,
-                                       self.starts, self.ck_off, self.ck_z, self.ck_a)
+                                       self.starts, self.ck_off, self.ck_z, self.ck_a, net.update_layout,
+                                       net.bn_goff, self.xhat, self.stats, net.bn_running, spec.BN_EPS,
+                                       net.bn_momentum, self.scratch)
 
 
 def checkpoint_segments(n_layers, checkpoint):
@@ -211,11 +217,12 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
     n = X.shape[0]
     dropout = bool(np.any(net.keep < 1))
     segments = checkpoint_segments(len(net.sizes) - 1, checkpoint) if checkpoint else None
-    work = Workspace(net.sizes, min(batch_size, n), net.dtype, dropout=dropout, segments=segments)
+    work = Workspace(net.sizes, min(batch_size, n), net.dtype, dropout=dropout, segments=segments,
+                     batchnorm=net.batchnorm)
     hyper = hyper_vector(optimizer, optimizer.lr, l1, l2, clip_norm, clip_value)
     perm = np.arange(n, dtype=np.int64)
     backup = np.empty_like(net.theta)
-    backup_states = (np.empty_like(state.state1), np.empty_like(state.state2))
+    backup_states = (np.empty_like(state.state1), np.empty_like(state.state2), np.empty_like(net.bn_running))
     history = History()
     classification = net.output != "identity"
     diagnostics = np.zeros((len(net.sizes) - 1, 2), dtype=np.float64)
@@ -223,7 +230,7 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
     if validation is not None:
         Xv, Yv = validation
         val_chunk = min(1024, Xv.shape[0])
-        val_work = Workspace(net.sizes, val_chunk, net.dtype)
+        val_work = Workspace(net.sizes, val_chunk, net.dtype, batchnorm=net.batchnorm)
     fit = FitContext(state, optimizer, epochs, validation is not None)
     for cb in callbacks:
         if isinstance(cb, Callback):
@@ -239,6 +246,7 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
             np.copyto(backup, net.theta)
             np.copyto(backup_states[0], state.state1)
             np.copyto(backup_states[1], state.state2)
+            np.copyto(backup_states[2], net.bn_running)
             step_before = int(state.step[0])
             t0 = time.perf_counter()
             rng_seed = dropout_seed(seed, global_epoch) if dropout else -1
@@ -253,6 +261,7 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
                 np.copyto(net.theta, backup)
                 np.copyto(state.state1, backup_states[0])
                 np.copyto(state.state2, backup_states[1])
+                np.copyto(net.bn_running, backup_states[2])
                 state.step[0] = step_before
                 warnings.warn(f"training diverged in epoch {epoch + 1} (non-finite loss or parameters); "
                               "parameters restored to the end of the previous epoch. Lower the learning "
@@ -265,8 +274,7 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
                            samples_per_second=n / seconds if seconds > 0 else float("inf"),
                            grad_norm=grad_norm, update_ratio=diagnostics[:, 1] / n_batches)
             if validation is not None:
-                val_total, val_correct = cpu.evaluate(Xv, Yv, net.theta, net.layout, net.codes, loss_code,
-                                                      val_work.zs, val_work.acts, val_work.deltas, val_chunk)
+                val_total, val_correct = net._loss_sum(Xv, Yv, loss_code, val_chunk, val_work)
                 history.val_loss.append(val_total / Xv.shape[0])
                 history.val_accuracy.append(val_correct / Xv.shape[0] if classification else float("nan"))
             if bar is not None:

@@ -678,3 +678,159 @@ def test_features_example_runs_quick(tmp_path, capsys):
     module["main"](["--quick", "--plot", str(tmp_path / "c.png")])
     assert "all feature checks passed" in capsys.readouterr().out
     assert (tmp_path / "c.png").exists()
+
+
+# --- batch normalization ------------------------------------------------------------------------
+
+BN_EPS = 1e-5
+
+
+def flat_bn(weights, biases, gammas):
+    """theta order for a BN network: per layer W, b (β for BN layers), then γ if any."""
+    parts = []
+    for W, b, g in zip(weights, biases, gammas):
+        parts += [W.ravel(), b] + ([g] if g is not None else [])
+    return np.concatenate(parts)
+
+
+def test_batchnorm_layout_and_initial_state():
+    net = fastbp.MLP([4, 6, 5, 3], batchnorm=True)
+    assert net.n_params == (4 * 6 + 6 + 6) + (6 * 5 + 5 + 5) + (5 * 3 + 3)
+    assert [g is None for g in net.gammas] == [False, False, True]
+    assert all((g == 1).all() for g in net.gammas[:2])
+    assert net.gammas[0].base is net.theta or np.shares_memory(net.gammas[0], net.theta)
+    assert net.bn_running.shape == (2 * 14,) and (net.bn_running[:14] == 0).all() and (net.bn_running[14:] == 1).all()
+
+
+@pytest.mark.parametrize("activation", HIDDEN)
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
+                                         ("identity", "mse")])
+def test_batchnorm_gradient_matches_reference(activation, output, loss, dtype):
+    sizes = [7, 12, 9, 4]
+    net = fastbp.MLP(sizes, activation=activation, output=output, init="xavier", seed=5, dtype=dtype,
+                     batchnorm=True)
+    rng = np.random.default_rng(1)
+    for g, b in zip(net.gammas[:2], net.biases[:2]):  # move γ, β off their initial values
+        g[...] = rng.uniform(0.5, 1.5, g.shape)
+        b[...] = rng.normal(0, 0.3, b.shape)
+    X, Y = make_data(13, sizes, output, dtype, seed=2)
+    running = net.bn_running.copy()
+    value, grad = net.flat_gradient(X, Y, loss)
+    ref_value, dWs, dbs, dgs = reference.gradients_bn(net.weights, net.biases, net.gammas, net.layer_activations,
+                                                      X, Y, loss, BN_EPS)
+    assert_close(value, ref_value, dtype, "loss")
+    assert_close(grad, flat_bn(dWs, dbs, dgs), dtype, "gradient")
+    np.testing.assert_array_equal(net.bn_running, running)  # gradients leave the running statistics alone
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "leaky_relu"])
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
+                                         ("identity", "mse")])
+def test_batchnorm_gradcheck(activation, output, loss):
+    sizes = [4, 6, 5, 3]
+    net = fastbp.MLP(sizes, activation=activation, output=output, init="xavier", seed=2, batchnorm=True)
+    X, Y = make_data(8, sizes, output, np.float64, seed=3)
+    report = fastbp.gradcheck(net, X, Y, loss=loss, l2=1e-2)
+    assert report.passed and report.max_error < 1e-6, str(report)
+    assert set(report.errors) == {"W1", "b1", "g1", "W2", "b2", "g2", "W3", "b3"}
+
+
+def test_batchnorm_gradcheck_identity_activation_has_an_exact_invariance():
+    """With an identity hidden activation the next BN layer cancels any shift of β1: its
+    true gradient is 0, the analytic one is ~0, and only rounding noise is left in the
+    numeric one, so the relative error is meaningless there; elsewhere it passes."""
+    sizes = [4, 6, 5, 3]
+    net = fastbp.MLP(sizes, activation="identity", init="xavier", seed=2, batchnorm=True, dtype="float64")
+    X, Y = make_data(8, sizes, "softmax", np.float64, seed=3)
+    _, grad = net.flat_gradient(X, Y)
+    b1 = slice(net.layout[0, 3], net.layout[0, 3] + 6)
+    assert np.abs(grad[b1]).max() < 1e-15
+    report = fastbp.gradcheck(net, X, Y)
+    assert max(err for name, err in report.errors.items() if name != "b1") < 1e-6, str(report)
+
+
+def reference_bn_training(net, X, Y, perm_batches, lr, momentum):
+    """SGD with BN in the NumPy reference: returns (flat parameters, running mean, running var)."""
+    weights = [W.copy() for W in net.weights]
+    biases = [b.copy() for b in net.biases]
+    gammas = [None if g is None else g.copy() for g in net.gammas]
+    total = sum(net.sizes[1:])
+    run_mean, run_var = np.zeros(total), np.ones(total)
+    offsets = np.cumsum([0] + net.sizes[1:])
+    for idx in perm_batches:
+        Xb, Yb = X[idx], Y[idx]
+        _, _, caches = reference.forward_bn(weights, biases, gammas, net.layer_activations, Xb, BN_EPS)
+        for l, cache in enumerate(caches):
+            if cache is not None:
+                sl = slice(offsets[l], offsets[l + 1])
+                B = len(idx)
+                run_mean[sl] = momentum * run_mean[sl] + (1 - momentum) * cache[2]
+                run_var[sl] = momentum * run_var[sl] + (1 - momentum) * cache[3] * B / (B - 1)
+        _, dWs, dbs, dgs = reference.gradients_bn(weights, biases, gammas, net.layer_activations, Xb, Yb,
+                                                  "cross_entropy", BN_EPS)
+        for p, g in zip(weights + biases + [g for g in gammas if g is not None],
+                        dWs + dbs + [g for g in dgs if g is not None]):
+            p -= lr * g
+    return flat_bn(weights, biases, gammas), run_mean, run_var, (weights, biases, gammas)
+
+
+def test_batchnorm_training_running_statistics_and_inference_match_reference(dtype):
+    sizes = [6, 10, 8, 3]
+    net = fastbp.MLP(sizes, activation="relu", seed=4, dtype=dtype, batchnorm=True, bn_momentum=0.8)
+    X, Y = make_data(26, sizes, "softmax", dtype, seed=5)
+    batches = [np.arange(s, min(s + 8, 26)) for s in range(0, 26, 8)] * 3  # 3 epochs, partial last batch
+    flat, run_mean, run_var, params = reference_bn_training(net, X, Y, batches, 0.1, 0.8)
+    net.fit(X, Y, optimizer=fastbp.SGD(0.1), epochs=3, batch_size=8, shuffle=False)
+    assert_close(net.theta, flat, dtype, "parameters")
+    used = slice(0, 18)  # the two BN layers' units (of 10 + 8 + 3)
+    assert_close(net.bn_running[:21][used], run_mean[used], dtype, "running mean")
+    assert_close(net.bn_running[21:][used], run_var[used], dtype, "running variance")
+    assert not np.allclose(run_var[used], 1)  # the statistics did move
+    # inference uses the running statistics, not the batch's: one row alone gives the same output
+    running = [(run_mean[a:b], run_var[a:b]) for a, b in ((0, 10), (10, 18), (18, 21))]
+    _, acts, _ = reference.forward_bn(*params, net.layer_activations, X, BN_EPS, running=running)
+    assert_close(net.predict_proba(X), acts[-1], dtype, "inference")
+    assert_close(net.predict_proba(X[:1])[0], net.predict_proba(X)[0], dtype, "one row alone")
+    Yl = Y.argmax(axis=1)
+    assert net.evaluate(X, Yl)["accuracy"] == (acts[-1].argmax(axis=1) == Yl).mean()
+
+
+def test_batchnorm_trains_digits_and_round_trips(tmp_path):
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    net = fastbp.MLP([64, 64, 32, 10], seed=0, batchnorm=True)
+    hist = net.fit(X[:1400], y[:1400], epochs=8, batch_size=32, validation_data=(X[1400:], y[1400:]),
+                   early_stopping=3)
+    assert net.evaluate(X[1400:], y[1400:])["accuracy"] > 0.88
+    assert hist.val_loss and hist.loss[-1] < hist.loss[0]
+    net.save(tmp_path / "bn.npz")
+    other = fastbp.MLP.load(tmp_path / "bn.npz")
+    assert other.batchnorm and other.bn_momentum == 0.9
+    np.testing.assert_array_equal(other.bn_running, net.bn_running)
+    np.testing.assert_array_equal(other.predict_proba(X[1400:]), net.predict_proba(X[1400:]))
+    copy = net.copy(dtype="float64")
+    np.testing.assert_array_equal(copy.bn_running, net.bn_running)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: fastbp.MLP(SIZES, batchnorm="yes"), TypeError, "batchnorm"),
+    (lambda: fastbp.MLP(SIZES, batchnorm=True, bn_momentum=1.0), ValueError, "bn_momentum"),
+    (lambda: fastbp.MLP(SIZES, batchnorm=True, dropout=0.2), ValueError, "dropout"),
+    (lambda: fastbp.MLP(SIZES, batchnorm=True).fit(*data(10), checkpoint=2), ValueError, "batchnorm"),
+])
+def test_bad_batchnorm_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_early_stopping_restores_batchnorm_running_statistics():
+    X, y, Xv, yv = overfitting_setup()
+    kwargs = dict(optimizer=fastbp.Adam(0.02), batch_size=10, validation_data=(Xv, yv))
+    net = fastbp.MLP(SIZES, dtype="float64", seed=0, batchnorm=True)
+    hist = net.fit(X, y, epochs=50, early_stopping=2, **kwargs)
+    assert hist.stopped_early and hist.best_epoch < hist.epochs - 1
+    again = fastbp.MLP(SIZES, dtype="float64", seed=0, batchnorm=True)
+    again.fit(X, y, epochs=hist.best_epoch + 1, **kwargs)
+    np.testing.assert_array_equal(net.theta, again.theta)
+    np.testing.assert_array_equal(net.bn_running, again.bn_running)
