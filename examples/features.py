@@ -1,6 +1,7 @@
 """fastbp's training features on scikit-learn's digits, each one checked by an assert:
 validation + early stopping, ReduceOnPlateau, dropout, gradient warnings, save/load with
-exact resumption, gradient checkpointing, progress bar and learning-curve plot.
+exact resumption, gradient checkpointing, batch normalization, progress bar and
+learning-curve plot.
 
     python examples/features.py            # about half a minute
     python examples/features.py --quick    # a few seconds (CI)
@@ -75,7 +76,17 @@ def main(argv=None):
     assert messages and messages[0].startswith("vanishing gradient in layer 1 "), messages
     print(f"[gradients] {len(messages)} GradientWarnings, first: {messages[0]}")
 
-    # 5. learning curves
+    # 5. batch normalization: batch statistics in training, running statistics at inference
+    bn = fastbp.MLP([64, 64, 32, 10], batchnorm=True, seed=4)
+    bn.fit(Xtr, ytr, epochs=4 if args.quick else 15, batch_size=32)
+    bn_accuracy = bn.evaluate(Xte, yte)["accuracy"]
+    one_by_one = np.vstack([bn.predict_proba(Xte[i:i + 1]) for i in range(5)])
+    assert np.allclose(one_by_one, bn.predict_proba(Xte[:5]), atol=1e-5)  # no batch dependence
+    assert bn_accuracy >= (0.90 if args.quick else 0.95), bn_accuracy
+    assert fastbp.gradcheck(bn, Xtr[:16], ytr[:16], n_samples=200).passed
+    print(f"[batchnorm] held-out accuracy {bn_accuracy:.4f}; gradcheck (batch statistics) passed")
+
+    # 6. learning curves
     if args.plot:
         hist.plot(args.plot, title="fastbp on digits: dropout, ReduceOnPlateau, early stopping")
         print(f"[plot] learning curves written to {args.plot}")

@@ -390,7 +390,8 @@ class MLP:
         return float(value), grad
 
     def gradients(self, X, y, loss=None, l1=0.0, l2=0.0):
-        """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y)."""
+        """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).
+        With batch normalization db is dβ; dγ is in :meth:`flat_gradient` at ``bn_goff[l]``."""
         _, grad = self.flat_gradient(X, y, loss, l1, l2)
         return list(zip(*weight_views(grad, self.layout)))
 

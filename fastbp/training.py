@@ -195,7 +195,7 @@ def _progress_bar(verbose, epochs):
     if verbose == 1 and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=True, dynamic_ncols=True)
+    return tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=True)
 
 
 def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, l1, l2,
@@ -278,8 +278,8 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
                 history.val_loss.append(val_total / Xv.shape[0])
                 history.val_accuracy.append(val_correct / Xv.shape[0] if classification else float("nan"))
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(_epoch_logs(history, classification), refresh=False)
+                bar.update(1)
             elif verbose == 2:
                 logs = "  ".join(f"{k} {v}" for k, v in _epoch_logs(history, classification).items())
                 print(f"epoch {epoch + 1:>4}/{epochs}  {logs}  "
