@@ -834,3 +834,24 @@ def test_early_stopping_restores_batchnorm_running_statistics():
     again.fit(X, y, epochs=hist.best_epoch + 1, **kwargs)
     np.testing.assert_array_equal(net.theta, again.theta)
     np.testing.assert_array_equal(net.bn_running, again.bn_running)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(widths=st.lists(st.sampled_from([1, 3, 8, 17]), min_size=1, max_size=7),
+       k=st.integers(1, 8), n=st.integers(1, 30), batch_size=st.integers(1, 33),
+       activation=st.sampled_from(HIDDEN), output=st.sampled_from(["softmax", "sigmoid", "identity"]))
+def test_checkpointing_is_bitwise_on_random_architectures(widths, k, n, batch_size, activation, output):
+    sizes = [5, *widths, 3]
+    loss = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}[output]
+    X, Y = make_data(n, sizes, output, np.float64, seed=n)
+    nets = [fastbp.MLP(sizes, activation=activation, output=output, seed=1, dtype="float64") for _ in range(2)]
+    kwargs = dict(loss=loss, optimizer=fastbp.Adam(0.01), epochs=2, batch_size=batch_size,
+                  gradient_warnings=False)
+    h0 = nets[0].fit(X, Y, **kwargs)
+    h1 = nets[1].fit(X, Y, checkpoint=k, **kwargs)
+    np.testing.assert_array_equal(nets[0].theta, nets[1].theta)
+    assert h0.loss == h1.loss
