@@ -13,6 +13,7 @@ from .training import FitState, Workspace, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
 
+
 def _gradient_monitor(gradient_warnings):
     from .callbacks import GradientMonitor
     if isinstance(gradient_warnings, GradientMonitor):
@@ -204,7 +205,7 @@ class MLP:
         (gradient checkpointing) keeps the activations of every k-th layer only and
         recomputes the others during the backward pass (``True``: k = ⌈√layers⌉);
         same gradients bit for bit, less memory, one extra forward pass of compute.
-        Not combined with dropout.
+        Not combined with dropout or batchnorm.
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.

@@ -19,9 +19,10 @@ class Workspace:
     """Per-fit scratch buffers for batches of at most ``bmax`` rows.
 
     ``dropout=True`` adds the mask and dropped-activation buffers of
-    ``kernels.cpu_ext``, ``batchnorm=True`` its x̂ / statistics buffers; ``segments`` (layer indices where checkpoint segments
-    start, 0 first) makes ``zs``/``acts`` one segment long and adds the boundary
-    stores ``ck_z``/``ck_a`` for gradient checkpointing.
+    ``kernels.cpu_ext``, ``batchnorm=True`` its x̂ / statistics buffers; ``segments``
+    (layer indices where checkpoint segments start, 0 first) makes ``zs``/``acts`` one
+    segment long and adds the boundary stores ``ck_z``/``ck_a`` for gradient
+    checkpointing.
     """
 
     def __init__(self, sizes, bmax, dtype, dropout=False, segments=None, batchnorm=False):
@@ -58,7 +59,8 @@ class Workspace:
 
     def train_epoch(self, net, X, Y, perm, state, loss_code, opt_code, hyper, diagnostics, rng_seed):
         """One compiled epoch: ``cpu.train_epoch`` on the plain path, else
-        ``cpu_ext.train_epoch_ext`` (dropout seeded with ``rng_seed``, or checkpointing)."""
+        ``cpu_ext.train_epoch_ext`` (batchnorm, checkpointing, or dropout seeded with
+        ``rng_seed``)."""
         if not self.extended:
             return cpu.train_epoch(X, Y, perm, self.bmax, net.theta, state.grad, state.state1,
                                    state.state2, net.layout, net.codes, loss_code, opt_code, hyper,
@@ -248,8 +250,8 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
             np.copyto(backup_states[1], state.state2)
             np.copyto(backup_states[2], net.bn_running)
             step_before = int(state.step[0])
-            t0 = time.perf_counter()
             rng_seed = dropout_seed(seed, global_epoch) if dropout else -1
+            t0 = time.perf_counter()
             total, correct = work.train_epoch(net, X, Y, perm, state, loss_code, optimizer.code, hyper,
                                               diagnostics, rng_seed)
             seconds = time.perf_counter() - t0
