@@ -4,6 +4,8 @@ Three layers: ``fastbp.reference`` (the NumPy oracle), ``fastbp.kernels`` (compi
 CPU and CUDA kernels) and the API below (``MLP``, optimizers, schedules, gradcheck).
 """
 
+from . import callbacks
+from .callbacks import Callback, EarlyStopping, GradientMonitor, GradientWarning, ReduceOnPlateau
 from .gradcheck import GradcheckReport, gradcheck
 from .network import MLP
 from .optimizers import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, Nesterov,
@@ -14,4 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = ["MLP", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
            "Nesterov", "RMSprop", "Adam", "Schedule", "Constant", "StepDecay", "ExponentialDecay",
-           "InverseScaling", "__version__"]
+           "InverseScaling", "callbacks", "Callback", "EarlyStopping", "ReduceOnPlateau",
+           "GradientMonitor", "GradientWarning", "__version__"]

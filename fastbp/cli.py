@@ -85,6 +85,9 @@ def train(args):
                                                  args.batch_size, optimizer, args.l2, args.seed)
         print(f"NumPy reference: {ref_rate:>12,.0f} samples/s (same data, batches, optimizer)")
         print(f"speed-up:        {fast_rate / ref_rate:>12.1f}x")
+    if args.plot:
+        hist.plot(args.plot, title=f"fastbp {net.sizes} on digits")
+        print(f"learning curves written to {args.plot}")
     if args.min_accuracy is not None and held_out["accuracy"] < args.min_accuracy:
         print(f"held-out accuracy below --min-accuracy {args.min_accuracy}", file=sys.stderr)
         return 1
@@ -106,6 +109,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-reference", action="store_true", help="skip timing the NumPy reference")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below this held-out accuracy")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="write learning curves (loss, accuracy, gradient norms) to this image")
     p.set_defaults(func=train)
     try:
         from . import bench

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kernels import cpu
 from .layout import B_OFF, FAN_IN, FAN_OUT, W_OFF
 from .training import Workspace
 from .validation import check_features
@@ -38,11 +37,13 @@ class GradcheckReport:
         return self.passed
 
 
-def _groups(layout):
-    """(name, start, stop) of each weight matrix and bias vector in theta."""
+def _groups(layout, gammas=()):
+    """(name, start, stop) of each weight matrix, bias vector (BN: shift β) and BN gain γ in theta."""
     for l, row in enumerate(layout, start=1):
         yield f"W{l}", row[W_OFF], row[W_OFF] + row[FAN_IN] * row[FAN_OUT]
         yield f"b{l}", row[B_OFF], row[B_OFF] + row[FAN_OUT]
+        if l <= len(gammas) and gammas[l - 1] >= 0:
+            yield f"g{l}", gammas[l - 1], gammas[l - 1] + row[FAN_OUT]
 
 
 def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, l1=0.0, l2=0.0,
@@ -60,12 +61,11 @@ def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, 
     Xc = check_features(X, probe.n_features, probe.dtype)
     Yc = probe._targets(y, Xc.shape[0], loss_code)
     _, analytic = probe.flat_gradient(Xc, Yc, loss, l1, l2)
-    work = Workspace(probe.sizes, Xc.shape[0], probe.dtype)
+    work = Workspace(probe.sizes, Xc.shape[0], probe.dtype, batchnorm=probe.batchnorm)
     theta = probe.theta
 
-    def objective():
-        total, _ = cpu.evaluate(Xc, Yc, theta, probe.layout, probe.codes, loss_code,
-                                work.zs, work.acts, work.deltas, Xc.shape[0])
+    def objective():  # one chunk: with batch normalization, the batch statistics of all of X
+        total, _ = probe._loss_sum(Xc, Yc, loss_code, Xc.shape[0], work, batch_stats=True)
         return total / Xc.shape[0] + sum(l1 * np.abs(W).sum() + 0.5 * l2 * (W * W).sum()
                                          for W in probe.weights)
 
@@ -74,7 +74,7 @@ def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, 
     else:
         indices = np.sort(np.random.default_rng(seed).choice(theta.size, size=int(n_samples), replace=False))
     report = GradcheckReport(tol=tol, n_checked=len(indices))
-    bounds = list(_groups(probe.layout))
+    bounds = list(_groups(probe.layout, probe.bn_goff))
     for i in indices:
         saved = theta[i]
         theta[i] = saved + eps

@@ -15,15 +15,37 @@ import numpy as np
 FAN_IN, FAN_OUT, W_OFF, B_OFF = 0, 1, 2, 3
 
 
-def make_layout(sizes):
-    """Layout table for layer sizes ``[n_0, n_1, ..., n_L]``; returns (table, n_params)."""
+def make_layout(sizes, batchnorm=None):
+    """Layout table for layer sizes ``[n_0, n_1, ..., n_L]``; returns (table, n_params).
+
+    ``batchnorm`` (one bool per layer) reserves, right after the bias of each layer
+    with batch normalization, its gain γ (n_l entries); that layer's bias acts as
+    the BN shift β (see :func:`gamma_offsets`, :func:`update_layout`).
+    """
     sizes = [int(s) for s in sizes]
+    batchnorm = [False] * (len(sizes) - 1) if batchnorm is None else list(batchnorm)
     table = np.zeros((len(sizes) - 1, 4), dtype=np.int64)
     offset = 0
     for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         table[l] = (fan_in, fan_out, offset, offset + fan_in * fan_out)
-        offset += fan_in * fan_out + fan_out
+        offset += fan_in * fan_out + fan_out * (2 if batchnorm[l] else 1)
     return table, offset
+
+
+def gamma_offsets(table, batchnorm):
+    """int64 offset of each layer's BN gain γ in theta (right after β), −1 without BN."""
+    return np.array([row[B_OFF] + row[FAN_OUT] if bn else -1 for row, bn in zip(table, batchnorm)],
+                    dtype=np.int64)
+
+
+def update_layout(table, batchnorm):
+    """The table handed to the update kernel: a BN layer's "bias" region is doubled so
+    that one optimizer pass covers β and γ (unregularised, like biases)."""
+    out = table.copy()
+    for row, bn in zip(out, batchnorm):
+        if bn:
+            row[FAN_OUT] *= 2
+    return out
 
 
 def weight_views(theta, table):

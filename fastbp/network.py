@@ -1,15 +1,44 @@
-"""``fastbp.MLP``: the network spec, its flat parameters, fit / predict / evaluate."""
+"""``fastbp.MLP``: the network spec, its flat parameters, fit / predict / evaluate, save / load."""
+
+import numbers
 
 import numpy as np
 
 from . import spec
 from .init import init_weights, resolve_init
-from .kernels import cpu
-from .layout import make_layout, weight_views
+from .kernels import cpu, cpu_ext
+from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
 from .training import FitState, Workspace, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
+
+
+def _gradient_monitor(gradient_warnings):
+    from .callbacks import GradientMonitor
+    if isinstance(gradient_warnings, GradientMonitor):
+        gradient_warnings.reset()
+        return gradient_warnings
+    if isinstance(gradient_warnings, (bool, np.bool_)):
+        return GradientMonitor() if gradient_warnings else None
+    raise TypeError(f"gradient_warnings must be True, False or a GradientMonitor, got {gradient_warnings!r}")
+
+
+def _check_verbose(verbose):
+    """0, 1, 2 or "bar" (True means 1); 1 and "bar" need tqdm."""
+    if isinstance(verbose, (bool, np.bool_)):
+        verbose = int(verbose)
+    if not (verbose == "bar" if isinstance(verbose, str) else
+            isinstance(verbose, numbers.Integral) and verbose in (0, 1, 2)):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'bar', got {verbose!r}")
+    if verbose in (1, "bar"):
+        try:
+            import tqdm  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("verbose=1 shows a tqdm progress bar; install it with "
+                              "pip install 'fastbp[progress]' (or pip install tqdm), or use verbose=2") from exc
+    return verbose if isinstance(verbose, str) else int(verbose)
+
 
 DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}
 PREDICT_CHUNK = 1024
@@ -31,12 +60,26 @@ class MLP:
     seed : int
         Seeds the initial weights and, unless ``fit(seed=...)`` says otherwise, shuffling.
     dtype : "float32" (default) or "float64".
+    dropout : float or sequence of float
+        Inverted-dropout rate p in [0, 1) after each hidden layer (one number for all,
+        or one per hidden layer); active in ``fit`` only, never in predict / evaluate /
+        gradients / gradcheck. Masks are drawn inside the compiled epoch from a seed
+        derived from (fit seed, epoch), so a seed reproduces a run.
+    batchnorm : bool
+        Batch normalization after every hidden layer's affine step: y = γ x̂ + β with
+        x̂ the unit's input normalised by the batch mean and variance in training and
+        by running estimates (updated each batch with ``bn_momentum``:
+        r ← m·r + (1 − m)·batch value, unbiased variance) in predict / evaluate. The
+        layer's bias is β; γ (``gammas[l]``, initialised to 1) sits after it in
+        ``theta``. ``flat_gradient`` and gradcheck use batch statistics. Not combined
+        with dropout or checkpointing.
 
     ``weights[l]`` has shape (fan_in, fan_out) and ``z = a @ W + b`` with samples
     as rows; ``weights`` and ``biases`` are views into the flat vector ``theta``.
     """
 
-    def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32"):
+    def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32",
+                 dropout=0.0, batchnorm=False, bn_momentum=0.9):
         sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
@@ -63,10 +106,36 @@ class MLP:
         if str(np.dtype(dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(dtype)
-        self.layout, self.n_params = make_layout(self.sizes)
+        rates = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
+        if len(rates) != n_hidden:
+            raise ValueError(f"{len(rates)} dropout rates given for {n_hidden} hidden layers")
+        for p in rates:
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+                raise ValueError(f"dropout rates must be numbers in [0, 1), got {p!r}")
+        self.dropout = [float(p) for p in rates]
+        self.keep = np.array([1 - p for p in self.dropout] + [1.0], dtype=np.float64)
+        if not isinstance(batchnorm, (bool, np.bool_)):
+            raise TypeError(f"batchnorm must be True or False, got {batchnorm!r}")
+        if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, numbers.Real) or not 0 <= bn_momentum < 1:
+            raise ValueError(f"bn_momentum must be a number in [0, 1), got {bn_momentum!r}")
+        if batchnorm and any(self.dropout):
+            raise ValueError("batchnorm cannot be combined with dropout in this version")
+        self.batchnorm, self.bn_momentum = bool(batchnorm), float(bn_momentum)
+        bn_flags = [self.batchnorm] * n_hidden + [False]
+        self.layout, self.n_params = make_layout(self.sizes, bn_flags)
+        self.update_layout = update_layout(self.layout, bn_flags)
+        self.bn_goff = gamma_offsets(self.layout, bn_flags) if self.batchnorm else np.zeros(0, dtype=np.int64)
+        total = sum(self.sizes[1:])
+        # running mean (first half) and variance (second half) per unit, BN layers only used
+        self.bn_running = np.concatenate([np.zeros(total), np.ones(total)]) if self.batchnorm else np.zeros(0)
         self.codes = np.array([spec.ACTIVATIONS[a] for a in self.layer_activations], dtype=np.int64)
         self.theta = np.zeros(self.n_params, dtype=self.dtype)
         self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.gammas = [self.theta[g:g + n] if g >= 0 else None
+                       for g, n in zip(self.bn_goff, self.sizes[1:])] if self.batchnorm else [None] * len(bn_flags)
+        for gamma in self.gammas:
+            if gamma is not None:
+                gamma[...] = 1
         rng = np.random.default_rng(self.seed)
         for W, (fan_in, fan_out) in zip(self.weights, zip(self.sizes[:-1], self.sizes[1:])):
             W[...] = init_weights(fan_in, fan_out, self.init, rng)
@@ -90,8 +159,10 @@ class MLP:
         return self.sizes[-1]
 
     def __repr__(self):
+        drop = f", dropout={self.dropout}" if any(self.dropout) else ""
+        drop += ", batchnorm=True" if self.batchnorm else ""
         return (f"MLP({self.sizes}, activation={self.activations}, output={self.output!r}, "
-                f"dtype={self.dtype.name!r}, n_params={self.n_params})")
+                f"dtype={self.dtype.name!r}{drop}, n_params={self.n_params})")
 
     # --- training ---------------------------------------------------------------------
 
@@ -104,7 +175,9 @@ class MLP:
 
     def fit(self, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, shuffle=True,
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
-            callbacks=(), verbose=0, warm_start=False, device="cpu"):
+            callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
+            validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
+            checkpoint=None):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         ``batch_size=None`` (or >= n) is full-batch, 1 is SGD; a partial last batch is
@@ -114,7 +187,25 @@ class MLP:
         weights (not biases) and are included in the reported loss. ``clip_norm`` clips
         the global gradient norm, then ``clip_value`` each element. ``callbacks`` are
         ``f(net, epoch, history)`` called after each epoch; returning True stops training.
-        ``warm_start`` continues from the optimizer state of the previous fit.
+        ``warm_start`` continues from the optimizer state of the previous fit (or of
+        :meth:`load`), and from its epoch count: epoch e's shuffle is
+        ``default_rng([seed, e]).permutation(n)`` and the schedule sees e, so 5 + 5
+        warm-started epochs equal 10 straight ones, shuffled or not.
+
+        ``validation_data=(Xv, yv)`` or ``validation_split=f`` (the *last* fraction f
+        of the rows, taken before any shuffling; shuffle first if the rows are
+        ordered) is evaluated after each epoch into ``history.val_loss`` /
+        ``val_accuracy``. ``early_stopping=patience`` stops after that many epochs
+        without improvement of ``val_loss`` (``loss`` without validation data) and,
+        with ``restore_best``, puts back the best epoch's parameters (see
+        ``fastbp.callbacks.EarlyStopping``). ``gradient_warnings`` (True, False or a
+        ``fastbp.callbacks.GradientMonitor``) warns on vanishing / exploding layer
+        gradients. ``verbose``: 0 quiet, 1 a tqdm progress bar when stderr is a
+        terminal, ``"bar"`` the bar always, 2 one line per epoch. ``checkpoint=k``
+        (gradient checkpointing) keeps the activations of every k-th layer only and
+        recomputes the others during the backward pass (``True``: k = ⌈√layers⌉);
+        same gradients bit for bit, less memory, one extra forward pass of compute.
+        Not combined with dropout or batchnorm.
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.
@@ -139,14 +230,81 @@ class MLP:
         callbacks = list(callbacks)
         if not all(callable(cb) for cb in callbacks):
             raise TypeError("every callback must be callable")
+        X, Y, validation = self._validation(X, Y, validation_data, validation_split, loss_code)
+        callbacks += self._early_stopping(early_stopping, restore_best)
+        monitor = _gradient_monitor(gradient_warnings)
+        verbose = _check_verbose(verbose)
+        checkpoint = self._check_checkpoint(checkpoint)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
         history = run_epochs(self, X, Y, loss_code=loss_code, optimizer=optimizer, epochs=epochs,
                              batch_size=batch_size, shuffle=bool(shuffle), l1=l1, l2=l2,
                              clip_norm=clip_norm, clip_value=clip_value, schedule=schedule, seed=seed,
-                             callbacks=callbacks, verbose=verbose, state=state)
+                             callbacks=callbacks, verbose=verbose, state=state,
+                             validation=validation, gradient_monitor=monitor, checkpoint=checkpoint)
         self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
         return history
+
+    def _validation(self, X, Y, validation_data, validation_split, loss_code):
+        """(X, Y, validation) with validation None or a converted (Xv, Yv) pair."""
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("pass validation_data or validation_split, not both")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            Xv = check_features(validation_data[0], self.n_features, self.dtype, name="validation X")
+            Yv = self._targets(validation_data[1], Xv.shape[0], loss_code)
+            return X, Y, (Xv, Yv)
+        if validation_split is None:
+            return X, Y, None
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                or not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be a number in (0, 1), got {validation_split!r}")
+        n = X.shape[0]
+        n_val = int(round(validation_split * n))
+        if n_val < 1 or n_val >= n:
+            raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
+                             f"{n - n_val} for training and {n_val} for validation; both need one")
+        return X[:n - n_val], Y[:n - n_val], (X[n - n_val:], Y[n - n_val:])
+
+    def _check_checkpoint(self, checkpoint):
+        if checkpoint is None or checkpoint is False:
+            return None
+        if checkpoint is not True and (isinstance(checkpoint, bool) or
+                                       not isinstance(checkpoint, numbers.Integral) or checkpoint < 1):
+            raise ValueError(f"checkpoint must be None, True or an integer >= 1, got {checkpoint!r}")
+        if any(self.dropout) or self.batchnorm:
+            raise ValueError("checkpoint cannot be combined with dropout or batchnorm in this version")
+        return checkpoint if checkpoint is True else int(checkpoint)
+
+    @staticmethod
+    def _early_stopping(early_stopping, restore_best):
+        from .callbacks import EarlyStopping
+        if not isinstance(restore_best, (bool, np.bool_)):
+            raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
+        if early_stopping is None:
+            return []
+        if isinstance(early_stopping, bool) or not isinstance(early_stopping, numbers.Integral) \
+                or early_stopping < 1:
+            raise ValueError(f"early_stopping must be None or a patience (integer >= 1), got {early_stopping!r}")
+        return [EarlyStopping(int(early_stopping), restore_best=bool(restore_best))]
+
+    # --- save / load --------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the network to one ``.npz`` file at ``path`` (exactly that name):
+        parameters, optimizer state and epoch count (if fitted) and a JSON header.
+        No pickle; written atomically. See ``fastbp.persist``."""
+        from . import persist
+        persist.save(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """A network read from a file written by :meth:`save`; ``fit(..., warm_start=True)``
+        with the same optimizer continues training exactly where it stopped. A
+        malformed or truncated file raises ``ValueError`` naming it."""
+        from . import persist
+        return persist.load(path)
 
     # --- inference --------------------------------------------------------------------
 
@@ -154,10 +312,24 @@ class MLP:
         """Output activations a^L for every row of X (compiled, in chunks)."""
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
-        work = Workspace(self.sizes, chunk, self.dtype)
+        work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
+        if self.batchnorm:
+            self._loss_sum(X, out[:0], 0, chunk, work, out=out)
+        else:
+            cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
         return out
+
+    def _loss_sum(self, X, Y, loss_code, chunk, work, batch_stats=False, out=None):
+        """(summed data loss, correct) over converted X, Y in chunks, without dropout;
+        BN with running statistics (or each chunk's batch statistics)."""
+        if not self.batchnorm:
+            return cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code, work.zs, work.acts,
+                                work.deltas, chunk)
+        return cpu_ext.evaluate_bn(X, Y, self.theta, self.layout, self.codes, loss_code, work.zs, work.acts,
+                                   work.deltas, chunk, self.bn_goff, work.xhat, work.stats, self.bn_running,
+                                   spec.BN_EPS, 1 if batch_stats else 0,
+                                   out if out is not None else Y[:0])
 
     def predict_proba(self, X):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
@@ -185,9 +357,8 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         chunk = min(PREDICT_CHUNK, X.shape[0])
-        work = Workspace(self.sizes, chunk, self.dtype)
-        total, correct = cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code,
-                                      work.zs, work.acts, work.deltas, chunk)
+        work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
+        total, correct = self._loss_sum(X, Y, loss_code, chunk, work)
         result = {"loss": total / X.shape[0]}
         if self.output != "identity":
             result["accuracy"] = correct / X.shape[0]
@@ -202,10 +373,17 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        work = Workspace(self.sizes, X.shape[0], self.dtype)
+        work = Workspace(self.sizes, X.shape[0], self.dtype, batchnorm=self.batchnorm)
         grad = np.zeros(self.n_params, dtype=self.dtype)
-        value = cpu.loss_and_gradient(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
-                                      work.zs, work.acts, work.deltas)
+        if self.batchnorm:  # batch statistics, running statistics left alone
+            value, _ = cpu_ext.backward_pass_bn(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
+                                                work.zs, work.acts, work.deltas, X.shape[0], self.bn_goff,
+                                                work.xhat, work.stats, self.bn_running, spec.BN_EPS,
+                                                self.bn_momentum, 1, work.scratch)
+            value /= X.shape[0]
+        else:
+            value = cpu.loss_and_gradient(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
+                                          work.zs, work.acts, work.deltas)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W
@@ -213,7 +391,8 @@ class MLP:
         return float(value), grad
 
     def gradients(self, X, y, loss=None, l1=0.0, l2=0.0):
-        """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y)."""
+        """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).
+        With batch normalization db is dβ; dγ is in :meth:`flat_gradient` at ``bn_goff[l]``."""
         _, grad = self.flat_gradient(X, y, loss, l1, l2)
         return list(zip(*weight_views(grad, self.layout)))
 
@@ -222,7 +401,9 @@ class MLP:
     def copy(self, dtype=None):
         """An independent network with the same architecture and parameters."""
         other = MLP(self.sizes, self.activations, self.output, self.init, self.seed,
-                    self.dtype if dtype is None else dtype)
+                    self.dtype if dtype is None else dtype, dropout=self.dropout, batchnorm=self.batchnorm,
+                    bn_momentum=self.bn_momentum)
         other.theta[...] = self.theta
+        other.bn_running[...] = self.bn_running
         other.loss = self.loss
         return other

@@ -70,16 +70,31 @@ def activation_derivative(z, a, name):
 # --- forward pass with caches ----------------------------------------------
 
 
-def forward(weights, biases, activations, X):
+def dropout(a, mask):
+    """Inverted dropout with an explicit mask: ``a ⊙ mask``, the mask holding 0 (dropped)
+    or 1/(1 − p) (kept), so the expected activation is unchanged."""
+    return a * mask
+
+
+def dropout_mask(shape, p, rng, dtype=np.float64):
+    """A mask for :func:`dropout`: each entry 1/(1 − p) with probability 1 − p, else 0."""
+    return ((rng.random(shape) < 1 - p) / (1 - p)).astype(dtype)
+
+
+def forward(weights, biases, activations, X, masks=None):
     """Forward pass; returns the caches ``(zs, activations_out)``.
 
     ``activations_out[0]`` is X and ``activations_out[l]`` is a^l; ``zs[l-1]`` is z^l.
+    ``masks`` (optional) holds one dropout mask or None per hidden layer; the cached
+    a^l is then the dropped activation ``dropout(f(z^l), mask)``.
     """
     a = X
     zs, acts = [], [X]
-    for W, b, name in zip(weights, biases, activations):
+    for l, (W, b, name) in enumerate(zip(weights, biases, activations)):
         z = a @ W + b
         a = activate(z, name)
+        if masks is not None and l < len(weights) - 1 and masks[l] is not None:
+            a = dropout(a, masks[l])
         zs.append(z)
         acts.append(a)
     return zs, acts
@@ -119,8 +134,12 @@ def output_delta(z, a, Y, loss, output):
 # --- backward pass ------------------------------------------------------------
 
 
-def backward(weights, activations, zs, acts, Y, loss):
-    """Backpropagation: returns ``(dWs, dbs)``, the batch-mean data-loss gradients."""
+def backward(weights, activations, zs, acts, Y, loss, masks=None):
+    """Backpropagation: returns ``(dWs, dbs)``, the batch-mean data-loss gradients.
+
+    With dropout ``masks`` (as given to :func:`forward`), a hidden delta is
+    ``δ^l = (δ^{l+1} W^{l+1ᵀ}) ⊙ mask ⊙ f'(z^l)``, f' taken at the undropped f(z^l).
+    """
     B = Y.shape[0]
     L = len(weights)
     dWs, dbs = [None] * L, [None] * L
@@ -129,17 +148,90 @@ def backward(weights, activations, zs, acts, Y, loss):
         dWs[l] = acts[l].T @ delta / B
         dbs[l] = delta.sum(axis=0) / B
         if l > 0:
-            delta = (delta @ weights[l].T) * activation_derivative(zs[l - 1], acts[l], activations[l - 1])
+            mask = None if masks is None else masks[l - 1]
+            name = activations[l - 1]
+            a = acts[l] if mask is None else activate(zs[l - 1], name)
+            delta = delta @ weights[l].T
+            if mask is not None:
+                delta = delta * mask
+            delta = delta * activation_derivative(zs[l - 1], a, name)
     return dWs, dbs
 
 
-def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0):
-    """Loss (data + penalty) and gradients of the objective for one batch."""
-    zs, acts = forward(weights, biases, activations, X)
+def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0, masks=None):
+    """Loss (data + penalty) and gradients of the objective for one batch (with
+    optional dropout ``masks``, one per hidden layer)."""
+    zs, acts = forward(weights, biases, activations, X, masks)
     data_loss = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1]).mean()
-    dWs, dbs = backward(weights, activations, zs, acts, Y, loss)
+    dWs, dbs = backward(weights, activations, zs, acts, Y, loss, masks)
     dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
     return data_loss + penalty(weights, l1, l2), dWs, dbs
+
+
+# --- batch normalization ----------------------------------------------------------------
+#
+# A hidden layer with BN: u = a^{l-1} W (no bias; the shift β takes its place),
+# x̂ = (u − μ)/√(σ² + ε), y = γ x̂ + β, a^l = f(y); μ, σ² are the batch mean and
+# (biased) variance per unit in training, the running estimates at inference.
+
+
+def batchnorm_forward(u, gamma, beta, eps, mean=None, var=None):
+    """(y, x̂, 1/√(σ² + ε), μ, σ²); batch statistics unless ``mean``/``var`` are given."""
+    if mean is None:
+        mean, var = u.mean(axis=0), u.var(axis=0)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = (u - mean) * inv_std
+    return gamma * xhat + beta, xhat, inv_std, mean, var
+
+
+def batchnorm_backward(dy, xhat, inv_std, gamma):
+    """Backward through the batch statistics: (du, Σ dy x̂, Σ dy) from dy = ∂ℓ_i/∂y per
+    sample (the dγ, dβ sums are divided by B by the caller, like dW)."""
+    g = dy * gamma
+    du = inv_std * (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0))
+    return du, (dy * xhat).sum(axis=0), dy.sum(axis=0)
+
+
+def forward_bn(weights, biases, gammas, activations, X, eps, running=None):
+    """Forward pass with BN on the layers whose ``gammas[l]`` is not None (biases[l] is
+    then β). ``running``: None (batch statistics) or a list of (mean, var) per layer.
+    Returns (zs, acts, caches): zs[l] holds y for BN layers, caches[l] = (x̂, 1/√(σ²+ε),
+    μ, σ²) or None."""
+    a = X
+    zs, acts, caches = [], [X], []
+    for l, (W, b, gamma, name) in enumerate(zip(weights, biases, gammas, activations)):
+        if gamma is None:
+            z, cache = a @ W + b, None
+        else:
+            stats = (None, None) if running is None else running[l]
+            z, *cache = batchnorm_forward(a @ W, gamma, b, eps, *stats)
+        a = activate(z, name)
+        zs.append(z)
+        acts.append(a)
+        caches.append(cache)
+    return zs, acts, caches
+
+
+def gradients_bn(weights, biases, gammas, activations, X, Y, loss, eps):
+    """Training-mode (batch statistics) data loss and gradients ``(loss, dWs, dbs, dgammas)``
+    of a network with BN; ``dbs[l]`` is dβ for BN layers, ``dgammas[l]`` None without BN."""
+    B = Y.shape[0]
+    zs, acts, caches = forward_bn(weights, biases, gammas, activations, X, eps)
+    value = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1]).mean()
+    L = len(weights)
+    dWs, dbs, dgs = [None] * L, [None] * L, [None] * L
+    delta = output_delta(zs[-1], acts[-1], Y, loss, activations[-1])
+    for l in range(L - 1, -1, -1):
+        if caches[l] is not None:
+            xhat, inv_std = caches[l][0], caches[l][1]
+            delta, dg, db = batchnorm_backward(delta, xhat, inv_std, gammas[l])
+            dgs[l], dbs[l] = dg / B, db / B
+        else:
+            dbs[l] = delta.sum(axis=0) / B
+        dWs[l] = acts[l].T @ delta / B
+        if l > 0:
+            delta = (delta @ weights[l].T) * activation_derivative(zs[l - 1], acts[l], activations[l - 1])
+    return value, dWs, dbs, dgs
 
 
 # --- regularisation and clipping ------------------------------------------------

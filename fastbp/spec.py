@@ -93,3 +93,7 @@ def resolve_loss(loss, output):
     if code == BINARY_CROSS_ENTROPY and output != "sigmoid":
         raise ValueError(f"loss {loss!r} needs a sigmoid output layer, not {output!r}")
     return code
+
+# --- batch normalization ---------------------------------------------------------
+#: ε in x̂ = (u − μ)/√(σ² + ε)
+BN_EPS = 1e-5

@@ -110,15 +110,14 @@ def test_clipping_actually_clips():
 
 
 def test_shuffled_training_uses_seeded_permutations(dtype):
-    """shuffle=True draws one permutation per epoch from default_rng(seed)."""
+    """shuffle=True draws epoch e's permutation from default_rng([seed, e])."""
     sizes = [17, 33, 5]
     net = fastbp.MLP(sizes, seed=2, dtype=dtype)
     X, Y = make_data(50, sizes, "softmax", dtype, seed=6)
     ref = ReferenceTrainer(net)
-    rng = np.random.default_rng(123)
     opt = fastbp.Momentum(0.05)
-    for _ in range(3):
-        ref.epoch(X, Y, rng.permutation(50), 16, "cross_entropy", opt, opt.lr)
+    for epoch in range(3):
+        ref.epoch(X, Y, np.random.default_rng([123, epoch]).permutation(50), 16, "cross_entropy", opt, opt.lr)
     net.fit(X, Y, optimizer=opt, epochs=3, batch_size=16, seed=123)
     assert_close(net.theta, ref.flat(), dtype)
 
