@@ -83,7 +83,9 @@ def main(argv=None):
     one_by_one = np.vstack([bn.predict_proba(Xte[i:i + 1]) for i in range(5)])
     assert np.allclose(one_by_one, bn.predict_proba(Xte[:5]), atol=1e-5)  # no batch dependence
     assert bn_accuracy >= (0.90 if args.quick else 0.95), bn_accuracy
-    assert fastbp.gradcheck(bn, Xtr[:16], ytr[:16], n_samples=200).passed
+    # tol 1e-5, not 1e-6: on a trained net some gradients are ~1e-6, where the loss's
+    # rounding (~1e-16 / eps) alone gives relative errors of ~1e-6
+    assert fastbp.gradcheck(bn, Xtr[:16], ytr[:16], n_samples=200, tol=1e-5).passed
     print(f"[batchnorm] held-out accuracy {bn_accuracy:.4f}; gradcheck (batch statistics) passed")
 
     # 6. learning curves
