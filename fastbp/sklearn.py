@@ -355,11 +355,16 @@ class _BaseMLP(BaseEstimator):
                              " contain large values and need to be preprocessed.")
         return self
 
+    def _lr_scale(self):
+        """Factor from sklearn's learning rate to fastbp's: s for SGD, whose step is
+        proportional to the gradient; 1 for Adam, which is scale-invariant."""
+        return self._loss_scale() if self.solver == "sgd" else 1.0
+
     def _make_optimizer(self):
-        s = self._loss_scale()
         if self.solver == "adam":
-            return Adam(self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon / s)
-        lr = self.learning_rate_init * s
+            return Adam(self.learning_rate_init, self.beta_1, self.beta_2,
+                        self.epsilon / self._loss_scale())
+        lr = self.learning_rate_init * self._lr_scale()
         if self.momentum == 0:
             return SGD(lr)
         optimizer = (Nesterov if self.nesterovs_momentum else Momentum)(lr, 0.0)
@@ -425,7 +430,7 @@ class _BaseMLP(BaseEstimator):
         net.fit(X_train, Y_train, loss=_LOSS[self.out_activation_], optimizer=self._make_optimizer(),
                 epochs=1 if incremental else self.max_iter, batch_size=batch_size,
                 shuffle=bool(self.shuffle), l2=self.alpha / (scale * batch_size),
-                schedule=_LiveRate(self, scale), seed=int(rs.randint(np.iinfo(np.int32).max)),
+                schedule=_LiveRate(self, self._lr_scale()), seed=int(rs.randint(np.iinfo(np.int32).max)),
                 callbacks=[end_of_epoch], verbose=0, warm_start=not new_optimizer)
         if not incremental and not stopped and self.n_iter_ == self.max_iter:
             warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
