@@ -86,6 +86,9 @@ def assert_same_fit(ours, theirs, rtol=1e-6, atol=1e-9):
     dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05, tol=1e-2,
          n_iter_no_change=2, max_iter=40),
     dict(solver="lbfgs", max_iter=30),
+    dict(solver="sgd", activation="logistic", learning_rate_init=0.2),  # Glorot factor 2
+    dict(solver="lbfgs", activation="tanh", hidden_layer_sizes=(16, 8), max_iter=20),
+    dict(solver="sgd", activation="identity", hidden_layer_sizes=(), learning_rate_init=0.05),
 ])
 def test_classifier_follows_sklearn_trajectory(digits, kw):
     """Same init, same batches (shuffle=False), same hyper-parameters: the weights,
@@ -95,8 +98,8 @@ def test_classifier_follows_sklearn_trajectory(digits, kw):
     X, _, y, _ = digits
     X, y = X[:600], y[:600]
     kw = dict(kw)
-    base = dict(hidden_layer_sizes=(32,), alpha=1e-3, random_state=1, shuffle=False,
-                batch_size=100, max_iter=kw.pop("max_iter", 5))
+    base = dict(hidden_layer_sizes=kw.pop("hidden_layer_sizes", (32,)), alpha=1e-3, random_state=1,
+                shuffle=False, batch_size=100, max_iter=kw.pop("max_iter", 5))
     ours = MLPClassifier(**base, **kw).fit(X, y)
     theirs = sk.MLPClassifier(**base, **kw).fit(X, y)
     assert_same_fit(ours, theirs)
