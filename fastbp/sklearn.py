@@ -282,16 +282,19 @@ class _BaseMLP(BaseEstimator):
         self._best_theta = net.theta.copy()
         self.__dict__.pop("_learning_rate", None)  # a fresh optimizer on the next partial_fit
         if self.solver in _STOCHASTIC_SOLVERS:
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.best_loss_ = np.inf
-                self.validation_scores_ = None
-                self.best_validation_score_ = None
+            self._init_stochastic_records()
+
+    def _init_stochastic_records(self):
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
 
     # --- pickling: plain arrays only; the network is rebuilt around them -------------------
 
@@ -373,6 +376,11 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_stochastic(self, net, X, Y, rs, incremental):
         early_stopping = self.early_stopping
+        if not hasattr(self, "loss_curve_") or \
+                (early_stopping and getattr(self, "validation_scores_", None) is None):
+            # warm start from an lbfgs fit, or early stopping switched on for a warm start
+            # (sklearn raises AttributeError / TypeError in these cases)
+            self._init_stochastic_records()
         if early_stopping:
             stratify = Y if self._is_classifier() and self.n_outputs_ == 1 else None
             X_train, X_val, Y_train, Y_val = train_test_split(

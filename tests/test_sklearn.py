@@ -411,3 +411,12 @@ def test_poisson_loss_not_supported(regression):
     X, Y = regression
     with pytest.raises(NotImplementedError, match="poisson"):
         MLPRegressor(loss="poisson").fit(X, np.abs(Y[:, 0]))
+
+
+def test_warm_start_may_switch_solver(blobs):
+    X, y = blobs
+    clf = MLPClassifier((8,), solver="lbfgs", max_iter=20, warm_start=True, random_state=0).fit(X, y)
+    lbfgs_loss = clf.loss_
+    clf.set_params(solver="adam", max_iter=5, early_stopping=True).fit(X, y)
+    assert len(clf.loss_curve_) == len(clf.validation_scores_) == 5
+    assert clf.loss_curve_[0] < 1.1 * lbfgs_loss  # continued from the lbfgs weights (fresh: 1.7)
