@@ -38,7 +38,7 @@ from fastbp.sklearn import MLPClassifier as FastbpMLP
 
 def timed_fits(estimators, X_train, y_train, X_test, y_test, repeats):
     """Fit each pipeline ``repeats`` times, alternating between the libraries so that
-    load drift on a shared machine hits both; per library: (median s, accuracy, epochs)."""
+    load drift on a shared machine hits both; per library: (median s, accuracy, n_iter_)."""
     times = {name: [] for name in estimators}
     results = {}
     for _ in range(repeats):
@@ -55,7 +55,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small, fast settings for CI")
     parser.add_argument("--hidden", type=int, default=None, help="hidden units (default 100; 64 quick)")
-    parser.add_argument("--max-iter", type=int, default=None, help="epochs (default 200; 30 quick)")
+    parser.add_argument("--max-iter", type=int, default=None, help="max_iter: epochs, or L-BFGS iterations (default 200; 30 quick)")
     parser.add_argument("--solver", default="adam", choices=["adam", "sgd", "lbfgs"])
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed fits per library (median; default 5, 1 quick)")
@@ -90,11 +90,11 @@ def main(argv=None):
     print(f"digits: {len(X_train)} train / {len(X_test)} test, StandardScaler + MLP{(hidden,)}, "
           f"solver={args.solver}, max_iter={max_iter}, median of {repeats} fit(s), "
           f"BLAS threads: {args.threads or 'default'}")
-    print(f"  scikit-learn MLPClassifier  fit {sk_time:7.3f} s  ({sk_iter} epochs)  "
+    print(f"  scikit-learn MLPClassifier  fit {sk_time:7.3f} s  ({sk_iter} iterations)  "
           f"accuracy {sk_acc:.4f}")
-    print(f"  fastbp.sklearn MLPClassifier fit {fb_time:7.3f} s  ({fb_iter} epochs)  "
+    print(f"  fastbp.sklearn MLPClassifier fit {fb_time:7.3f} s  ({fb_iter} iterations)  "
           f"accuracy {fb_acc:.4f}")
-    print(f"  speed-up {sk_time / fb_time:.1f}x per fit; per epoch "
+    print(f"  speed-up {sk_time / fb_time:.1f}x per fit; per iteration "
           f"{(sk_time / sk_iter) / (fb_time / fb_iter):.1f}x; fastbp JIT warm-up (once per "
           f"process) {warm_up:.2f} s")
     if fb_acc < sk_acc - args.margin:

@@ -72,7 +72,12 @@ from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import (_check_partial_fit_first_call, check_classification_targets,
                                       type_of_target, unique_labels)
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
+
+try:
+    from sklearn.utils.validation import validate_data
+except ImportError as error:  # scikit-learn < 1.6
+    raise ImportError("fastbp.sklearn needs scikit-learn >= 1.6") from error
 
 from fastbp.network import MLP
 from fastbp.optimizers import SGD, Adam, Momentum, Nesterov
