@@ -420,3 +420,15 @@ def test_warm_start_may_switch_solver(blobs):
     clf.set_params(solver="adam", max_iter=5, early_stopping=True).fit(X, y)
     assert len(clf.loss_curve_) == len(clf.validation_scores_) == 5
     assert clf.loss_curve_[0] < 1.1 * lbfgs_loss  # continued from the lbfgs weights (fresh: 1.7)
+
+
+def test_dropin_example_quick(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "sklearn_dropin.py"
+    spec = importlib.util.spec_from_file_location("sklearn_dropin", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--quick"]) == 0
+    assert "fastbp.sklearn MLPClassifier fit" in capsys.readouterr().out
+    assert example.main(["--quick", "--margin", "-1"]) == 1  # the accuracy gate can fail
