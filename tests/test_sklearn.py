@@ -185,6 +185,15 @@ def test_early_stopping_matches_sklearn_and_restores_best(digits):
     assert_same_fit(ours, theirs)
 
 
+def test_early_stopping_with_string_labels(blobs):
+    """Validation scoring with non-numeric labels (cf. scikit-learn issue #33760)."""
+    X, y = blobs
+    labels = np.array(["a", "b", "c"])[y]
+    clf = MLPClassifier((8,), early_stopping=True, max_iter=20, random_state=0).fit(X, labels)
+    assert len(clf.validation_scores_) == clf.n_iter_
+    assert set(clf.predict(X)) <= set(labels)
+
+
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
 def test_held_out_accuracy_comparable_to_sklearn(digits, solver):
     """With shuffling on (different generators) the runs are not identical: held-out
