@@ -373,7 +373,7 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        work = Workspace(self.sizes, X.shape[0], self.dtype, batchnorm=self.batchnorm)
+        work = self._full_batch_workspace(X.shape[0])
         grad = np.zeros(self.n_params, dtype=self.dtype)
         if self.batchnorm:  # batch statistics, running statistics left alone
             value, _ = cpu_ext.backward_pass_bn(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
@@ -389,6 +389,15 @@ class MLP:
                 dW += l1 * np.sign(W) + l2 * W
                 value += l1 * np.abs(W).sum() + 0.5 * l2 * (W.astype(np.float64) ** 2).sum()
         return float(value), grad
+
+    def _full_batch_workspace(self, rows):
+        """Scratch for full-batch passes, kept between calls of the same size (L-BFGS and
+        gradcheck call flat_gradient many times on one batch)."""
+        work = getattr(self, "_full_batch_work", None)
+        if work is None or work.bmax != rows:
+            work = Workspace(self.sizes, rows, self.dtype, batchnorm=self.batchnorm)
+            self._full_batch_work = work
+        return work
 
     def gradients(self, X, y, loss=None, l1=0.0, l2=0.0):
         """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).

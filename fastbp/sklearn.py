@@ -49,8 +49,9 @@ Deviations:
   and ``MLPRegressor(loss="poisson")`` are not supported yet.
 * A diverging epoch (non-finite loss) is rolled back by fastbp with a
   ``RuntimeWarning`` and training stops; sklearn would raise at the end of fit.
-* ``dropout`` and ``batchnorm`` are accepted for forward compatibility but the
-  fastbp core has neither yet: a non-default value raises ``NotImplementedError``.
+* ``dropout`` and ``batchnorm`` are accepted for forward compatibility but not wired
+  into the estimators yet (``fastbp.MLP`` has both): a non-default value raises
+  ``NotImplementedError``.
 
 fastbp extras: ``device`` (only ``"cpu"`` for now) and ``dtype`` (None: float32
 input trains in float32, anything else in float64, as sklearn does; or force
@@ -220,11 +221,11 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"device must be 'cpu' (fastbp's CUDA backend is not available yet), "
                              f"got {self.device!r}.")
         if self.dropout is not None and self.dropout != 0:
-            raise NotImplementedError("dropout is not implemented in the fastbp core yet; "
-                                      "leave dropout=None.")
+            raise NotImplementedError("dropout is not wired into the scikit-learn estimators yet "
+                                      "(leave dropout=None); fastbp.MLP(..., dropout=p) has it.")
         if self.batchnorm is not False:
-            raise NotImplementedError("batchnorm is not implemented in the fastbp core yet; "
-                                      "leave batchnorm=False.")
+            raise NotImplementedError("batchnorm is not wired into the scikit-learn estimators yet "
+                                      "(leave batchnorm=False); fastbp.MLP(..., batchnorm=True) has it.")
         if self.dtype is not None and str(np.dtype(self.dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype must be None, 'float32' or 'float64', got {self.dtype!r}.")
 
