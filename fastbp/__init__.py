@@ -4,6 +4,7 @@ Three layers: ``fastbp.reference`` (the NumPy oracle), ``fastbp.kernels`` (compi
 CPU and CUDA kernels) and the API below (``MLP``, optimizers, schedules, gradcheck).
 """
 
+from .cuda_training import cuda_available
 from .gradcheck import GradcheckReport, gradcheck
 from .network import MLP
 from .optimizers import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, Nesterov,
@@ -12,6 +13,6 @@ from .training import History
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
+__all__ = ["MLP", "cuda_available", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
            "Nesterov", "RMSprop", "Adam", "Schedule", "Constant", "StepDecay", "ExponentialDecay",
            "InverseScaling", "__version__"]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import spec
+from . import cuda_training, spec
 from .init import init_weights, resolve_init
 from .kernels import cpu
 from .layout import make_layout, weight_views
@@ -119,8 +119,7 @@ class MLP:
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.
         """
-        if device != "cpu":
-            raise ValueError(f"device must be 'cpu' (the CUDA backend is not available yet), got {device!r}")
+        device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
@@ -141,7 +140,8 @@ class MLP:
             raise TypeError("every callback must be callable")
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        history = run_epochs(self, X, Y, loss_code=loss_code, optimizer=optimizer, epochs=epochs,
+        epoch_loop = run_epochs if device == "cpu" else cuda_training.run_epochs
+        history = epoch_loop(self, X, Y, loss_code=loss_code, optimizer=optimizer, epochs=epochs,
                              batch_size=batch_size, shuffle=bool(shuffle), l1=l1, l2=l2,
                              clip_norm=clip_norm, clip_value=clip_value, schedule=schedule, seed=seed,
                              callbacks=callbacks, verbose=verbose, state=state)
@@ -150,28 +150,32 @@ class MLP:
 
     # --- inference --------------------------------------------------------------------
 
-    def forward(self, X):
-        """Output activations a^L for every row of X (compiled, in chunks)."""
+    def forward(self, X, device="cpu"):
+        """Output activations a^L for every row of X (compiled, in chunks; on the GPU
+        with ``device="cuda"``)."""
+        device = cuda_training.check_device(device)
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
+        if device == "cuda":
+            return cuda_training.forward(self, X, chunk)
         work = Workspace(self.sizes, chunk, self.dtype)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
         return out
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, device="cpu"):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
         (p per unit for several)."""
         if self.output == "identity":
             raise ValueError("predict_proba needs a softmax or sigmoid output; this network regresses")
-        p = self.forward(X)
+        p = self.forward(X, device)
         if self.output == "sigmoid" and self.n_outputs == 1:
             return np.hstack([1 - p, p])
         return p
 
-    def predict(self, X):
+    def predict(self, X, device="cpu"):
         """Class labels (softmax: argmax; sigmoid: p > 0.5) or regression values."""
-        out = self.forward(X)
+        out = self.forward(X, device)
         if self.output == "softmax":
             return out.argmax(axis=1)
         if self.output == "sigmoid":
@@ -179,15 +183,19 @@ class MLP:
             return labels[:, 0] if self.n_outputs == 1 else labels
         return out[:, 0] if self.n_outputs == 1 else out
 
-    def evaluate(self, X, y, loss=None):
+    def evaluate(self, X, y, loss=None, device="cpu"):
         """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers)."""
+        device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         chunk = min(PREDICT_CHUNK, X.shape[0])
-        work = Workspace(self.sizes, chunk, self.dtype)
-        total, correct = cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code,
-                                      work.zs, work.acts, work.deltas, chunk)
+        if device == "cuda":
+            total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk)
+        else:
+            work = Workspace(self.sizes, chunk, self.dtype)
+            total, correct = cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code,
+                                          work.zs, work.acts, work.deltas, chunk)
         result = {"loss": total / X.shape[0]}
         if self.output != "identity":
             result["accuracy"] = correct / X.shape[0]
