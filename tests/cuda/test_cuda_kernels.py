@@ -276,25 +276,28 @@ def test_forward_and_evaluate_match_reference(dtype):
 # --- whole fits against the CPU path ---------------------------------------------------------------
 
 FITS = [
-    # (sizes, hidden, output, loss, optimizer, extra fit arguments)
-    ([5, 6, 3], "tanh", "softmax", "cross_entropy", fastbp.Adam(0.01), dict(clip_norm=0.5, l2=1e-3)),
-    ([4, 5, 2], "relu", "sigmoid", "binary_cross_entropy", fastbp.Nesterov(0.05), dict(l1=1e-3, clip_value=0.1)),
-    ([3, 4, 1], "leaky_relu", "identity", "mse", fastbp.RMSprop(0.01), dict(schedule="step")),
+    # (sizes, hidden, output, loss, optimizer, extra fit arguments, n, batch size); every
+    # n leaves a partial last batch, n = 23 / batch 10 spans several tiles and row blocks
+    ([5, 6, 3], "tanh", "softmax", "cross_entropy", fastbp.Adam(0.01), dict(clip_norm=0.5, l2=1e-3), 13, 5),
+    ([4, 5, 2], "relu", "sigmoid", "binary_cross_entropy", fastbp.Nesterov(0.05), dict(l1=1e-3, clip_value=0.1),
+     13, 5),
+    ([3, 4, 1], "leaky_relu", "identity", "mse", fastbp.RMSprop(0.01), dict(schedule="step"), 13, 5),
+    ([6, 9, 3], "sigmoid", "softmax", "mse", fastbp.Momentum(0.1), {}, 23, 10),
+    ([3, 5, 2], "identity", "sigmoid", "binary_cross_entropy", fastbp.SGD(0.1), dict(shuffle=False), 23, 10),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", range(len(FITS)), ids=[f[3] for f in FITS])
+@pytest.mark.parametrize("case", range(len(FITS)), ids=[f"{f[2]}-{f[3]}-{f[4].name}" for f in FITS])
 def test_fit_matches_cpu(dtype, case):
-    sizes, hidden, output, loss, optimizer, extra = FITS[case]
+    sizes, hidden, output, loss, optimizer, extra, n, batch_size = FITS[case]
     rng = np.random.default_rng(9)
-    n = 13  # batch 5: two full batches and a partial one of 3
     X = rng.standard_normal((n, sizes[0])).astype(dtype)
     y = (rng.integers(0, sizes[-1], n) if output == "softmax" else
          rng.integers(0, 2, (n, sizes[-1])) if output == "sigmoid" else rng.standard_normal((n, 1)))
     on_gpu, on_cpu = network(sizes, hidden, output, dtype, seed=3), network(sizes, hidden, output, dtype, seed=3)
-    kwargs = dict(loss=loss, optimizer=optimizer, epochs=2, batch_size=5, **extra)
+    kwargs = dict(loss=loss, optimizer=optimizer, epochs=2, batch_size=batch_size, **extra)
     h_gpu = on_gpu.fit(X, y, device="cuda", **kwargs)
     h_cpu = on_cpu.fit(X, y, **kwargs)
     close(on_gpu.theta, on_cpu.theta, dtype)
