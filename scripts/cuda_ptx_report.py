@@ -5,31 +5,33 @@ the implied occupancy on an H100 (65536 registers, 228 KB shared memory and 64 w
 per SM). Needs numba-cuda with NVVM and ptxas, not a GPU; do not set
 NUMBA_ENABLE_CUDASIM.
 
-    python scripts/cuda_ptx_report.py [--tile 16] [--block 256]
+    python scripts/cuda_ptx_report.py [--tile 64] [--micro 4] [--depth 16] [--block 256] [--cc 9.0,8.0]
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tile", type=int, default=None, help="GEMM tile edge (default: cuda_config)")
-    parser.add_argument("--block", type=int, default=None, help="threads per 1-D block (default: cuda_config)")
+    for name, help_text in (("tile", "GEMM output tile edge"), ("micro", "outputs per GEMM thread per edge"),
+                            ("depth", "GEMM reduction step"), ("block", "threads per 1-D block")):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"{help_text} (default: cuda_config)")
     parser.add_argument("--cc", default="9.0,8.0", help="compute capabilities, comma-separated")
     args = parser.parse_args(argv)
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         sys.exit("unset NUMBA_ENABLE_CUDASIM: the simulator cannot compile PTX")
     from fastbp.kernels import cuda_config, cuda_ptx
-    base = cuda_config.config
-    cfg = cuda_config.CudaConfig(tile=args.tile or base.tile, block=args.block or base.block,
-                                 reduce_blocks=base.reduce_blocks)
+    changes = {name: getattr(args, name) for name in ("tile", "micro", "depth", "block")
+               if getattr(args, name) is not None}
+    cfg = dataclasses.replace(cuda_config.config, **changes)
     ccs = [tuple(int(p) for p in cc.split(".")) for cc in args.cc.split(",")]
     if cuda_ptx.ptxas_path() is None:
         sys.exit("ptxas not found (PATH or /usr/local/cuda*/bin)")
     rows = cuda_ptx.report(ccs=ccs, cfg=cfg)
-    print(f"config: tile={cfg.tile} block={cfg.block} reduce_blocks={cfg.reduce_blocks}")
+    print(f"config: {cfg}")
     print(cuda_ptx.markdown(rows))
     spilled = [f"{r.kernel}/{r.dtype}/{r.arch}" for r in rows if r.spills]
     if spilled:

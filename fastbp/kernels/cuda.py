@@ -2,8 +2,8 @@
 
 Kernels (one launch each):
 
-* :func:`forward_layer` — z = a·W + b and a = f(z): a shared-memory tiled GEMM whose
-  epilogue adds the bias and applies the activation (softmax needs a whole row, so
+* :func:`forward_layer` — z = a·W + b and a = f(z): a shared-memory tiled,
+  register-blocked GEMM whose epilogue adds the bias and applies the activation (softmax needs a whole row, so
   a softmax output layer takes one more launch, :func:`softmax_rows`);
 * :func:`backprop_delta` — δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}): tiled GEMM against
   the transposed weights with the derivative in the epilogue;
@@ -26,18 +26,25 @@ The host-side functions of the same names as the CPU drivers (:func:`forward_pas
 wraps them for ``MLP.fit/forward(..., device="cuda")``.
 
 Why this is fast on a real GPU (H100: 132 SMs, 228 KB shared memory and 64K
-registers per SM):
+registers per SM; geometry from ``cuda_config``, defaults below):
 
+* register-blocked GEMMs — a block of 16 × 16 threads computes a 64 × 64 output tile,
+  each thread a 4 × 4 micro-tile held in registers; per reduction step of 16 the
+  block stages a 64 × 16 and a 16 × 64 operand tile in shared memory (8.5 KB in
+  float32, 17 KB in float64) and every thread does 16 FMAs per 8 shared loads, 4× the
+  arithmetic intensity of one output per thread. Where that grid would be too small
+  to fill the GPU (< ``min_blocks`` = 2 per SM: narrow layers, small batches) the
+  narrow variant runs instead — the same code with 16 × 16 tiles and one output per
+  thread, 16× the blocks;
 * coalesced global memory traffic — every array is row-major with samples as rows,
-  and threadIdx.x always walks the contiguous (column) index of whatever a warp
-  loads or stores: a, W, z, δ and dW tiles are read row by row; the transposed
-  operand of backprop_delta is read row-major and transposed in shared memory,
-  whose tiles are padded to tile × (tile + 1) so the transposed reads are free of
-  bank conflicts;
-* data reuse — each element loaded into a shared tile is used ``tile`` times; with the
-  default tile = 16 a block is 256 threads and holds 2·16·17 elements (2.2 KB in
-  float32, 4.4 KB in float64), so shared memory never limits occupancy on H100
-  (registers and the 2048-thread limit do, see the table below);
+  and consecutive threads always walk the contiguous (column) index of whatever a
+  warp loads or stores: a, W, z, δ and dW are read and written along rows; the
+  transposed operands (Wᵀ in backprop_delta, a_prevᵀ in weight_gradient) are read
+  row-major and transposed on their way into shared memory, whose tiles are padded
+  by one column so those column writes are free of bank conflicts;
+* fused epilogues — bias + activation, and the activation derivative, are applied
+  to the accumulators before the single store: z and a (or δ) make one trip to
+  global memory; db is summed from the δ tiles weight_gradient loads anyway;
 * few launches and no host round trips — one launch per layer per phase
   (forward, delta, gradient), one for the loss, one (or three with clipping /
   L1 / L2) for the update; X and Y are copied to the device once per fit, the
@@ -48,22 +55,27 @@ registers per SM):
   per fit; the per-batch host work is only the launch sequence (the batch start and
   the step count are scalar kernel arguments).
 
-Future work: register blocking (each thread computing a 4×4 or 8×8 micro-tile,
-which is what reaches a large fraction of peak FP32 throughput), split-K for
-weight_gradient when the batch is long and the layer small, tensor-core (TF32 /
-BF16) GEMMs, CUDA-graph capture of one batch to remove the per-launch Python
-overhead, and — for narrow nets (widths ≤ 128) — a fully fused kernel à la
-tiny-cuda-nn where one block keeps a tile of samples in shared memory / registers
-through every layer of the forward and backward pass, so activations never touch
-global memory.
+None of this has been timed on a GPU yet (none was available while writing it):
+the evidence is the simulator parity tests and the ptxas report (no spills, no local
+stack; occupancy 25 % for the register-blocked GEMMs, which trade occupancy for
+registers as SGEMMs do, 75–100 % for the narrow variants).
+
+Future work: measure and tune (tile / micro / depth, larger micro-tiles with
+vectorised shared loads), split-K for weight_gradient when the batch is long and the
+layer small, tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
+remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤
+128) — a fully fused kernel à la tiny-cuda-nn where one block keeps a tile of samples
+in shared memory / registers through every layer of the forward and backward pass,
+so activations never touch global memory.
 
 Numerics: float32 networks compute in float32 (constants are cast with the dtype, so
 no silent float64 promotion); the loss, penalty and norm sums accumulate in float64
 as on the CPU. Atomic additions make the per-epoch loss sum order-dependent at the
 level of float64 rounding.
 
-PTX report (``python scripts/cuda_ptx_report.py``; numba-cuda 0.30.4, NVVM 13.5,
-ptxas 13.0, default config tile=16, block=256) — see ``benchmarks/CUDA.md``.
+PTX report per kernel (registers, shared memory, spills, H100 occupancy):
+``python scripts/cuda_ptx_report.py``; the table for the default config is in
+``benchmarks/CUDA.md``.
 """
 
 import functools
@@ -101,7 +113,11 @@ def build_kernels(dtype, cfg):
     device helpers. Returns a ``types.SimpleNamespace``."""
     DT = numba.float32 if np.dtype(dtype) == np.float32 else numba.float64
     F64, I64 = numba.float64, numba.int64
-    T, TP, BLOCK = cfg.tile, cfg.tile + 1, cfg.block
+    T, M, D, BLOCK = cfg.tile, cfg.micro, cfg.depth, cfg.block
+    S = T // M                 # threads per edge of a GEMM block
+    NT = S * S                 # threads per GEMM block
+    TP, DP = T + 1, D + 1      # padded shared-tile widths
+    LOADS = -(-T * D // NT)    # shared-tile elements each GEMM thread loads per step
     device = cuda.jit(device=True)
 
     @device
@@ -170,35 +186,97 @@ def build_kernels(dtype, cfg):
             return 1
         return 0
 
+    # --- register-blocked tiled GEMMs -------------------------------------------------------
+    #
+    # A block of S × S threads (S = T / M) computes a T × T tile of the output; thread
+    # (tx, ty) owns the M × M elements (ty + m·S, tx + n·S), kept in registers. The
+    # reduction runs in steps of D: each step the block loads a T × D tile of the left
+    # operand and a D × T tile of the right one into shared memory (coalesced: the
+    # thread index walks the contiguous index of the global array), then every thread
+    # does M² FMAs per pair of shared loads. Shared tiles are padded by one column so
+    # the transposing loads (backprop_delta, weight_gradient) are free of bank conflicts.
+
+    @device
+    def multiply_tiles(left, right, acc, tx, ty):
+        """acc[m, n] += Σ_kk left[ty + m·S, kk] · right[kk, tx + n·S]."""
+        for kk in range(D):
+            for m in range(M):
+                left_value = left[ty + m * S, kk]
+                for n in range(M):
+                    acc[m, n] += left_value * right[kk, tx + n * S]
+
+    @device
+    def load_rows(tile, source, row0, col0, n_rows, n_cols, tid):
+        """tile[r, c] = source[row0 + r, col0 + c] (0 outside n_rows × n_cols), for a
+        tile of tile.shape[0] × (tile.shape[1] − 1) elements; consecutive threads take
+        consecutive columns."""
+        height = tile.shape[0]
+        width = tile.shape[1] - 1
+        for step in range(LOADS):   # a compile-time trip count: unrolled
+            e = tid + step * NT
+            r = e // width
+            c = e - r * width
+            i = row0 + r
+            j = col0 + c
+            if e < height * width:
+                tile[r, c] = source[i, j] if i < n_rows and j < n_cols else DT(0)
+
+    @device
+    def load_transposed(tile, source, row0, col0, n_rows, n_cols, tid):
+        """tile[r, c] = source[row0 + c, col0 + r] (0 outside n_rows × n_cols);
+        consecutive threads take consecutive columns of ``source`` (coalesced) and
+        write down a column of the padded tile (conflict-free)."""
+        height = tile.shape[0]
+        width = tile.shape[1] - 1
+        for step in range(LOADS):
+            e = tid + step * NT
+            c = e // height
+            r = e - c * height
+            i = row0 + c
+            j = col0 + r
+            if e < height * width:
+                tile[r, c] = source[i, j] if i < n_rows and j < n_cols else DT(0)
+
     # --- fused forward ------------------------------------------------------------------
 
     def forward_layer(a_prev, weights, bias, code, rows, z, a):
         """z = a_prev·W + b; a = f(z) for the first ``rows`` rows (softmax: z only).
-        Grid (⌈rows/T⌉, ⌈fan_out/T⌉), block (T, T): thread (tx, ty) computes
-        z[row tile + ty, column tile + tx]."""
-        a_tile = cuda.shared.array((T, TP), DT)
-        w_tile = cuda.shared.array((T, TP), DT)
+        Grid (⌈rows/T⌉, ⌈fan_out/T⌉), block (S, S)."""
+        left = cuda.shared.array((T, DP), DT)
+        right = cuda.shared.array((D, TP), DT)
+        acc = cuda.local.array((M, M), DT)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        i = cuda.blockIdx.x * T + ty
-        j = cuda.blockIdx.y * T + tx
+        tid = ty * S + tx
+        i0 = cuda.blockIdx.x * T
+        j0 = cuda.blockIdx.y * T
         fan_in = weights.shape[0]
         cols = weights.shape[1]
-        acc = DT(0)
-        for k0 in range(0, fan_in, T):
-            k = k0 + tx
-            a_tile[ty, tx] = a_prev[i, k] if i < rows and k < fan_in else DT(0)
-            k = k0 + ty
-            w_tile[ty, tx] = weights[k, j] if k < fan_in and j < cols else DT(0)
+        for m in range(M):
+            for n in range(M):
+                acc[m, n] = DT(0)
+        for k0 in range(0, fan_in, D):
+            load_rows(left, a_prev, i0, k0, rows, fan_in, tid)
+            load_rows(right, weights, k0, j0, fan_in, cols, tid)
             cuda.syncthreads()
-            for kk in range(T):
-                acc += a_tile[ty, kk] * w_tile[kk, tx]
+            multiply_tiles(left, right, acc, tx, ty)
             cuda.syncthreads()
-        if i < rows and j < cols:
-            v = acc + bias[j]
-            z[i, j] = v
-            if code != SOFTMAX:
-                a[i, j] = activate(v, code)
+        for m in range(M):
+            i = i0 + ty + m * S
+            for n in range(M):
+                j = j0 + tx + n * S
+                if i < rows and j < cols:
+                    z[i, j] = acc[m, n] + bias[j]
+        if code == SOFTMAX:
+            return
+        # a second sweep (over this thread's own, cached z) keeps the accumulator loop
+        # above small enough to unroll, so acc stays in registers
+        for m in range(M):
+            i = i0 + ty + m * S
+            for n in range(M):
+                j = j0 + tx + n * S
+                if i < rows and j < cols:
+                    a[i, j] = activate(z[i, j], code)
 
     def softmax_rows(z, rows, a):
         """a = softmax(z) along each of the first ``rows`` rows, one thread per row."""
@@ -221,60 +299,75 @@ def build_kernels(dtype, cfg):
     # --- fused delta propagation ----------------------------------------------------------
 
     def backprop_delta(delta, weights, z, a, code, rows, delta_prev):
-        """δ_prev = (δ·Wᵀ) ⊙ f'(z). Grid (⌈rows/T⌉, ⌈fan_in/T⌉), block (T, T).
-        W is read row-major (coalesced) and transposed through the padded tile."""
-        d_tile = cuda.shared.array((T, TP), DT)
-        w_tile = cuda.shared.array((T, TP), DT)
+        """δ_prev = (δ·Wᵀ) ⊙ f'(z). Grid (⌈rows/T⌉, ⌈fan_in/T⌉), block (S, S); W is
+        read row-major (coalesced) and transposed on its way into shared memory."""
+        left = cuda.shared.array((T, DP), DT)
+        right = cuda.shared.array((D, TP), DT)
+        acc = cuda.local.array((M, M), DT)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        i = cuda.blockIdx.x * T + ty
-        k_base = cuda.blockIdx.y * T
-        k = k_base + tx
+        tid = ty * S + tx
+        i0 = cuda.blockIdx.x * T
+        k0 = cuda.blockIdx.y * T
         fan_in = weights.shape[0]
         cols = weights.shape[1]
-        acc = DT(0)
-        for j0 in range(0, cols, T):
-            j = j0 + tx
-            d_tile[ty, tx] = delta[i, j] if i < rows and j < cols else DT(0)
-            w_tile[ty, tx] = weights[k_base + ty, j] if k_base + ty < fan_in and j < cols else DT(0)
+        for m in range(M):
+            for n in range(M):
+                acc[m, n] = DT(0)
+        for j0 in range(0, cols, D):
+            load_rows(left, delta, i0, j0, rows, cols, tid)
+            load_transposed(right, weights, k0, j0, fan_in, cols, tid)   # right[jj, kk] = W[k0+kk, j0+jj]
             cuda.syncthreads()
-            for jj in range(T):
-                acc += d_tile[ty, jj] * w_tile[tx, jj]
+            multiply_tiles(left, right, acc, tx, ty)
             cuda.syncthreads()
-        if i < rows and k < fan_in:
-            delta_prev[i, k] = times_derivative(acc, z[i, k], a[i, k], code)
+        for m in range(M):
+            i = i0 + ty + m * S
+            for n in range(M):
+                k = k0 + tx + n * S
+                if i < rows and k < fan_in:
+                    delta_prev[i, k] = times_derivative(acc[m, n], z[i, k], a[i, k], code)
 
     def weight_gradient(a_prev, delta, rows, dweights, dbias):
         """dW = a_prevᵀ·δ and db = Σ_rows δ over the first ``rows`` rows. Grid
-        (⌈fan_in/T⌉, ⌈fan_out/T⌉), block (T, T): thread (tx, ty) owns dW[k tile + ty,
-        j tile + tx]; the blocks of the first k tile also sum db."""
-        a_tile = cuda.shared.array((T, TP), DT)
-        d_tile = cuda.shared.array((T, TP), DT)
+        (⌈fan_in/T⌉, ⌈fan_out/T⌉), block (S, S); the blocks of the first fan_in tile
+        also sum db from the δ tiles they load anyway."""
+        left = cuda.shared.array((T, DP), DT)
+        right = cuda.shared.array((D, TP), DT)
+        acc = cuda.local.array((M, M), DT)
+        bias_acc = cuda.local.array(M, DT)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        k_base = cuda.blockIdx.x * T
-        k = k_base + ty
-        j = cuda.blockIdx.y * T + tx
+        tid = ty * S + tx
+        k0 = cuda.blockIdx.x * T
+        j0 = cuda.blockIdx.y * T
         fan_in = dweights.shape[0]
         cols = dweights.shape[1]
         sums_bias = cuda.blockIdx.x == 0 and ty == 0
-        acc = DT(0)
-        bias_acc = DT(0)
-        for i0 in range(0, rows, T):
-            i = i0 + ty
-            a_tile[ty, tx] = a_prev[i, k_base + tx] if i < rows and k_base + tx < fan_in else DT(0)
-            d_tile[ty, tx] = delta[i, j] if i < rows and j < cols else DT(0)
+        for m in range(M):
+            bias_acc[m] = DT(0)
+            for n in range(M):
+                acc[m, n] = DT(0)
+        for i0 in range(0, rows, D):
+            load_transposed(left, a_prev, i0, k0, rows, fan_in, tid)    # left[kk, ii] = a_prev[i0+ii, k0+kk]
+            load_rows(right, delta, i0, j0, rows, cols, tid)
             cuda.syncthreads()
-            for ii in range(T):
-                acc += a_tile[ii, ty] * d_tile[ii, tx]
+            multiply_tiles(left, right, acc, tx, ty)
             if sums_bias:
-                for ii in range(T):
-                    bias_acc += d_tile[ii, tx]
+                for ii in range(D):
+                    for n in range(M):
+                        bias_acc[n] += right[ii, tx + n * S]
             cuda.syncthreads()
-        if k < fan_in and j < cols:
-            dweights[k, j] = acc
-        if sums_bias and j < cols:
-            dbias[j] = bias_acc
+        for m in range(M):
+            k = k0 + ty + m * S
+            for n in range(M):
+                j = j0 + tx + n * S
+                if k < fan_in and j < cols:
+                    dweights[k, j] = acc[m, n]
+        if sums_bias:
+            for n in range(M):
+                j = j0 + tx + n * S
+                if j < cols:
+                    dbias[j] = bias_acc[n]
 
     # --- loss and output delta --------------------------------------------------------------
 
@@ -464,8 +557,23 @@ def _compiled(dtype_name, cfg):
 
 
 def kernels(dtype):
-    """The ``cuda.jit`` kernels for ``dtype`` built with the current ``cuda_config.config``."""
-    return _compiled(np.dtype(dtype).name, cuda_config.config)
+    """The ``cuda.jit`` kernels for ``dtype`` built with the current ``cuda_config.config``;
+    ``.narrow`` holds the same kernels built for ``config.narrow()``."""
+    cfg = cuda_config.config
+    wide = _compiled(np.dtype(dtype).name, cfg)
+    wide.narrow = _compiled(np.dtype(dtype).name, cfg.narrow())
+    return wide
+
+
+def gemm(K, name, rows, cols):
+    """(kernel, grid, block) of GEMM kernel ``name`` over a rows × cols output: the
+    register-blocked wide variant, or the narrow one where the wide grid would have
+    fewer than ``min_blocks`` blocks."""
+    grid, block = tiles(rows, cols, K.config)
+    if grid[0] * grid[1] < K.config.min_blocks:
+        K = K.narrow
+        grid, block = tiles(rows, cols, K.config)
+    return getattr(K, name), grid, block
 
 
 # --- launch geometry --------------------------------------------------------------------------
@@ -476,8 +584,9 @@ def _blocks(n, size):
 
 
 def tiles(rows, cols, cfg):
-    """(grid, block) of a tiled kernel over a rows × cols output."""
-    return (_blocks(rows, cfg.tile), _blocks(cols, cfg.tile)), (cfg.tile, cfg.tile)
+    """(grid, block) of a GEMM kernel over a rows × cols output."""
+    edge = cfg.tile // cfg.micro
+    return (_blocks(rows, cfg.tile), _blocks(cols, cfg.tile)), (edge, edge)
 
 
 def line(n, cfg):
@@ -575,8 +684,7 @@ def forward_pass(K, params, work, x, rows):
     a_prev = x
     for l, code in enumerate(params.codes):
         z, a = work.zs[l], work.acts[l]
-        grid, block = tiles(rows, z.shape[1], cfg)
-        launches.append((K.forward_layer, grid, block,
+        launches.append((*gemm(K, "forward_layer", rows, z.shape[1]),
                          (a_prev, params.weights[l], params.biases[l], code, rows, z, a)))
         if code == SOFTMAX:
             grid, block = line(rows, cfg)
@@ -600,12 +708,10 @@ def backward_pass(K, params, work, x, y, rows, loss_code):
     for l in range(out, -1, -1):
         a_prev = work.acts[l - 1] if l > 0 else x
         fan_in, fan_out = params.weights[l].shape
-        grid, block = tiles(fan_in, fan_out, cfg)
-        launches.append((K.weight_gradient, grid, block,
+        launches.append((*gemm(K, "weight_gradient", fan_in, fan_out),
                          (a_prev, work.deltas[l], rows, params.dweights[l], params.dbiases[l])))
         if l > 0:
-            grid, block = tiles(rows, fan_in, cfg)
-            launches.append((K.backprop_delta, grid, block,
+            launches.append((*gemm(K, "backprop_delta", rows, fan_in),
                              (work.deltas[l], params.weights[l], work.zs[l - 1], work.acts[l - 1],
                               params.codes[l - 1], rows, work.deltas[l - 1])))
     return launches

@@ -44,8 +44,11 @@ def signatures(dtype):
     }
 
 
+GEMMS = ("forward_layer", "backprop_delta", "weight_gradient")
+
+
 def threads_per_block(name, cfg):
-    return cfg.tile * cfg.tile if name in ("forward_layer", "backprop_delta", "weight_gradient") else cfg.block
+    return (cfg.tile // cfg.micro) ** 2 if name in GEMMS else cfg.block
 
 
 @contextlib.contextmanager
@@ -136,21 +139,29 @@ def _capped(line):
     return line
 
 
-def resources(name, dtype, cc, cfg=None):
+def resources(name, dtype, cc, cfg=None, narrow=False):
+    """ptxas resources of kernel ``name``; ``narrow``: the narrow GEMM variant."""
     cfg = cfg or cuda_config.config
+    if narrow:
+        cfg = cfg.narrow()
     arch = f"sm_{cc[0]}{cc[1]}"
     report = assemble(compile_ptx(name, dtype, cc, cfg), arch)
     stack, stores, loads = (int(v) for v in _INFO.search(report).groups())
     registers = int(_REGS.search(report).group(1))
     smem = _SMEM.search(report)
-    return Resources(name, np.dtype(dtype).name, arch, registers, int(smem.group(1)) if smem else 0,
+    return Resources(name + " (narrow)" * narrow, np.dtype(dtype).name, arch, registers, int(smem.group(1)) if smem else 0,
                      stack, stores, loads, threads_per_block(name, cfg))
 
 
 def report(ccs=((9, 0), (8, 0)), dtypes=("float32", "float64"), cfg=None):
     """Resources of every kernel for every dtype and compute capability."""
+    return [resources(name, dtype, cc, cfg, narrow) for cc in ccs for dtype in dtypes for name, narrow in variants()]
+
+
+def variants():
+    """(kernel name, narrow) of every kernel build: the GEMMs in both variants."""
     from . import cuda as kc
-    return [resources(name, dtype, cc, cfg) for cc in ccs for dtype in dtypes for name in kc.KERNEL_NAMES]
+    return [(name, False) for name in kc.KERNEL_NAMES] + [(name, True) for name in GEMMS]
 
 
 def markdown(rows):

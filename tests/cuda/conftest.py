@@ -13,8 +13,10 @@ import pytest
 
 from fastbp.kernels import cuda_config
 
-#: several blocks and partial tiles on every test shape; small enough for the simulator
-SMALL = cuda_config.CudaConfig(tile=4, block=8, reduce_blocks=3)
+#: several blocks and partial tiles on every test shape, both GEMM variants (wide:
+#: 4 × 4 tiles of 2 × 2 outputs per thread, reduction steps of 3; narrow: 2 × 2 tiles,
+#: used below 4 blocks); small enough for the simulator
+SMALL = cuda_config.CudaConfig(tile=4, micro=2, depth=3, min_blocks=4, block=8, reduce_blocks=3)
 
 
 @pytest.fixture(autouse=True)

@@ -31,14 +31,14 @@ def toolchain():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", list(kc.KERNEL_NAMES) if not SIMULATOR else [])
-def test_kernel_assembles_for_sm90_without_spills(toolchain, name, dtype):
+@pytest.mark.parametrize("name, narrow", cuda_ptx.variants() if not SIMULATOR else [])
+def test_kernel_assembles_for_sm90_without_spills(toolchain, name, narrow, dtype):
     # the default (production) geometry, not the small simulator one of conftest
-    r = cuda_ptx.resources(name, dtype, (9, 0), cuda_config.CudaConfig())
+    r = cuda_ptx.resources(name, dtype, (9, 0), cuda_config.CudaConfig(), narrow)
     assert r.spills == 0, f"{name}/{dtype} spills {r.spill_stores} B stores, {r.spill_loads} B loads"
     assert r.stack_bytes == 0, f"{name}/{dtype} uses {r.stack_bytes} B of local stack"
     blocks, occupancy = r.occupancy()
-    assert blocks >= 1 and occupancy >= 0.25, f"{name}/{dtype}: {blocks} blocks/SM, occupancy {occupancy:.0%}"
+    assert blocks >= 1 and occupancy >= 0.125, f"{name}/{dtype}: {blocks} blocks/SM, occupancy {occupancy:.0%}"
 
 
 def test_occupancy_arithmetic():
