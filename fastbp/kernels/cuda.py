@@ -206,34 +206,22 @@ def build_kernels(dtype, cfg):
                     acc[m, n] += left_value * right[kk, tx + n * S]
 
     @device
-    def load_rows(tile, source, row0, col0, n_rows, n_cols, tid):
-        """tile[r, c] = source[row0 + r, col0 + c] (0 outside n_rows × n_cols), for a
-        tile of tile.shape[0] × (tile.shape[1] − 1) elements; consecutive threads take
-        consecutive columns."""
+    def load_tile(tile, source, row0, col0, n_rows, n_cols, tid, transposed):
+        """Stage a block of ``source`` in the padded shared ``tile`` (0 outside
+        n_rows × n_cols), coalesced: consecutive threads read consecutive columns.
+        Plain: tile[r, c] = source[row0 + r, col0 + c]. Transposed: tile[r, c] =
+        source[row0 + c, col0 + r], so the tile is written down its columns, which the
+        one-column padding keeps free of bank conflicts."""
         height = tile.shape[0]
         width = tile.shape[1] - 1
+        run = height if transposed else width   # tile extent along the source's rows
         for step in range(LOADS):   # a compile-time trip count: unrolled
             e = tid + step * NT
-            r = e // width
-            c = e - r * width
-            i = row0 + r
-            j = col0 + c
-            if e < height * width:
-                tile[r, c] = source[i, j] if i < n_rows and j < n_cols else DT(0)
-
-    @device
-    def load_transposed(tile, source, row0, col0, n_rows, n_cols, tid):
-        """tile[r, c] = source[row0 + c, col0 + r] (0 outside n_rows × n_cols);
-        consecutive threads take consecutive columns of ``source`` (coalesced) and
-        write down a column of the padded tile (conflict-free)."""
-        height = tile.shape[0]
-        width = tile.shape[1] - 1
-        for step in range(LOADS):
-            e = tid + step * NT
-            c = e // height
-            r = e - c * height
-            i = row0 + c
-            j = col0 + r
+            outer = e // run
+            inner = e - outer * run
+            r, c = (inner, outer) if transposed else (outer, inner)
+            i = row0 + outer
+            j = col0 + inner
             if e < height * width:
                 tile[r, c] = source[i, j] if i < n_rows and j < n_cols else DT(0)
 
@@ -256,8 +244,8 @@ def build_kernels(dtype, cfg):
             for n in range(M):
                 acc[m, n] = DT(0)
         for k0 in range(0, fan_in, D):
-            load_rows(left, a_prev, i0, k0, rows, fan_in, tid)
-            load_rows(right, weights, k0, j0, fan_in, cols, tid)
+            load_tile(left, a_prev, i0, k0, rows, fan_in, tid, False)
+            load_tile(right, weights, k0, j0, fan_in, cols, tid, False)
             cuda.syncthreads()
             multiply_tiles(left, right, acc, tx, ty)
             cuda.syncthreads()
@@ -315,8 +303,8 @@ def build_kernels(dtype, cfg):
             for n in range(M):
                 acc[m, n] = DT(0)
         for j0 in range(0, cols, D):
-            load_rows(left, delta, i0, j0, rows, cols, tid)
-            load_transposed(right, weights, k0, j0, fan_in, cols, tid)   # right[jj, kk] = W[k0+kk, j0+jj]
+            load_tile(left, delta, i0, j0, rows, cols, tid, False)
+            load_tile(right, weights, k0, j0, fan_in, cols, tid, True)   # right[jj, kk] = W[k0+kk, j0+jj]
             cuda.syncthreads()
             multiply_tiles(left, right, acc, tx, ty)
             cuda.syncthreads()
@@ -348,8 +336,8 @@ def build_kernels(dtype, cfg):
             for n in range(M):
                 acc[m, n] = DT(0)
         for i0 in range(0, rows, D):
-            load_transposed(left, a_prev, i0, k0, rows, fan_in, tid)    # left[kk, ii] = a_prev[i0+ii, k0+kk]
-            load_rows(right, delta, i0, j0, rows, cols, tid)
+            load_tile(left, a_prev, i0, k0, rows, fan_in, tid, True)    # left[kk, ii] = a_prev[i0+ii, k0+kk]
+            load_tile(right, delta, i0, j0, rows, cols, tid, False)
             cuda.syncthreads()
             multiply_tiles(left, right, acc, tx, ty)
             if sums_bias:
