@@ -352,3 +352,27 @@ def test_divergence_restores_previous_epoch():
         history = net.fit(X, y, loss="mse", optimizer=fastbp.SGD(1e10), epochs=3, batch_size=4, device="cuda")
     assert history.stopped_early and history.epochs == 0
     np.testing.assert_array_equal(net.theta, before)
+
+
+def test_train_epoch_allocates_and_reads_back_nothing(monkeypatch):
+    """The hot path: once the plan exists, an epoch (three batches, the last partial)
+    makes no device allocation and no device-to-host copy."""
+    net = network([4, 5, 3], "relu", "softmax", "float64")
+    rng = np.random.default_rng(11)
+    X, Y = rng.standard_normal((13, 4)), one_hot(rng, 13, 3, "float64")
+    K = kc.kernels("float64")
+    params = kc.DeviceParameters(net.theta, net.layout, net.codes)
+    plan = kc.EpochPlan(K, params, dev(X), dev(Y), 5, spec.CROSS_ENTROPY, spec.OPT_ADAM, reduce=True)
+    array_type = type(params.theta)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("allocation or read-back inside an epoch")
+
+    for name in ("device_array", "device_array_like", "to_device", "pinned_array", "mapped_array"):
+        monkeypatch.setattr(kc.cuda, name, forbidden)
+    monkeypatch.setattr(array_type, "copy_to_host", forbidden)
+    step = kc.train_epoch(plan, rng.permutation(13).astype(np.int64), 0)
+    monkeypatch.undo()
+    assert step == 3
+    assert plan.work.counts.copy_to_host()[1] == 0
+    assert np.isfinite(plan.work.sums.copy_to_host()[0])
