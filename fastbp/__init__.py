@@ -13,6 +13,7 @@ from .training import History
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "cuda_available", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
+__all__ = ["MLP", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
            "Nesterov", "RMSprop", "Adam", "Schedule", "Constant", "StepDecay", "ExponentialDecay",
            "InverseScaling", "__version__"]
+__all__ += ["cuda_available"]
