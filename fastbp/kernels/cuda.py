@@ -62,7 +62,9 @@ registers as SGEMMs do, 75–100 % for the narrow variants).
 
 Future work: measure and tune (tile / micro / depth, larger micro-tiles with
 vectorised shared loads), split-K for weight_gradient when the batch is long and the
-layer small, tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
+layer small, a warp per row instead of a thread per row in softmax_rows and
+output_delta for wide outputs (hundreds of classes: today each thread walks its row
+with a stride, uncoalesced), tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
 remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤
 128) — a fully fused kernel à la tiny-cuda-nn where one block keeps a tile of samples
 in shared memory / registers through every layer of the forward and backward pass,
