@@ -6,6 +6,7 @@ CPU and CUDA kernels) and the API below (``MLP``, optimizers, schedules, gradche
 
 from . import callbacks
 from .callbacks import Callback, EarlyStopping, GradientMonitor, GradientWarning, ReduceOnPlateau
+from .cuda_training import cuda_available
 from .gradcheck import GradcheckReport, gradcheck
 from .network import MLP
 from .optimizers import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, Nesterov,
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 __all__ = ["MLP", "History", "gradcheck", "GradcheckReport", "Optimizer", "SGD", "Momentum",
            "Nesterov", "RMSprop", "Adam", "Schedule", "Constant", "StepDecay", "ExponentialDecay",
            "InverseScaling", "callbacks", "Callback", "EarlyStopping", "ReduceOnPlateau",
-           "GradientMonitor", "GradientWarning", "__version__"]
+           "GradientMonitor", "GradientWarning", "cuda_available", "__version__"]

@@ -4,12 +4,12 @@ import numbers
 
 import numpy as np
 
-from . import spec
+from . import cuda_training, spec
 from .init import init_weights, resolve_init
 from .kernels import cpu, cpu_ext
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
-from .training import FitState, Workspace, run_epochs
+from .training import CpuEngine, FitState, Workspace, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
 
@@ -210,8 +210,7 @@ class MLP:
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.
         """
-        if device != "cpu":
-            raise ValueError(f"device must be 'cpu' (the CUDA backend is not available yet), got {device!r}")
+        device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
@@ -237,11 +236,19 @@ class MLP:
         checkpoint = self._check_checkpoint(checkpoint)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        history = run_epochs(self, X, Y, loss_code=loss_code, optimizer=optimizer, epochs=epochs,
-                             batch_size=batch_size, shuffle=bool(shuffle), l1=l1, l2=l2,
-                             clip_norm=clip_norm, clip_value=clip_value, schedule=schedule, seed=seed,
-                             callbacks=callbacks, verbose=verbose, state=state,
-                             validation=validation, gradient_monitor=monitor, checkpoint=checkpoint)
+        if device == "cuda":
+            if any(self.dropout) or self.batchnorm or checkpoint:
+                raise ValueError("dropout, batchnorm and checkpoint run on the CPU only; "
+                                 "fit with device='cpu'")
+            engine = cuda_training.CudaEngine(self, X, Y, state, batch_size, optimizer, l1, l2,
+                                              clip_norm, loss_code)
+        else:
+            engine = CpuEngine(self, X, Y, state, batch_size, checkpoint)
+        history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
+                             epochs=epochs, shuffle=bool(shuffle), l1=l1, l2=l2, clip_norm=clip_norm,
+                             clip_value=clip_value, schedule=schedule, seed=seed, callbacks=callbacks,
+                             verbose=verbose, state=state, validation=validation,
+                             gradient_monitor=monitor)
         self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
         return history
 
@@ -308,10 +315,16 @@ class MLP:
 
     # --- inference --------------------------------------------------------------------
 
-    def forward(self, X):
-        """Output activations a^L for every row of X (compiled, in chunks)."""
+    def forward(self, X, device="cpu"):
+        """Output activations a^L for every row of X (compiled, in chunks; on the GPU
+        with ``device="cuda"``)."""
+        device = cuda_training.check_device(device)
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
+        if device == "cuda":
+            if self.batchnorm:
+                raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
+            return cuda_training.forward(self, X, chunk)
         work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         if self.batchnorm:
@@ -331,19 +344,19 @@ class MLP:
                                    spec.BN_EPS, 1 if batch_stats else 0,
                                    out if out is not None else Y[:0])
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, device="cpu"):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
         (p per unit for several)."""
         if self.output == "identity":
             raise ValueError("predict_proba needs a softmax or sigmoid output; this network regresses")
-        p = self.forward(X)
+        p = self.forward(X, device)
         if self.output == "sigmoid" and self.n_outputs == 1:
             return np.hstack([1 - p, p])
         return p
 
-    def predict(self, X):
+    def predict(self, X, device="cpu"):
         """Class labels (softmax: argmax; sigmoid: p > 0.5) or regression values."""
-        out = self.forward(X)
+        out = self.forward(X, device)
         if self.output == "softmax":
             return out.argmax(axis=1)
         if self.output == "sigmoid":
@@ -351,14 +364,20 @@ class MLP:
             return labels[:, 0] if self.n_outputs == 1 else labels
         return out[:, 0] if self.n_outputs == 1 else out
 
-    def evaluate(self, X, y, loss=None):
+    def evaluate(self, X, y, loss=None, device="cpu"):
         """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers)."""
+        device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         chunk = min(PREDICT_CHUNK, X.shape[0])
-        work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
-        total, correct = self._loss_sum(X, Y, loss_code, chunk, work)
+        if device == "cuda":
+            if self.batchnorm:
+                raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
+            total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk)
+        else:
+            work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
+            total, correct = self._loss_sum(X, Y, loss_code, chunk, work)
         result = {"loss": total / X.shape[0]}
         if self.output != "identity":
             result["accuracy"] = correct / X.shape[0]

@@ -87,6 +87,54 @@ def dropout_seed(seed, epoch):
     return int(np.random.default_rng([seed, epoch, 1]).integers(0, 2 ** 31 - 1))
 
 
+class CpuEngine:
+    """Runs the epochs of one fit on the CPU. ``run_epochs`` drives an engine through
+    ``train_epoch``, ``save_point``/``restore`` (divergence), ``to_host``/``from_host``
+    (around validation and callbacks: the parameters a user sees are ``net.theta``)
+    and ``finish``; ``cuda_training.CudaEngine`` implements the same methods over
+    device buffers, so both devices share one epoch loop."""
+
+    computes_diagnostics = True
+
+    def __init__(self, net, X, Y, state, batch_size, checkpoint=None):
+        self.net, self.X, self.Y, self.state = net, X, Y, state
+        self.dropout = bool(np.any(net.keep < 1))
+        segments = checkpoint_segments(len(net.sizes) - 1, checkpoint) if checkpoint else None
+        self.work = Workspace(net.sizes, min(batch_size, X.shape[0]), net.dtype, dropout=self.dropout,
+                              segments=segments, batchnorm=net.batchnorm)
+        self.bmax = self.work.bmax
+        self._backup = [np.empty_like(a) for a in (net.theta, state.state1, state.state2, net.bn_running)]
+        self._step = 0
+
+    def train_epoch(self, perm, loss_code, opt_code, hyper, diagnostics, rng_seed):
+        """One compiled epoch; returns (Σ b·(loss_b + penalty_b), correct, all finite)."""
+        total, correct = self.work.train_epoch(self.net, self.X, self.Y, perm, self.state, loss_code,
+                                               opt_code, hyper, diagnostics, rng_seed)
+        return total, correct, bool(np.isfinite(self.net.theta).all())
+
+    def _buffers(self):
+        return self.net.theta, self.state.state1, self.state.state2, self.net.bn_running
+
+    def save_point(self):
+        for backup, live in zip(self._backup, self._buffers()):
+            np.copyto(backup, live)
+        self._step = int(self.state.step[0])
+
+    def restore(self):
+        for backup, live in zip(self._backup, self._buffers()):
+            np.copyto(live, backup)
+        self.state.step[0] = self._step
+
+    def to_host(self):
+        """Nothing to copy: the kernels work on ``net.theta`` itself."""
+
+    def from_host(self):
+        """Nothing to copy: the kernels work on ``net.theta`` itself."""
+
+    def finish(self):
+        """Nothing to copy back."""
+
+
 class FitState:
     """Optimizer state beside the parameters: flat gradient, two moment buffers and
     the step count (kept on the network so a later fit can continue), plus the number
@@ -200,10 +248,12 @@ def _progress_bar(verbose, epochs):
     return tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=True)
 
 
-def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, l1, l2,
-               clip_norm, clip_value, schedule, seed, callbacks, verbose, state,
-               validation=None, gradient_monitor=None, checkpoint=None):
-    """Train ``net`` in place on validated, converted X and Y; returns a History.
+def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, l1, l2, clip_norm,
+               clip_value, schedule, seed, callbacks, verbose, state, validation=None,
+               gradient_monitor=None):
+    """Train ``net`` in place through ``engine`` (a :class:`CpuEngine` or
+    ``cuda_training.CudaEngine`` over the n validated, converted samples); returns a
+    History.
 
     Epoch e of this fit is epoch ``state.epochs_done + e`` of the network: the
     schedule, the shuffle (:func:`epoch_permutation`) and ``lr_scale`` continue
@@ -216,19 +266,12 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
     training stops.
     """
     from .callbacks import Callback
-    n = X.shape[0]
-    dropout = bool(np.any(net.keep < 1))
-    segments = checkpoint_segments(len(net.sizes) - 1, checkpoint) if checkpoint else None
-    work = Workspace(net.sizes, min(batch_size, n), net.dtype, dropout=dropout, segments=segments,
-                     batchnorm=net.batchnorm)
     hyper = hyper_vector(optimizer, optimizer.lr, l1, l2, clip_norm, clip_value)
     perm = np.arange(n, dtype=np.int64)
-    backup = np.empty_like(net.theta)
-    backup_states = (np.empty_like(state.state1), np.empty_like(state.state2), np.empty_like(net.bn_running))
     history = History()
     classification = net.output != "identity"
     diagnostics = np.zeros((len(net.sizes) - 1, 2), dtype=np.float64)
-    n_batches = -(-n // work.bmax)
+    n_batches = -(-n // engine.bmax)
     if validation is not None:
         Xv, Yv = validation
         val_chunk = min(1024, Xv.shape[0])
@@ -245,26 +288,21 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
             hyper[spec.H_LR] = schedule(global_epoch, optimizer.lr) * state.lr_scale
             if shuffle:
                 perm = epoch_permutation(seed, global_epoch, n)
-            np.copyto(backup, net.theta)
-            np.copyto(backup_states[0], state.state1)
-            np.copyto(backup_states[1], state.state2)
-            np.copyto(backup_states[2], net.bn_running)
-            step_before = int(state.step[0])
-            rng_seed = dropout_seed(seed, global_epoch) if dropout else -1
+            engine.save_point()
+            rng_seed = dropout_seed(seed, global_epoch) if engine.dropout else -1
             t0 = time.perf_counter()
-            total, correct = work.train_epoch(net, X, Y, perm, state, loss_code, optimizer.code, hyper,
-                                              diagnostics, rng_seed)
+            total, correct, finite = engine.train_epoch(perm, loss_code, optimizer.code, hyper,
+                                                        diagnostics, rng_seed)
             seconds = time.perf_counter() - t0
             epoch_loss = total / n
-            grad_norm = diagnostics[:, 0] / n_batches
-            if gradient_monitor is not None:
+            if engine.computes_diagnostics:
+                grad_norm, update_ratio = diagnostics[:, 0] / n_batches, diagnostics[:, 1] / n_batches
+            else:
+                grad_norm = update_ratio = np.full(len(net.sizes) - 1, np.nan)
+            if gradient_monitor is not None and engine.computes_diagnostics:
                 gradient_monitor.check(grad_norm, epoch)
-            if not np.isfinite(epoch_loss) or not np.isfinite(net.theta).all():
-                np.copyto(net.theta, backup)
-                np.copyto(state.state1, backup_states[0])
-                np.copyto(state.state2, backup_states[1])
-                np.copyto(net.bn_running, backup_states[2])
-                state.step[0] = step_before
+            if not np.isfinite(epoch_loss) or not finite:
+                engine.restore()
                 warnings.warn(f"training diverged in epoch {epoch + 1} (non-finite loss or parameters); "
                               "parameters restored to the end of the previous epoch. Lower the learning "
                               "rate or use clip_norm.", RuntimeWarning, stacklevel=3)
@@ -274,7 +312,9 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
             history.record(loss=epoch_loss, accuracy=correct / n if classification else float("nan"),
                            lr=float(hyper[spec.H_LR]), seconds=seconds,
                            samples_per_second=n / seconds if seconds > 0 else float("inf"),
-                           grad_norm=grad_norm, update_ratio=diagnostics[:, 1] / n_batches)
+                           grad_norm=grad_norm, update_ratio=update_ratio)
+            if validation is not None or callbacks:
+                engine.to_host()
             if validation is not None:
                 val_total, val_correct = net._loss_sum(Xv, Yv, loss_code, val_chunk, val_work)
                 history.val_loss.append(val_total / Xv.shape[0])
@@ -288,10 +328,13 @@ def run_epochs(net, X, Y, *, loss_code, optimizer, epochs, batch_size, shuffle, 
                       f"({history.samples_per_second[-1]:,.0f} samples/s)")
             stops = [bool(cb.on_epoch_end(net, epoch, history) if isinstance(cb, Callback)
                           else cb(net, epoch, history)) for cb in callbacks]
+            if callbacks:
+                engine.from_host()
             if any(stops):
                 history.stopped_early = True
                 break
     finally:
+        engine.finish()
         if bar is not None:
             bar.close()
     for cb in callbacks:

@@ -1,0 +1,144 @@
+"""``device="cuda"``: the fit / forward / evaluate wrappers around ``kernels.cuda``.
+
+Layering as in STUMPY's GPU code: ``kernels.cuda`` holds the ``@cuda.jit`` kernels
+and the host drivers that launch them over device buffers; this module moves data
+between the ``MLP`` and the device and keeps the epoch loop (schedule, History,
+callbacks, divergence handling) identical in meaning to ``training.run_epochs``.
+
+The epoch loop itself is ``training.run_epochs``, shared with the CPU; this module
+supplies its ``CudaEngine``. Per fit: X and Y are copied to the device once, θ,
+gradient and optimizer state live there for the whole fit, the permutation is
+uploaded once per epoch (the same permutations as on the CPU, so both devices see
+the same batches) and the epoch's loss sum, correct count and non-finite count are
+read back once per epoch. θ and the optimizer state are copied back into the network
+at the end (and θ before validation and callbacks, which may inspect the network;
+it is re-uploaded after the callbacks in case they changed it).
+"""
+
+import os
+
+import numpy as np
+
+from . import spec
+
+
+def cuda_available():
+    """True if ``device="cuda"`` can run: numba-cuda is installed and sees a GPU, or
+    Numba's CUDA simulator is enabled (``NUMBA_ENABLE_CUDASIM=1`` before numba is
+    imported)."""
+    return _unavailable_reason() is None
+
+
+def _unavailable_reason():
+    try:
+        from numba import cuda
+    except ImportError as exc:  # pragma: no cover - numba-cuda is a dependency of fastbp[cuda]
+        return f"numba.cuda cannot be imported ({exc}); install fastbp[cuda]"
+    try:
+        if cuda.is_available():
+            return None
+    except Exception as exc:  # pragma: no cover - driver errors vary
+        return f"numba.cuda.is_available() raised {exc!r}"
+    sim = os.environ.get("NUMBA_ENABLE_CUDASIM", "")
+    return ("no CUDA GPU is usable (numba.cuda.is_available() is False: no NVIDIA driver or device)"
+            + (" and NUMBA_ENABLE_CUDASIM was set only after numba was imported" if sim not in ("", "0")
+               else "; set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the CUDA simulator"))
+
+
+def check_device(device):
+    """Validate ``device`` ("cpu" or "cuda"); raise before anything changes."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        reason = _unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"device='cuda' is not available: {reason}")
+    return device
+
+
+def _device_parameters(net, state=None):
+    from .kernels import cuda as kc
+    return kc.DeviceParameters(net.theta, net.layout, net.codes,
+                               None if state is None else state.state1,
+                               None if state is None else state.state2)
+
+
+class CudaEngine:
+    """The epochs of one fit on the GPU, driven by ``training.run_epochs`` exactly as
+    its ``CpuEngine`` (same permutations, schedule, History, divergence rule).
+
+    X and Y go to the device once; θ, gradient and optimizer state stay there for the
+    fit; the permutation is uploaded and the loss sum, correct count and non-finite
+    count read back once per epoch. Per-layer gradient diagnostics are not computed
+    on the GPU (History records NaN). Dropout, batch normalization and
+    checkpointing are CPU-only (``MLP.fit`` refuses them with ``device="cuda"``).
+    """
+
+    computes_diagnostics = False
+    dropout = False
+
+    def __init__(self, net, X, Y, state, batch_size, optimizer, l1, l2, clip_norm, loss_code):
+        from numba import cuda
+
+        from .kernels import cuda as kc
+        self.kc, self.net, self.state = kc, net, state
+        self.params = _device_parameters(net, state)
+        reduce = bool(clip_norm > 0 or l1 or l2)
+        self.bmax = min(batch_size, X.shape[0])
+        self.plan = kc.EpochPlan(kc.kernels(net.dtype), self.params, cuda.to_device(X), cuda.to_device(Y),
+                                 self.bmax, loss_code, optimizer.code, reduce)
+        self._backup = [cuda.device_array_like(self.params.theta) for _ in range(3)]
+        self.step = int(state.step[0])
+
+    def _buffers(self):
+        return self.params.theta, self.params.state1, self.params.state2
+
+    def train_epoch(self, perm, loss_code, opt_code, hyper, diagnostics, rng_seed):
+        self.params.hyper.copy_to_device(hyper)
+        self.step = self.kc.train_epoch(self.plan, perm, self.step)
+        total = float(self.plan.work.sums.copy_to_host()[0])  # synchronises
+        correct, nonfinite = (int(c) for c in self.plan.work.counts.copy_to_host())
+        return total, correct, not nonfinite
+
+    def save_point(self):
+        for backup, live in zip(self._backup, self._buffers()):
+            backup.copy_to_device(live)
+        self._saved_step = self.step
+
+    def restore(self):
+        for backup, live in zip(self._backup, self._buffers()):
+            live.copy_to_device(backup)
+        self.step = self._saved_step
+
+    def to_host(self):
+        self.params.theta.copy_to_host(self.net.theta)
+
+    def from_host(self):
+        self.params.theta.copy_to_device(self.net.theta)
+
+    def finish(self):
+        self.params.theta.copy_to_host(self.net.theta)
+        self.params.state1.copy_to_host(self.state.state1)
+        self.params.state2.copy_to_host(self.state.state2)
+        self.params.grad.copy_to_host(self.state.grad)
+        self.state.step[0] = self.step
+
+
+def forward(net, X, chunk):
+    """Output activations a^L of every row of X, computed on the device."""
+    from numba import cuda
+
+    from .kernels import cuda as kc
+    params = _device_parameters(net)
+    out = cuda.device_array((X.shape[0], net.n_outputs), dtype=net.dtype)
+    kc.predict(kc.kernels(net.dtype), params, cuda.to_device(X), out, chunk)
+    return out.copy_to_host()
+
+
+def evaluate(net, X, Y, loss_code, chunk):
+    """(summed data loss, correct count) over X, Y computed on the device."""
+    from numba import cuda
+
+    from .kernels import cuda as kc
+    return kc.evaluate(kc.kernels(net.dtype), _device_parameters(net), cuda.to_device(X),
+                       cuda.to_device(Y), loss_code, chunk)
