@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 import fastbp
 from fastbp import reference
 
-from conftest import make_data, one_hot
+from helpers import make_data, one_hot
 
 HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
 

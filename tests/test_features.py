@@ -12,7 +12,7 @@ import pytest
 import fastbp
 from fastbp import reference
 
-from conftest import ReferenceTrainer, assert_close, make_data
+from helpers import ReferenceTrainer, assert_close, make_data
 
 SIZES = [6, 9, 7, 3]
 

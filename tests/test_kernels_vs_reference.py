@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import fastbp
 from fastbp import reference
 
-from conftest import ReferenceTrainer, assert_close, make_data
+from helpers import ReferenceTrainer, assert_close, make_data
 
 HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
 OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
