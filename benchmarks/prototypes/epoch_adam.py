@@ -79,19 +79,22 @@ def main(argv=None):
     ctx = threadpool_limits(args.threads) if args.threads else nullcontext()
     print(f"ms per epoch (median of {args.repeats} interleaved), BLAS threads: {args.threads or 'default'}")
     print(f"{'config':<8}{'rows':>7}{'current':>10}{'proto':>10}{'ref':>10}{'cur/ref':>9}{'proto/ref':>10}"
-          f"{'target':>8}")
+          f"{'target':>8}{'GEMM GF/s':>11}{'cur/GEMM':>9}{'proto/GEMM':>11}")
     with ctx:
         for name in args.config or list(ROWS):
             config, n = bench.CONFIGS[name], ROWS[name]
             runners = [KernelEpoch("current", cpu.train_epoch, config, n, True),
                        KernelEpoch("proto", train_epoch_adam, config, n, False),
-                       bench.ReferenceEpoch(config, n)]
+                       bench.ReferenceEpoch(config, n), bench.GemmCall()]
             t = {k: 1e3 * statistics.median(v) for k, v in bench.time_interleaved(runners, args.repeats).items()}
+            gemm = runners[-1].flops / t["gemm"] / 1e6  # GFLOP/s
+            flops = bench.matmul_flops(config.sizes, n) / 1e6  # per ms -> GFLOP/s
             # same results as the current kernel (same data, permutations and initial weights)
             np.testing.assert_allclose(runners[1].net.theta, runners[0].net.theta, rtol=2e-3, atol=2e-5)
             print(f"{name:<8}{n:>7}{t['current']:>10.2f}{t['proto']:>10.2f}{t['reference']:>10.2f}"
                   f"{t['reference'] / t['current']:>8.2f}x{t['reference'] / t['proto']:>9.2f}x"
-                  f"{config.target:>7.1f}x", flush=True)
+                  f"{config.target:>7.1f}x{gemm:>11.0f}{flops / t['current'] / gemm:>9.0%}"
+                  f"{flops / t['proto'] / gemm:>11.0%}", flush=True)
 
 
 if __name__ == "__main__":
