@@ -209,7 +209,7 @@ class TorchEpoch:
 #: seconds of idle before each timed call. fastbp's kernels call BLAS through Numba,
 #: i.e. SciPy's OpenBLAS, while NumPy (the reference) has its own OpenBLAS; each keeps
 #: its worker threads spinning for a while after a call, so a NumPy GEMM right after
-#: a SciPy one runs ~3x slower on 2 cores (measured: benchmarks/README.md). The pause
+#: a SciPy one runs 2-3x slower on 2 cores (benchmarks/prototypes/blas_spin.py). The pause
 #: lets the other library's threads go to sleep before the next contender starts.
 PAUSE = 0.3
 
@@ -385,6 +385,7 @@ def memory_model(config, rows_small, rows_big):
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     batch_width = config.batch_size * sum(sizes)
     return {"config": config.name, "rows": [rows_small, rows_big], "peak_bytes": [small, big],
+            "x_bool_bytes": [rows_small * sizes[0], rows_big * sizes[0]],
             "per_row_bytes": per_row, "one_hot_row_bytes": sizes[-1] * itemsize,
             "fixed_bytes": fixed, "params_bytes": n_params * itemsize,
             "batch_x_width_bytes": batch_width * itemsize,
@@ -493,11 +494,11 @@ def format_report(results):
     if "memory" in results:
         mm = results["memory"]
         lines.append("")
-        lines.append(f"fit memory ({mm['config']}): peak extra {mm['peak_bytes'][0] / 2**20:.2f} MiB at "
-                     f"{mm['rows'][0]} rows, {mm['peak_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows; "
-                     f"{mm['per_row_bytes']:.1f} B/row (one-hot targets {mm['one_hot_row_bytes']} B/row) + "
-                     f"fixed {mm['fixed_bytes'] / 2**20:.2f} MiB = {mm['fixed_over_params']:.2f} x params "
-                     f"({mm['params_bytes'] / 2**20:.2f} MiB), batch x width {mm['batch_x_width_bytes'] / 2**20:.2f} MiB")
+        lines.append(f"fit memory ({mm['config']}, tracemalloc): peak extra "
+                     f"{mm['peak_bytes'][0] / 2**20:.2f} MiB at {mm['rows'][0]} rows, "
+                     f"{mm['peak_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows; params "
+                     f"{mm['params_bytes'] / 2**20:.2f} MiB, batch x width {mm['batch_x_width_bytes'] / 2**20:.2f} MiB, "
+                     f"one bool per input value {mm['x_bool_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows")
     return "\n".join(lines)
 
 
