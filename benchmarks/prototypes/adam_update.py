@@ -74,7 +74,7 @@ def check(sizes):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
 
 
-def time_both(sizes, steps, repeats=5):
+def measure_both(sizes, steps, repeats=5):
     layout, n = make_layout(sizes)
     rng = np.random.default_rng(0)
     theta = rng.standard_normal(n).astype(np.float32)
@@ -101,7 +101,7 @@ def main():
     for name, config in bench.CONFIGS.items():
         check(config.sizes)
         steps = max(1, 20_000_000 // sum(a * b + b for a, b in zip(config.sizes[:-1], config.sizes[1:])))
-        res, n = time_both(config.sizes, steps)
+        res, n = measure_both(config.sizes, steps)
         print(f"{name:<8}{n:>10}{res['current']:>18.2f}{res['prototype']:>20.2f}"
               f"{res['current'] / res['prototype']:>7.1f}x", flush=True)
 
