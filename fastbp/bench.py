@@ -497,7 +497,8 @@ def format_report(results):
         lines.append(f"fit memory ({mm['config']}, tracemalloc): peak extra "
                      f"{mm['peak_bytes'][0] / 2**20:.2f} MiB at {mm['rows'][0]} rows, "
                      f"{mm['peak_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows; params "
-                     f"{mm['params_bytes'] / 2**20:.2f} MiB, batch x width {mm['batch_x_width_bytes'] / 2**20:.2f} MiB, "
+                     f"{mm['params_bytes'] / 2**20:.2f} MiB, "
+                     f"batch x width {mm['batch_x_width_bytes'] / 2**20:.2f} MiB, "
                      f"one bool per input value {mm['x_bool_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows")
     return "\n".join(lines)
 

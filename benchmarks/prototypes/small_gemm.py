@@ -116,13 +116,18 @@ def main(argv=None):
     with ctx:
         one = r(1, 1)
         print(f"BLAS threads: {args.threads or 'default'}")
-        print(f"np.dot 1x1 call overhead: {per_call(blas_loop, (one, one, np.empty((1, 1), np.float32)), 20000):.2f} us")
+        overhead = per_call(blas_loop, (one, one, np.empty((1, 1), np.float32)), 20000)
+        print(f"np.dot 1x1 call overhead: {overhead:.2f} us")
+
+        def empty(m, n):
+            return np.empty((m, n), np.float32)
+
         cases = [
-            ("fwd 1: x(32x64)·W(64x128)", blas_loop, mm, (r(B, 64), r(64, 128), np.empty((B, 128), np.float32))),
-            ("fwd 2: a(32x128)·W(128x10)", blas_loop, mm, (r(B, 128), r(128, 10), np.empty((B, 10), np.float32))),
-            ("dW 2: a(32x128)ᵀ·δ(32x10)", blas_loop_at, mm_at, (r(B, 128), r(B, 10), np.empty((128, 10), np.float32))),
-            ("δ 1: δ(32x10)·W(128x10)ᵀ", blas_loop_bt, mm_bt, (r(B, 10), r(128, 10), np.empty((B, 128), np.float32))),
-            ("dW 1: x(32x64)ᵀ·δ(32x128)", blas_loop_at, mm_at, (r(B, 64), r(B, 128), np.empty((64, 128), np.float32))),
+            ("fwd 1: x(32x64)·W(64x128)", blas_loop, mm, (r(B, 64), r(64, 128), empty(B, 128))),
+            ("fwd 2: a(32x128)·W(128x10)", blas_loop, mm, (r(B, 128), r(128, 10), empty(B, 10))),
+            ("dW 2: a(32x128)ᵀ·δ(32x10)", blas_loop_at, mm_at, (r(B, 128), r(B, 10), empty(128, 10))),
+            ("δ 1: δ(32x10)·W(128x10)ᵀ", blas_loop_bt, mm_bt, (r(B, 10), r(128, 10), empty(B, 128))),
+            ("dW 1: x(32x64)ᵀ·δ(32x128)", blas_loop_at, mm_at, (r(B, 64), r(B, 128), empty(64, 128))),
         ]
         tb_all = tl_all = 0.0
         print(f"{'product':<30}{'np.dot us':>10}{'loop us':>10}{'GFLOP/s dot':>13}{'GFLOP/s loop':>14}")
