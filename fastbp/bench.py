@@ -1,0 +1,564 @@
+"""``fastbp bench``: the human-readable side of the benchmark suite.
+
+Runs the speed-target configurations, measures fastbp and the NumPy reference
+(and PyTorch on the CPU when it is importable) in one process, interleaved, and
+prints samples/s, the ratio fastbp ÷ reference, the machine's float32 GEMM rate
+(numpy, 2048² matrices, measured in the same run) and cold/warm start times.
+``--json`` prints the same results for machines, ``--quick`` shrinks everything
+for CI. The asv suite in ``benchmarks/`` imports the workloads from here, so the
+two instruments measure the same thing.
+
+What one "epoch" is, for each contender (float32, ReLU hidden layers, softmax +
+cross-entropy, Adam lr=1e-3, shuffled mini-batches, the last one partial):
+
+* fastbp: ``MLP.fit(X, labels, epochs=1, warm_start=True)`` — the public API,
+  timed as a whole: input checks, one-hot targets, workspace allocation,
+  shuffling and the compiled epoch. ``kernel_seconds`` is the part inside the
+  compiled epoch call (what ``History.seconds`` reports);
+* reference: a fresh permutation plus ``reference.train_epoch`` on one-hot targets;
+* torch (optional): ``nn.Sequential`` + ``torch.optim.Adam``, one step per batch.
+
+Speed-ups are ratios of medians measured in the same run; nothing else is claimed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import reference
+from .network import MLP
+from .optimizers import Adam
+
+DTYPE = np.float32
+LR = 1e-3
+GEMM_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Config:
+    """One workload: layer sizes, batch size, rows of synthetic data, speed target."""
+
+    name: str
+    sizes: tuple
+    batch_size: int
+    n: int                     # rows for a full run
+    n_quick: int               # rows for --quick / asv --quick
+    target: float              # required fastbp ÷ reference samples/s ratio
+    gemm_fraction: float = 0.0  # required fraction of the numpy float32 GEMM rate (0: none)
+    description: str = ""
+
+    def rows(self, quick=False):
+        return self.n_quick if quick else self.n
+
+    def rows_for(self, size=None):
+        """Rows for a data-size name: "full", "quick" or "tiny" (for tests);
+        default from the environment variable FASTBP_BENCH_SIZE (else "full")."""
+        size = size or os.environ.get("FASTBP_BENCH_SIZE", "full")
+        if size == "tiny":
+            return self.batch_size + 1  # one full batch and a partial one
+        if size not in ("full", "quick"):
+            raise ValueError(f"FASTBP_BENCH_SIZE must be full, quick or tiny, got {size!r}")
+        return self.rows(size == "quick")
+
+
+def repeats_for(size=None):
+    """Timed repeats in asv ``track_*`` benchmarks: 3 for full data, 1 for quick or tiny."""
+    size = size or os.environ.get("FASTBP_BENCH_SIZE", "full")
+    return 3 if size == "full" else 1
+
+
+CONFIGS = {c.name: c for c in (
+    Config("small", (64, 128, 10), 32, 16384, 2048, 10.0, description="64-128-10, batch 32"),
+    Config("mnist", (784, 256, 128, 10), 128, 8192, 1024, 2.0, description="784-256-128-10, batch 128"),
+    Config("sgd", (784, 256, 10), 1, 2048, 256, 5.0, description="784-256-10, batch 1 (SGD)"),
+    Config("large", (1024, 1024, 1024, 10), 256, 4096, 512, 1.5, gemm_fraction=0.8,
+           description="1024-1024-1024-10, batch 256"),
+)}
+
+#: cold/warm start targets in seconds (import + first epoch of training)
+COLD_START_TARGET = 5.0
+WARM_START_TARGET = 1.0
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+
+def synthetic(sizes, n, seed=0):
+    """Seeded random float32 features and integer labels for a classifier of ``sizes``."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, sizes[0]), dtype=np.float32)
+    labels = rng.integers(0, sizes[-1], n)
+    return X, labels
+
+
+def one_hot(labels, k):
+    Y = np.zeros((len(labels), k), dtype=DTYPE)
+    Y[np.arange(len(labels)), labels] = 1
+    return Y
+
+
+def matmul_flops(sizes, rows):
+    """Floating-point operations in the matrix products of one epoch over ``rows`` samples:
+    forward z = a·W, dW = aᵀ·δ, and δ·Wᵀ for every layer but the first."""
+    flops = 0
+    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        flops += 2 * rows * fan_in * fan_out * (2 if l == 0 else 3)
+    return flops
+
+
+class FastbpEpoch:
+    """One epoch of fastbp through the public API (``MLP.fit(epochs=1, warm_start=True)``)."""
+
+    name = "fastbp"
+
+    def __init__(self, config, n, seed=0):
+        self.config = config
+        self.X, self.labels = synthetic(config.sizes, n, seed)
+        self.net = MLP(list(config.sizes), activation="relu", output="softmax", seed=seed, dtype="float32")
+        self.optimizer = Adam(LR)
+        self.epoch = 0
+        self.kernel_seconds = []
+
+    def __call__(self):
+        self.epoch += 1
+        history = self.net.fit(self.X, self.labels, optimizer=self.optimizer, epochs=1,
+                               batch_size=self.config.batch_size, shuffle=True, seed=self.epoch,
+                               warm_start=True)
+        self.kernel_seconds.append(history.seconds[0])
+        return history
+
+
+class ReferenceEpoch:
+    """One epoch of the NumPy oracle (``reference.train_epoch``) on one-hot targets."""
+
+    name = "reference"
+
+    def __init__(self, config, n, seed=0):
+        self.config = config
+        X, labels = synthetic(config.sizes, n, seed)
+        self.X, self.Y = X, one_hot(labels, config.sizes[-1])
+        net = MLP(list(config.sizes), activation="relu", output="softmax", seed=seed, dtype="float32")
+        self.weights = [W.copy() for W in net.weights]
+        self.biases = [b.copy() for b in net.biases]
+        self.activations = net.layer_activations
+        self.state = reference.new_optimizer_state([*self.weights, *self.biases])
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self):
+        perm = self.rng.permutation(self.X.shape[0])
+        return reference.train_epoch(self.weights, self.biases, self.activations, self.X, self.Y, perm,
+                                     self.config.batch_size, "cross_entropy", "adam", self.state, LR)
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TorchEpoch:
+    """One epoch of PyTorch on the CPU (only constructed when torch imports)."""
+
+    name = "torch"
+
+    def __init__(self, config, n, seed=0):
+        import torch
+        self.torch = torch
+        torch.manual_seed(seed)
+        self.config = config
+        X, labels = synthetic(config.sizes, n, seed)
+        self.X = torch.from_numpy(X)
+        self.y = torch.from_numpy(labels.astype(np.int64))
+        layers = []
+        for l, (fan_in, fan_out) in enumerate(zip(config.sizes[:-1], config.sizes[1:])):
+            layers.append(torch.nn.Linear(fan_in, fan_out))
+            if l < len(config.sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        self.model = torch.nn.Sequential(*layers)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self):
+        torch = self.torch
+        n, b = self.X.shape[0], self.config.batch_size
+        perm = torch.randperm(n, generator=self.generator)
+        for start in range(0, n, b):
+            idx = perm[start:start + b]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(self.model(self.X[idx]), self.y[idx])
+            loss.backward()
+            self.optimizer.step()
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+#: seconds of idle before each timed call. fastbp's kernels call BLAS through Numba,
+#: i.e. SciPy's OpenBLAS, while NumPy (the reference) has its own OpenBLAS; each keeps
+#: its worker threads spinning for a while after a call, so a NumPy GEMM right after
+#: a SciPy one runs 2-3x slower on 2 cores (benchmarks/prototypes/blas_spin.py). The pause
+#: lets the other library's threads go to sleep before the next contender starts.
+PAUSE = 0.3
+
+
+def time_interleaved(runners, repeats, pause=None):
+    """Call each runner once to warm up (compiles), then ``repeats`` rounds of one call
+    each, interleaved so that machine noise hits every contender alike, with ``pause``
+    seconds (default ``PAUSE``) of idle before each call. Returns {name: [seconds, ...]}."""
+    pause = PAUSE if pause is None else pause
+    for run in runners:
+        run()
+    times = {run.name: [] for run in runners}
+    for _ in range(repeats):
+        for run in runners:
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            run()
+            times[run.name].append(time.perf_counter() - t0)
+    return times
+
+
+class GemmCall:
+    """numpy float32 ``size``×``size`` matrix product, a contender in the interleaved
+    rounds so that each configuration's GEMM rate is measured alongside it."""
+
+    name = "gemm"
+
+    def __init__(self, size=None):
+        size = size or gemm_size()
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((size, size), dtype=np.float32)
+        self.b = rng.standard_normal((size, size), dtype=np.float32)
+        self.out = np.empty((size, size), dtype=np.float32)
+        self.flops = 2.0 * size ** 3
+
+    def __call__(self):
+        np.matmul(self.a, self.b, out=self.out)
+
+
+def blas_info():
+    """The BLAS libraries loaded (numpy's; scipy's, which Numba's np.dot calls)."""
+    try:
+        import scipy.linalg  # noqa: F401  (loads the BLAS that Numba's np.dot uses)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{k: info.get(k) for k in ("internal_api", "prefix", "version", "architecture", "num_threads")}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def gemm_size():
+    """2048, or 256 when FASTBP_BENCH_SIZE=tiny (tests)."""
+    return 256 if os.environ.get("FASTBP_BENCH_SIZE") == "tiny" else GEMM_SIZE
+
+
+def gemm_rate(size=None, repeats=5, pause=None):
+    """float32 GEMM rate of numpy on size×size matrices, GFLOP/s (median of ``repeats``)."""
+    gemm = GemmCall(size)
+    times = time_interleaved([gemm], repeats, pause)["gemm"]
+    return gemm.flops / statistics.median(times) / 1e9
+
+
+def bench_config(config, quick=False, repeats=None, with_torch=None):
+    """Time one configuration: fastbp, reference (and torch) in one process."""
+    n = config.rows(quick)
+    repeats = repeats or (1 if quick else 5)
+    with_torch = torch_available() if with_torch is None else with_torch
+    fast = FastbpEpoch(config, n)
+    gemm = GemmCall()
+    runners = [fast, ReferenceEpoch(config, n), gemm]
+    if with_torch:
+        runners.append(TorchEpoch(config, n))
+    times = time_interleaved(runners, repeats)
+    gemm_seconds = times.pop("gemm")
+    result = {"config": config.name, "description": config.description, "sizes": list(config.sizes),
+              "batch_size": config.batch_size, "rows": n, "repeats": repeats, "target": config.target,
+              "gemm_fraction_target": config.gemm_fraction, "seconds": times, "samples_per_second": {}}
+    for name, ts in times.items():
+        result["samples_per_second"][name] = n / statistics.median(ts)
+    kernel = fast.kernel_seconds[-repeats:]
+    result["fastbp_kernel_samples_per_second"] = n / statistics.median(kernel)
+    sps = result["samples_per_second"]
+    result["speedup"] = sps["fastbp"] / sps["reference"]
+    # the same ratio from the fastest epoch of each (less sensitive to interference)
+    result["speedup_best"] = min(times["reference"]) / min(times["fastbp"])
+    if "torch" in sps:
+        result["speedup_vs_torch"] = sps["fastbp"] / sps["torch"]
+    flops = matmul_flops(config.sizes, n)
+    result["fastbp_gflops"] = flops / statistics.median(times["fastbp"]) / 1e9
+    result["reference_gflops"] = flops / statistics.median(times["reference"]) / 1e9
+    result["gemm_gflops"] = gemm.flops / statistics.median(gemm_seconds) / 1e9
+    result["fastbp_gemm_fraction"] = result["fastbp_gflops"] / result["gemm_gflops"]
+    return result
+
+
+START_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import fastbp
+t1 = time.perf_counter()
+sizes, n, batch = json.loads(sys.argv[1])
+rng = np.random.default_rng(0)
+X = rng.standard_normal((n, sizes[0]), dtype=np.float32)
+y = rng.integers(0, sizes[-1], n)
+net = fastbp.MLP(sizes, activation="relu", output="softmax", seed=0)
+net.fit(X, y, epochs=1, batch_size=batch)
+t2 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "first_epoch": t2 - t1}))
+"""
+
+
+def start_time(cache_dir, sizes=(784, 256, 128, 10), n=1024, batch_size=128, timeout=600):
+    """Import fastbp and train one epoch in a fresh interpreter with NUMBA_CACHE_DIR=cache_dir.
+
+    Returns {"total": wall seconds of the whole subprocess (interpreter start
+    included), "import": ..., "first_epoch": ...}. An empty ``cache_dir`` gives the
+    cold start (every kernel JIT-compiled), a populated one the warm start.
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", START_SCRIPT, json.dumps([list(sizes), n, batch_size])],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    total = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"start-time subprocess failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["total"] = total
+    return result
+
+
+def cold_warm_start(warm_repeats=3, **kwargs):
+    """Cold start (empty Numba cache) then warm start (the cache the cold run wrote;
+    the run with the median total of ``warm_repeats``)."""
+    with tempfile.TemporaryDirectory(prefix="fastbp-numba-cache-") as cache_dir:
+        cold = start_time(cache_dir, **kwargs)
+        warm = sorted((start_time(cache_dir, **kwargs) for _ in range(warm_repeats)), key=lambda r: r["total"])
+    return {"cold": cold, "warm": warm[len(warm) // 2], "warm_totals": [r["total"] for r in warm],
+            "cold_target": COLD_START_TARGET, "warm_target": WARM_START_TARGET}
+
+
+def fit_memory(config, rows, seed=0):
+    """Peak bytes allocated by NumPy during ``MLP.fit(epochs=1)`` (tracemalloc), beyond X,
+    labels and the network. The kernels allocate nothing themselves (the workspace
+    comes from Python), so tracemalloc sees every buffer of the fit."""
+    X, labels = synthetic(config.sizes, rows, seed)
+    net = MLP(list(config.sizes), seed=seed)
+    net.fit(X[:config.batch_size], labels[:config.batch_size], epochs=1, batch_size=config.batch_size)  # compile
+    net = MLP(list(config.sizes), seed=seed)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        net.fit(X, labels, epochs=1, batch_size=config.batch_size)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def memory_model(config, rows_small, rows_big):
+    """Split fit's peak extra memory into a per-row part and a fixed part by fitting
+    two data sizes; compare the fixed part with batch×width + params."""
+    small = fit_memory(config, rows_small)
+    big = fit_memory(config, rows_big)
+    per_row = (big - small) / (rows_big - rows_small)
+    fixed = small - per_row * rows_small
+    sizes = config.sizes
+    itemsize = np.dtype(DTYPE).itemsize
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    batch_width = config.batch_size * sum(sizes)
+    return {"config": config.name, "rows": [rows_small, rows_big], "peak_bytes": [small, big],
+            "x_bool_bytes": [rows_small * sizes[0], rows_big * sizes[0]],
+            "per_row_bytes": per_row, "one_hot_row_bytes": sizes[-1] * itemsize,
+            "fixed_bytes": fixed, "params_bytes": n_params * itemsize,
+            "batch_x_width_bytes": batch_width * itemsize,
+            "fixed_over_params": fixed / (n_params * itemsize)}
+
+
+def machine_info():
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+            "machine": platform.machine(), "processor": _cpu_name(), "cpus": os.cpu_count(),
+            "numpy": np.__version__, "numba": _version("numba"), "blas": blas_info(),
+            "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}}
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def run_suite(configs=None, quick=False, repeats=None, start=True, memory=True, with_torch=None,
+              progress=None):
+    """Everything ``fastbp bench`` reports, as a dict."""
+    names = list(CONFIGS) if not configs else list(configs)
+    say = progress or (lambda msg: None)
+    results = {"machine": machine_info(), "quick": quick, "torch": torch_available(), "configs": []}
+    say(f"numpy float32 GEMM {GEMM_SIZE}x{GEMM_SIZE} ...")
+    results["gemm_gflops"] = gemm_rate(repeats=2 if quick else 7)
+    for name in names:
+        say(f"config {name} ...")
+        result = bench_config(CONFIGS[name], quick=quick, repeats=repeats, with_torch=with_torch)
+        results["configs"].append(result)
+    if start:
+        say("cold / warm start ...")
+        results["start"] = cold_warm_start(n=256 if quick else 1024)
+    if memory:
+        say("fit memory ...")
+        config = CONFIGS["mnist"]
+        rows = (1024, 2048) if quick else (4096, 16384)
+        results["memory"] = memory_model(config, *rows)
+    return results
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def _mark(ok):
+    return "ok" if ok else "MISS"
+
+
+def format_report(results):
+    lines = []
+    m = results["machine"]
+    lines.append(f"fastbp bench  {m['date']}  {m['processor']} ({m['cpus']} CPUs)  numpy {m['numpy']}  "
+                 f"numba {m['numba']}{'  [quick]' if results['quick'] else ''}")
+    blas = ", ".join(f"{b['prefix']} {b['version']} {b['architecture']} x{b['num_threads']}" for b in m["blas"])
+    lines.append(f"BLAS: {blas or 'unknown'}")
+    gemm = results["gemm_gflops"]
+    threads = f", BLAS threads limited to {results['threads']}" if results.get("threads") else ""
+    lines.append(f"numpy float32 GEMM {GEMM_SIZE}x{GEMM_SIZE} at start: {gemm:,.1f} GFLOP/s{threads}")
+    lines.append("")
+    torch = results["torch"]
+    head = f"{'config':<32}{'fastbp/s':>11}{'kernel/s':>11}{'ref/s':>11}"
+    head += f"{'torch/s':>11}" if torch else ""
+    head += f"{'speedup':>9}{'best':>7}{'target':>8}  {'':4}{'GFLOP/s':>9}{'GEMM':>7}{'of GEMM':>8}"
+    lines.append(head)
+    for r in results["configs"]:
+        sps = r["samples_per_second"]
+        row = (f"{r['description']:<32}{sps['fastbp']:>11,.0f}{r['fastbp_kernel_samples_per_second']:>11,.0f}"
+               f"{sps['reference']:>11,.0f}")
+        row += f"{sps['torch']:>11,.0f}" if torch else ""
+        ok = r["speedup"] >= r["target"]
+        gemm_ok = r["fastbp_gemm_fraction"] >= r["gemm_fraction_target"]
+        row += (f"{r['speedup']:>8.2f}x{r.get('speedup_best', float('nan')):>6.2f}x{r['target']:>7.1f}x  "
+                f"{_mark(ok and gemm_ok):<4}"
+                f"{r['fastbp_gflops']:>9.1f}{r['gemm_gflops']:>7.0f}{r['fastbp_gemm_fraction']:>8.0%}")
+        if r["gemm_fraction_target"]:
+            row += f" (target {r['gemm_fraction_target']:.0%})"
+        lines.append(row)
+    if not torch:
+        lines.append("(PyTorch not importable: skipped)")
+    lines.append("fastbp/s: MLP.fit(epochs=1) wall time; kernel/s: the compiled epoch alone (History.seconds);")
+    lines.append("medians of interleaved epochs (best: ratio of the fastest epochs; ok/MISS judges the median);")
+    lines.append("GFLOP/s: fastbp's matrix-product FLOPs per second of fit;")
+    lines.append("GEMM: numpy float32 2048x2048 rate measured in the same rounds as that configuration.")
+    if "start" in results:
+        s = results["start"]
+        lines.append("")
+        for kind in ("cold", "warm"):
+            t = s[kind]
+            target = s[f"{kind}_target"]
+            lines.append(f"{kind} start (import + first epoch): {t['total']:.2f} s  "
+                         f"[import {t['import']:.2f} s, first epoch {t['first_epoch']:.2f} s]  "
+                         f"target <= {target:.0f} s  {_mark(t['total'] <= target)}")
+    if "memory" in results:
+        mm = results["memory"]
+        lines.append("")
+        lines.append(f"fit memory ({mm['config']}, tracemalloc): peak extra "
+                     f"{mm['peak_bytes'][0] / 2**20:.2f} MiB at {mm['rows'][0]} rows, "
+                     f"{mm['peak_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows; params "
+                     f"{mm['params_bytes'] / 2**20:.2f} MiB, "
+                     f"batch x width {mm['batch_x_width_bytes'] / 2**20:.2f} MiB, "
+                     f"one bool per input value {mm['x_bool_bytes'][1] / 2**20:.2f} MiB at {mm['rows'][1]} rows")
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def add_arguments(parser):
+    """Options of ``fastbp bench`` (for the CLI's sub-parser)."""
+    parser.add_argument("--quick", action="store_true", help="small data, one repeat (for CI)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS), dest="configs",
+                        help="run only this configuration (repeatable)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed epochs per contender")
+    parser.add_argument("--no-start", action="store_true", help="skip the cold/warm start measurement")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fit memory measurement")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="limit the BLAS thread pools (threadpoolctl) to this many threads")
+    parser.add_argument("--from-json", metavar="FILE", default=None,
+                        help="print the report of an earlier --json run instead of measuring")
+    return parser
+
+
+def run(args):
+    """Run ``fastbp bench`` with parsed ``args``; returns the exit status."""
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(format_report(json.load(f)))
+        return 0
+    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    kwargs = dict(quick=args.quick, repeats=args.repeats, start=not args.no_start,
+                  memory=not args.no_memory, with_torch=False if args.no_torch else None, progress=progress)
+    if args.threads:
+        blas_info()  # loads SciPy's BLAS so that threadpoolctl limits it too
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(args.threads):
+            results = run_suite(args.configs, **kwargs)
+        results["threads"] = args.threads
+    else:
+        results = run_suite(args.configs, **kwargs)
+    if args.json:
+        print(json.dumps(results, indent=2, default=_jsonable))
+    else:
+        print(format_report(results))
+    return 0
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def main(argv=None):
+    parser = add_arguments(argparse.ArgumentParser(prog="fastbp bench", description=__doc__.splitlines()[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

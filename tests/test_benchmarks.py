@@ -1,0 +1,98 @@
+"""Every asv benchmark runs: import each module, then for every benchmark method and
+parameter run setup (or setup_cache) and one call, on tiny data
+(FASTBP_BENCH_SIZE=tiny), so that a broken benchmark fails pytest quickly.
+
+The startup suite is the slow part (one cold JIT compile in a subprocess); the
+rest takes a few seconds once the kernels are compiled.
+"""
+
+import importlib
+import inspect
+import itertools
+import pathlib
+import sys
+
+import pytest
+
+from fastbp import bench
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODULES = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+PREFIXES = ("time_", "track_", "peakmem_", "mem_", "timeraw_")
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch):
+    """Tiny data, no pauses, one BLAS thread (two OpenBLAS pools, NumPy's and SciPy's,
+    oversubscribe two cores; these tests check that benchmarks run, not speed)."""
+    monkeypatch.setenv("FASTBP_BENCH_SIZE", "tiny")
+    monkeypatch.setattr(bench, "PAUSE", 0.0)
+    monkeypatch.syspath_prepend(str(ROOT))
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    bench.blas_info()  # loads SciPy's BLAS (Numba's np.dot) so that the limit covers it
+    with threadpoolctl.threadpool_limits(1):
+        yield
+
+
+def benchmark_classes(module):
+    for name, cls in inspect.getmembers(module, inspect.isclass):
+        if cls.__module__ == module.__name__ and any(m.startswith(PREFIXES) for m in dir(cls)):
+            yield name, cls
+
+
+def run_class(cls):
+    """setup_cache / setup / each benchmark once / teardown, for every parameter combination."""
+    methods = [m for m in dir(cls) if m.startswith(PREFIXES)]
+    instance = cls()
+    cache = (instance.setup_cache(),) if hasattr(cls, "setup_cache") else ()
+    params = getattr(cls, "params", [])
+    for combo in itertools.product(*params) if params else [()]:
+        for method in methods:
+            bench_instance = cls()
+            args = (*cache, *combo)
+            try:
+                if hasattr(bench_instance, "setup"):
+                    bench_instance.setup(*args)
+            except NotImplementedError:  # asv: "skipped" (e.g. no CUDA GPU)
+                continue
+            value = getattr(bench_instance, method)(*args)
+            if method.startswith("track_"):
+                assert isinstance(value, (int, float)) and value == value, (method, combo, value)
+                assert getattr(getattr(cls, method), "unit", None), f"{method} has no unit"
+            if hasattr(bench_instance, "teardown"):
+                bench_instance.teardown(*args)
+
+
+def test_benchmark_modules_found():
+    assert {"bench_training", "bench_startup", "bench_inference", "bench_cuda"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_benchmark_module_runs(module_name):
+    sys.modules.pop(f"benchmarks.{module_name}", None)
+    module = importlib.import_module(f"benchmarks.{module_name}")
+    classes = list(benchmark_classes(module))
+    assert classes, f"no benchmarks in {module_name}"
+    for _, cls in classes:
+        run_class(cls)
+
+
+def test_bench_cli_quick_json(capsys):
+    """``fastbp bench`` end to end on one configuration, JSON output."""
+    import json
+    assert bench.main(["--json", "--quick", "--config", "small", "--no-start", "--no-memory",
+                       "--no-torch"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (result,) = out["configs"]
+    assert result["config"] == "small" and result["speedup"] > 0
+    assert out["gemm_gflops"] > 0
+
+
+def test_prototypes_define_no_benchmarks():
+    """asv imports every module under benchmarks/, prototypes included: nothing there
+    may look like a benchmark to it."""
+    for path in sorted((ROOT / "benchmarks" / "prototypes").glob("*.py")):
+        module = importlib.import_module(f"benchmarks.prototypes.{path.stem}")
+        names = [n for n, _ in inspect.getmembers(module) if n.startswith(PREFIXES)]
+        names += [f"{c}.{m}" for c, cls in benchmark_classes(module) for m in dir(cls) if m.startswith(PREFIXES)]
+        assert not names, f"{path.name} defines asv-looking names {names}"
