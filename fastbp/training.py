@@ -54,8 +54,9 @@ class Workspace:
         self.xhat = np.zeros(bmax * cached if batchnorm else 0, dtype=dtype)
         self.stats = np.zeros(2 * sum(widths) if batchnorm else 0, dtype=np.float64)
         self.scratch = np.zeros(max(widths) if batchnorm else 0, dtype=dtype)
-        # two ping-pong buffers, each big enough for the widest layer (input included)
-        self.deltas = np.zeros(2 * bmax * max(sizes), dtype=dtype)
+        # two ping-pong buffers, each big enough for the widest layer (no δ is formed
+        # for the input layer)
+        self.deltas = np.zeros(2 * bmax * max(widths), dtype=dtype)
 
     def train_epoch(self, net, X, Y, perm, state, loss_code, opt_code, hyper, diagnostics, rng_seed):
         """One compiled epoch: ``cpu.train_epoch`` on the plain path, else

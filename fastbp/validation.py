@@ -25,12 +25,19 @@ def check_features(X, n_features, dtype, name="X"):
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, naming the entry
         converted = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(converted).all():
+    if not _all_finite(converted):
         row, col = np.argwhere(~np.isfinite(converted))[0]
         overflow = np.isfinite(arr[row, col]) if np.issubdtype(arr.dtype, np.floating) else True
         raise ValueError(f"{name} contains NaN or inf (first at row {row}, column {col})"
                          + (f"; the value {float(arr[row, col])!r} overflows {np.dtype(dtype)}" if overflow else ""))
     return converted
+
+
+def _all_finite(arr, chunk_bytes=1 << 22):
+    """np.isfinite(arr).all() in row chunks: the boolean temporary stays ~4 MB instead
+    of one byte per value of X (which would be the peak memory of a large fit)."""
+    rows = max(1, chunk_bytes // max(1, arr.shape[1]))
+    return all(np.isfinite(arr[i:i + rows]).all() for i in range(0, arr.shape[0], rows))
 
 
 def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):

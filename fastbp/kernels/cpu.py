@@ -240,10 +240,12 @@ def correct_count(a, targets, out_code):
 
 # --- fused weight update --------------------------------------------------------------
 
-# Reductions (norms, penalty) may be reassociated so that the update loops vectorise;
-# no flag that assumes finite values is set, so NaN/inf still propagate to the
-# divergence check.
-_jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+# Reductions (norms, penalty) may be reassociated so that the update loops vectorise.
+# No flag that assumes finite values is set, so NaN/inf still propagate to the
+# divergence check; no FMA contraction either, so the parameter arithmetic is the
+# same wherever the function is inlined (checkpointing is tested bitwise against
+# the plain path).
+_jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 
 
 @_jit_fast
@@ -275,39 +277,59 @@ def _clip_scale(theta, grad, layout, hyper):
 
 
 @_jit_fast
+def _regularise(theta, grad, l1, l2, scale, clip_value):
+    """In place: grad ← clamp((grad + l1 sign(w) + l2 w)·scale, ±clip_value).
+    Returns (Σ (grad + l1 sign(w) + l2 w)², penalty l1 Σ|w| + (l2/2) Σ w²)."""
+    zero = scale * 0
+    half = zero + 0.5
+    grad_sq, penalty = zero, zero
+    for i in range(theta.shape[0]):
+        w = theta[i]
+        g = grad[i] + l1 * np.sign(w) + l2 * w
+        grad_sq += g * g
+        penalty += l1 * abs(w) + half * l2 * w * w
+        grad[i] = min(max(g * scale, -clip_value), clip_value)
+    return grad_sq, penalty
+
+
+@_jit_fast
 def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
     """The optimizer step on the equal-length slices theta, grad, state1, state2;
-    returns the sums (Σ g², Σ Δθ², Σ θ², penalty) over them, g the regularised gradient.
+    returns the sums (Σ g², Σ Δθ², Σ θ², penalty) over them, g the regularised
+    gradient before clipping.
 
-    One loop per optimizer so that each loop is branch-free and vectorises; the
-    gradient is g = (grad + l1 sign(w) + l2 w), then ·scale and clamped to ±clip_value.
-    Callers pass slices (loops over 0..n vectorise; an index range starting at a
-    runtime offset keeps Numba's negative-index wraparound in the loop).
+    With L1/L2 or clipping on, :func:`_regularise` first turns ``grad`` (a scratch
+    buffer) into the regularised, clipped gradient; the optimizer loops themselves
+    are lean, one per optimizer, branch-free so that they vectorise. Accumulators are
+    in the parameter dtype (float32 sums vectorise at full width; they are reported,
+    not fed back). Callers pass slices: loops over 0..n vectorise, an index range
+    starting at a runtime offset keeps Numba's negative-index wraparound in the loop.
     """
     lr, mu, beta2, eps, corr1, corr2, clip_value = consts
-    grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
-    one = lr * 0 + 1
+    zero = lr * 0
+    one = zero + 1
+    plain = l1 == 0 and l2 == 0 and scale == 1 and clip_value == np.inf
+    reg_sq, penalty = zero, zero
+    if not plain:
+        reg_sq, penalty = _regularise(theta, grad, l1, l2, scale, clip_value)
+    grad_sq, step_sq, weight_sq = zero, zero, zero
     n = theta.shape[0]
     if opt_code == OPT_SGD:
         for i in range(n):
             w = theta[i]
-            g = grad[i] + l1 * np.sign(w) + l2 * w
+            g = grad[i]
             grad_sq += g * g
-            penalty += l1 * abs(w) + 0.5 * l2 * w * w
-            g = min(max(g * scale, -clip_value), clip_value)
             new = w - lr * g
             theta[i] = new
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
     elif opt_code == OPT_MOMENTUM or opt_code == OPT_NESTEROV:
         # momentum: θ + v;  nesterov: θ + μ v − η g  (θ + a·v − b·η g, exact in both cases)
-        a, b = (one, one * 0) if opt_code == OPT_MOMENTUM else (mu, one)
+        a, b = (one, zero) if opt_code == OPT_MOMENTUM else (mu, one)
         for i in range(n):
             w = theta[i]
-            g = grad[i] + l1 * np.sign(w) + l2 * w
+            g = grad[i]
             grad_sq += g * g
-            penalty += l1 * abs(w) + 0.5 * l2 * w * w
-            g = min(max(g * scale, -clip_value), clip_value)
             v = mu * state1[i] - lr * g
             state1[i] = v
             new = w + a * v - b * lr * g
@@ -317,33 +339,29 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
     elif opt_code == OPT_RMSPROP:
         for i in range(n):
             w = theta[i]
-            g = grad[i] + l1 * np.sign(w) + l2 * w
+            g = grad[i]
             grad_sq += g * g
-            penalty += l1 * abs(w) + 0.5 * l2 * w * w
-            g = min(max(g * scale, -clip_value), clip_value)
             sq = mu * state1[i] + (one - mu) * g * g
             state1[i] = sq
             new = w - lr * g / (np.sqrt(sq) + eps)
             theta[i] = new
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
-    else:  # OPT_ADAM: θ − η m̂/(√v̂ + ε) with one division per element
-        lr_corrected, inv_corr2 = lr / corr1, one / corr2
+    else:  # OPT_ADAM: θ − η m̂/(√v̂ + ε) = θ − (η√c2/c1)·m/(√v + ε√c2): one √ and one ÷
+        step_scale, eps_scaled = lr * np.sqrt(corr2) / corr1, eps * np.sqrt(corr2)
         for i in range(n):
             w = theta[i]
-            g = grad[i] + l1 * np.sign(w) + l2 * w
+            g = grad[i]
             grad_sq += g * g
-            penalty += l1 * abs(w) + 0.5 * l2 * w * w
-            g = min(max(g * scale, -clip_value), clip_value)
             m = mu * state1[i] + (one - mu) * g
             v = beta2 * state2[i] + (one - beta2) * g * g
             state1[i] = m
             state2[i] = v
-            new = w - lr_corrected * m / (np.sqrt(v * inv_corr2) + eps)
+            new = w - step_scale * m / (np.sqrt(v) + eps_scaled)
             theta[i] = new
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
-    return grad_sq, step_sq, weight_sq, penalty
+    return (grad_sq if plain else reg_sq), step_sq, weight_sq, penalty
 
 
 @_jit
