@@ -53,6 +53,11 @@ def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, 
     ``n_samples`` checks a seeded random subset of that many parameters (None: all).
     Works on a copy in ``dtype`` (float64 recommended: in float32 the differences
     are dominated by rounding), so ``net`` is never modified.
+
+    Expected non-bug failures: with ReLU / leaky ReLU a sample within ε of a kink
+    makes the central difference straddle it; on a trained network gradients of
+    ~1e-6 meet the loss's rounding (~1e-16 / ε), which alone gives relative errors
+    of ~1e-6. Check fresh networks or smooth activations, or raise ``tol``.
     """
     if not (eps > 0):
         raise ValueError(f"eps must be > 0, got {eps!r}")
