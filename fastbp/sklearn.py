@@ -49,9 +49,9 @@ Deviations:
   and ``MLPRegressor(loss="poisson")`` are not supported yet.
 * A diverging epoch (non-finite loss) is rolled back by fastbp with a
   ``RuntimeWarning`` and training stops; sklearn would raise at the end of fit.
-* ``dropout`` and ``batchnorm`` are accepted for forward compatibility but not wired
-  into the estimators yet (``fastbp.MLP`` has both): a non-default value raises
-  ``NotImplementedError``.
+* ``dropout`` (a rate or one per hidden layer; sgd/adam only) and ``batchnorm`` are
+  passed to ``fastbp.MLP``: inverted dropout during training, batch normalization
+  after each hidden layer (γ lives in the network's parameters, not in ``coefs_``).
 
 fastbp extras: ``device`` (only ``"cpu"`` for now) and ``dtype`` (None: float32
 input trains in float32, anything else in float64, as sklearn does; or force
@@ -220,12 +220,20 @@ class _BaseMLP(BaseEstimator):
         if self.device != "cpu":
             raise ValueError(f"device must be 'cpu' (fastbp's CUDA backend is not available yet), "
                              f"got {self.device!r}.")
-        if self.dropout is not None and self.dropout != 0:
-            raise NotImplementedError("dropout is not wired into the scikit-learn estimators yet "
-                                      "(leave dropout=None); fastbp.MLP(..., dropout=p) has it.")
-        if self.batchnorm is not False:
-            raise NotImplementedError("batchnorm is not wired into the scikit-learn estimators yet "
-                                      "(leave batchnorm=False); fastbp.MLP(..., batchnorm=True) has it.")
+        if self.dropout is not None:
+            rates = [self.dropout] if isinstance(self.dropout, numbers.Real) else self.dropout
+            try:
+                rates = [float(p) for p in rates]
+            except (TypeError, ValueError):
+                raise ValueError(f"dropout must be None, a rate in [0, 1) or a list of rates, "
+                                 f"got {self.dropout!r}.") from None
+            if isinstance(self.dropout, bool) or not all(0 <= p < 1 for p in rates):
+                raise ValueError(f"dropout rates must lie in [0, 1), got {self.dropout!r}.")
+            if self.solver == "lbfgs" and any(rates):
+                raise ValueError("solver='lbfgs' needs a deterministic objective; dropout needs "
+                                 "solver='sgd' or 'adam'.")
+        if not isinstance(self.batchnorm, (bool, np.bool_)):
+            raise ValueError(f"batchnorm must be True or False, got {self.batchnorm!r}.")
         if self.dtype is not None and str(np.dtype(self.dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype must be None, 'float32' or 'float64', got {self.dtype!r}.")
 
@@ -245,9 +253,10 @@ class _BaseMLP(BaseEstimator):
 
     # --- the fastbp network behind coefs_ / intercepts_ -----------------------------------
 
-    def _new_net(self, sizes, hidden, output, dtype):
+    def _new_net(self, sizes, hidden, output, dtype, dropout=None, batchnorm=False):
         return MLP(sizes, activation=_HIDDEN[hidden], output=_OUTPUT[output],
-                   init="xavier_uniform", seed=0, dtype=dtype)
+                   init="xavier_uniform", seed=0, dtype=dtype,
+                   dropout=0.0 if dropout is None else dropout, batchnorm=bool(batchnorm))
 
     def _expose(self, net):
         """Point coefs_ / intercepts_ at the network's parameter views."""
@@ -279,14 +288,16 @@ class _BaseMLP(BaseEstimator):
         self.n_outputs_ = layer_units[-1]
         self.n_layers_ = len(layer_units)
         self.out_activation_ = self._output_activation()
-        net = self._new_net(layer_units, self.activation, self.out_activation_, dtype)
+        net = self._new_net(layer_units, self.activation, self.out_activation_, dtype, self.dropout,
+                            self.batchnorm)
         factor = 2.0 if self.activation == "logistic" else 6.0
         for W, b in zip(net.weights, net.biases):
             fan_in, fan_out = W.shape
             bound = np.sqrt(factor / (fan_in + fan_out))
             W[...] = rs.uniform(-bound, bound, (fan_in, fan_out))
             b[...] = rs.uniform(-bound, bound, fan_out)
-        self._net_spec = (list(layer_units), self.activation, self.out_activation_, net.dtype.name)
+        self._net_spec = (list(layer_units), self.activation, self.out_activation_, net.dtype.name,
+                          self.dropout, bool(self.batchnorm))
         self._expose(net)
         self._best_theta = net.theta.copy()
         self.__dict__.pop("_learning_rate", None)  # a fresh optimizer on the next partial_fit
@@ -310,6 +321,8 @@ class _BaseMLP(BaseEstimator):
     def __getstate__(self):
         state = dict(super().__getstate__())
         net = state.pop("_net", None)
+        if net is not None:  # the whole parameter vector: batchnorm's γ are not in coefs_
+            state["_saved_parameters"] = (net.theta.copy(), net.bn_running.copy())
         if net is not None and net.fit_state is not None:
             fs = net.fit_state
             state["_saved_fit_state"] = (net.fit_optimizer, fs.grad, fs.state1, fs.state2, fs.step)
@@ -318,10 +331,12 @@ class _BaseMLP(BaseEstimator):
     def __setstate__(self, state):
         state = dict(state)
         saved = state.pop("_saved_fit_state", None)
+        parameters = state.pop("_saved_parameters", None)
         super().__setstate__(state)
         if "_net_spec" in self.__dict__ and "coefs_" in self.__dict__:
-            sizes, hidden, output, dtype = self._net_spec
-            self._net = self._new_net(sizes, hidden, output, dtype)
+            self._net = self._new_net(*self._net_spec)
+            if parameters is not None:
+                self._net.theta[...], self._net.bn_running[...] = parameters
             net = self._synced_net()
             self._expose(net)
             if saved is not None:
@@ -356,6 +371,10 @@ class _BaseMLP(BaseEstimator):
         elif list(layer_units) != list(self._net_spec[0]):
             raise ValueError(f"warm_start/partial_fit needs the fitted architecture {self._net_spec[0]} "
                              f"(inputs, hidden layers, outputs), got {layer_units}; "
+                             "refit with warm_start=False")
+        elif (self.dropout, bool(self.batchnorm)) != tuple(self._net_spec[4:]):
+            raise ValueError(f"warm_start/partial_fit needs the fitted dropout/batchnorm "
+                             f"{tuple(self._net_spec[4:])}, got {(self.dropout, self.batchnorm)}; "
                              "refit with warm_start=False")
         net = self._synced_net()
         if self.solver in _STOCHASTIC_SOLVERS:
@@ -534,7 +553,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     A drop-in for ``sklearn.neural_network.MLPClassifier``: same parameters,
     defaults and fitted attributes (see the module docstring for how the training
     semantics map and the few deviations), plus ``device``, ``dropout``,
-    ``batchnorm`` (not implemented yet: must stay at their defaults) and ``dtype``.
+    ``batchnorm`` (passed to ``fastbp.MLP``) and ``dtype``.
     Multiclass targets train a softmax output, binary targets one logistic unit and
     label-indicator matrices one logistic unit per label (multi-label).
     """

@@ -401,8 +401,11 @@ def test_assigned_coefs_are_used(blobs):
     (dict(shuffle="yes"), TypeError),
     (dict(device="cuda"), ValueError),
     (dict(dtype="float16"), ValueError),
-    (dict(dropout=0.5), NotImplementedError),
-    (dict(batchnorm=True), NotImplementedError),
+    (dict(dropout=1.0), ValueError),
+    (dict(dropout=[0.1, -0.1]), ValueError),
+    (dict(dropout="half"), ValueError),
+    (dict(batchnorm="yes"), ValueError),
+    (dict(solver="lbfgs", dropout=0.2), ValueError),
 ])
 def test_invalid_parameters_fail_before_training(blobs, params, error):
     X, y = blobs
@@ -414,6 +417,27 @@ def test_invalid_parameters_fail_before_training(blobs, params, error):
         assert_array_equal(a, b)
     with pytest.raises(error):
         MLPRegressor(**params).fit(X, y.astype(float))
+
+
+def test_dropout_and_batchnorm_train_and_pickle(digits):
+    """fastbp's own options: dropout is off at prediction (deterministic), batchnorm's
+    γ and running statistics survive pickling (they are not in coefs_), and both
+    models still learn digits."""
+    Xtr, Xte, ytr, yte = digits
+    dropped = MLPClassifier((64,), dropout=0.1, max_iter=30, random_state=0).fit(Xtr, ytr)
+    assert dropped.score(Xte, yte) > 0.9
+    assert_array_equal(dropped.predict_proba(Xte), dropped.predict_proba(Xte))
+    plain = MLPClassifier((64,), max_iter=30, random_state=0).fit(Xtr, ytr)
+    assert not np.allclose(dropped.coefs_[0], plain.coefs_[0])  # dropout changed training
+    normed = MLPClassifier((64,), batchnorm=True, max_iter=30, random_state=0).fit(Xtr, ytr)
+    assert normed.score(Xte, yte) > 0.9
+    gammas = normed._net.theta[normed._net.bn_goff[0]:normed._net.bn_goff[0] + 64]
+    assert not np.allclose(gammas, 1.0)  # γ trained away from its initial 1
+    for est in (dropped, normed):
+        copy = pickle.loads(pickle.dumps(est))
+        assert_array_equal(copy.predict_proba(Xte), est.predict_proba(Xte))
+    with pytest.raises(ValueError, match="dropout/batchnorm"):
+        normed.set_params(warm_start=True, batchnorm=False).fit(Xtr, ytr)
 
 
 def test_poisson_loss_not_supported(regression):
