@@ -14,13 +14,8 @@ from .kernels import cpu, cpu_ext
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
 from .training import CpuEngine, FitState, Workspace, run_epochs
-from .validation import (
-    check_features,
-    check_int,
-    check_nonnegative,
-    check_positive_or_none,
-    check_targets,
-)
+from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
+                         check_targets)
 
 
 def _gradient_monitor(gradient_warnings):
@@ -331,7 +326,7 @@ class MLP:
                 or not 0 < validation_split < 1:
             raise ValueError(f"validation_split must be a number in (0, 1), got {validation_split!r}")
         n = X.shape[0]
-        n_val = round(validation_split * n)
+        n_val = int(round(validation_split * n))
         if n_val < 1 or n_val >= n:
             raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
                              f"{n - n_val} for training and {n_val} for validation; both need one")
