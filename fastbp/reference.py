@@ -189,8 +189,9 @@ def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0, masks=No
         w = np.asarray(sample_weight, dtype=np.float64)
         data_loss, mean_weight = (w * losses).sum() / w.sum(), w.mean()
         dWs, dbs = backward(weights, activations, zs, acts, Y, loss, masks, row_scale=w / mean_weight)
-    dWs = [dW + regularisation_gradient(W, l1, l2) / mean_weight for dW, W in zip(dWs, weights)]
-    return data_loss + penalty(weights, l1, l2) / mean_weight, dWs, dbs
+    l1, l2 = l1 / mean_weight, l2 / mean_weight  # the penalty per B rows
+    dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
+    return data_loss + penalty(weights, l1, l2), dWs, dbs
 
 
 # --- batch normalization ----------------------------------------------------------------
@@ -371,11 +372,12 @@ def train_epoch(weights, biases, activations, X, Y, perm, batch_size, loss, opti
             wb = np.asarray(sample_weight, dtype=np.float64)[idx]
             wsum, mean_weight = wb.sum(), wb.mean()
             batch_loss, row_scale = (wb * losses).sum() / wsum, wb / mean_weight
-        total += wsum * (batch_loss + penalty(weights, l1, l2) / mean_weight)
+        l1_batch, l2_batch = l1 / mean_weight, l2 / mean_weight  # the penalty per B rows
+        total += wsum * (batch_loss + penalty(weights, l1_batch, l2_batch))
         weight_total += wsum
         correct += correct_count(acts[-1], Yb, activations[-1])
         dWs, dbs = backward(weights, activations, zs, acts, Yb, loss, row_scale=row_scale)
-        dWs = [dW + regularisation_gradient(W, l1, l2) / mean_weight for dW, W in zip(dWs, weights)]
+        dWs = [dW + regularisation_gradient(W, l1_batch, l2_batch) for dW, W in zip(dWs, weights)]
         grads = clip([*dWs, *dbs], clip_norm, clip_value)
         state["t"] += 1
         optimizer_step(optimizer, params, grads, state, lr, state["t"], **opt_hyper)
