@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from . import cuda_training, spec
+from . import cuda_training, persist, spec
 from .init import init_weights, resolve_init
 from .kernels import cpu, cpu_ext
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
@@ -360,7 +360,6 @@ class MLP:
         """Write the network to one ``.npz`` file at ``path`` (exactly that name):
         parameters, optimizer state and epoch count (if fitted) and a JSON header.
         No pickle; written atomically. See ``fastbp.persist``."""
-        from . import persist
         persist.save(self, path)
 
     @classmethod
@@ -369,7 +368,6 @@ class MLP:
         with the same optimizer continues training exactly where it stopped. A
         malformed or truncated file raises ``ValueError`` naming it (see
         ``fastbp.persist`` for what is checked before anything is allocated)."""
-        from . import persist
         header, arrays = persist.load(path)
         with persist.file_errors(os.fspath(path)):
             net = cls(header["sizes"], activation=_field(header, "activations", list),
