@@ -563,6 +563,8 @@ class _BaseMLP(BaseEstimator):
         epochs = 1 if incremental else self.max_iter
         with warnings.catch_warnings():  # divergence is reported as scikit-learn does, below
             warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
+            warnings.filterwarnings("ignore", message="warm_start with a different optimizer",
+                                    category=RuntimeWarning)  # a changed hyper-parameter: sklearn is silent
             history = net.fit(X_train, Y_train, loss=_LOSS[self.out_activation_],
                               optimizer=self._make_optimizer(), epochs=epochs, batch_size=batch_size,
                               shuffle=bool(self.shuffle), l2=self.alpha / (weight * scale * batch_size),

@@ -88,7 +88,7 @@ def test_divergence_raises_like_sklearn_with_records_defined():
     X = rng.normal(size=(40, 3)) * 1000
     y = X.sum(axis=1) * 1000
     kw = dict(solver="sgd", learning_rate_init=1.0, max_iter=5, random_state=0)
-    with pytest.raises(ValueError, match="non-finite parameter weights"):
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match="non-finite parameter weights"):
         sk.MLPRegressor(**kw).fit(X, y)
     reg = MLPRegressor(**kw)
     with warnings.catch_warnings():
@@ -148,6 +148,14 @@ def test_estimators_emit_no_gradient_warning():
         MLPRegressor(solver="sgd", learning_rate_init=1e-12, max_iter=2, random_state=0).fit(X, y)
         MLPClassifier((3, 3, 3, 3, 3), activation="logistic", solver="sgd", learning_rate_init=1e-9,
                       max_iter=2, random_state=0).fit(X / 1e6, (y > 0).astype(int))
+
+
+def test_changed_hyper_parameters_between_partial_fits_are_silent(blobs):
+    X, y = blobs
+    clf = MLPClassifier((4,), solver="sgd", random_state=0).partial_fit(X, y, classes=np.unique(y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        clf.set_params(learning_rate_init=0.1).partial_fit(X, y)
 
 
 def test_momentum_one_is_accepted_as_in_sklearn(blobs):
