@@ -1,10 +1,14 @@
 """``fastbp.MLP``: the network spec, its flat parameters, fit / predict / evaluate, save / load."""
 
+import functools
 import numbers
+import os
+import threading
+import warnings
 
 import numpy as np
 
-from . import cuda_training, spec
+from . import cuda_training, persist, spec
 from .init import init_weights, resolve_init
 from .kernels import cpu, cpu_ext
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
@@ -38,6 +42,39 @@ def _check_verbose(verbose):
             raise ImportError("verbose=1 shows a tqdm progress bar; install it with "
                               "pip install 'fastbp[progress]' (or pip install tqdm), or use verbose=2") from exc
     return verbose if isinstance(verbose, str) else int(verbose)
+
+
+def _field(header, key, kind):
+    """A header field of a model file, of type ``kind``."""
+    value = header.get(key)
+    if not isinstance(value, kind):
+        raise TypeError(f"header field {key!r} missing or not {kind.__name__}")
+    return value
+
+
+def _dtype_name(dtype):
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return None
+
+
+def _one_fit_at_a_time(fit):
+    """``fit`` holding the network's lock: a second fit of the same network while one
+    runs (another thread, or a callback) raises RuntimeError instead of mixing both.
+    Different networks train in parallel (the kernels release the GIL)."""
+    @functools.wraps(fit)
+    def locked(self, *args, **kwargs):
+        lock = self.__dict__.setdefault("_fit_lock", threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError("this network is already being fitted (by another thread, or fit was called "
+                               "from one of its own callbacks); fit one network from one thread at a time, "
+                               "or fit a copy (net.copy())")
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return locked
 
 
 DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}
@@ -80,13 +117,18 @@ class MLP:
 
     def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32",
                  dropout=0.0, batchnorm=False, bn_momentum=0.9):
-        sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
-        if not isinstance(sizes, list) or len(sizes) < 2:
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"sizes must be a sequence of layer widths [n_inputs, hidden..., n_outputs], "
+                            f"got {sizes!r}")
+        sizes = list(sizes)
+        if len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
         for s in sizes:
             check_int("every layer size", s, 1)
         self.sizes = [int(s) for s in sizes]
         n_hidden = len(self.sizes) - 2
+        if not isinstance(activation, str) and not hasattr(activation, "__iter__"):
+            raise TypeError(f"activation must be a name or one name per hidden layer, got {activation!r}")
         hidden = [activation] * n_hidden if isinstance(activation, str) else list(activation)
         if len(hidden) != n_hidden:
             raise ValueError(f"{len(hidden)} hidden activations given for {n_hidden} hidden layers")
@@ -103,9 +145,14 @@ class MLP:
             raise ValueError("a softmax output needs at least 2 units; use output='sigmoid' for one")
         self.init = resolve_init(init)
         self.seed = check_int("seed", seed, 0)
-        if str(np.dtype(dtype)) not in ("float32", "float64"):
+        if dtype is None or _dtype_name(dtype) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(dtype)
+        dropout = 0.0 if dropout is None else dropout
+        if not isinstance(dropout, numbers.Real) and not hasattr(dropout, "__iter__"):
+            raise TypeError(f"dropout must be None, a rate or one rate per hidden layer, got {dropout!r}")
+        if n_hidden == 0 and isinstance(dropout, numbers.Real) and dropout != 0:
+            raise ValueError(f"dropout={dropout!r} needs a hidden layer; this network has none")
         rates = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
         if len(rates) != n_hidden:
             raise ValueError(f"{len(rates)} dropout rates given for {n_hidden} hidden layers")
@@ -130,9 +177,7 @@ class MLP:
         self.bn_running = np.concatenate([np.zeros(total), np.ones(total)]) if self.batchnorm else np.zeros(0)
         self.codes = np.array([spec.ACTIVATIONS[a] for a in self.layer_activations], dtype=np.int64)
         self.theta = np.zeros(self.n_params, dtype=self.dtype)
-        self.weights, self.biases = weight_views(self.theta, self.layout)
-        self.gammas = [self.theta[g:g + n] if g >= 0 else None
-                       for g, n in zip(self.bn_goff, self.sizes[1:])] if self.batchnorm else [None] * len(bn_flags)
+        self._make_views()
         for gamma in self.gammas:
             if gamma is not None:
                 gamma[...] = 1
@@ -173,6 +218,7 @@ class MLP:
     def _targets(self, y, n, loss_code):
         return check_targets(y, n, self.output, self.n_outputs, self.dtype, loss_code != spec.MSE)
 
+    @_one_fit_at_a_time
     def fit(self, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, shuffle=True,
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
@@ -226,15 +272,27 @@ class MLP:
         clip_value = check_positive_or_none("clip_value", clip_value)
         schedule = get_schedule(schedule)
         seed = self.seed if seed is None else check_int("seed", seed, 0)
+        callbacks = [] if callbacks is None else callbacks
+        if callable(callbacks) or not hasattr(callbacks, "__iter__"):
+            raise TypeError(f"callbacks must be a list of callables (or None), got {callbacks!r}")
         callbacks = list(callbacks)
         if not all(callable(cb) for cb in callbacks):
             raise TypeError("every callback must be callable")
+        if not isinstance(warm_start, (bool, np.bool_)):
+            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
+        if self.batchnorm and batch_size == 1:
+            raise ValueError("batchnorm needs batches of at least 2 rows (one row normalises to x̂ = 0); "
+                             "use batch_size >= 2")
         X, Y, validation = self._validation(X, Y, validation_data, validation_split, loss_code)
         callbacks += self._early_stopping(early_stopping, restore_best)
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
         checkpoint = self._check_checkpoint(checkpoint)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
+        if warm_start and self.fit_state is not None and not keep_state:
+            warnings.warn(f"warm_start with a different optimizer ({optimizer!r}, was {self.fit_optimizer!r}): "
+                          "the parameters are kept, the optimizer state starts over", RuntimeWarning,
+                          stacklevel=3)
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
         if device == "cuda":
             if any(self.dropout) or self.batchnorm or checkpoint:
@@ -302,16 +360,35 @@ class MLP:
         """Write the network to one ``.npz`` file at ``path`` (exactly that name):
         parameters, optimizer state and epoch count (if fitted) and a JSON header.
         No pickle; written atomically. See ``fastbp.persist``."""
-        from . import persist
         persist.save(self, path)
 
     @classmethod
     def load(cls, path):
         """A network read from a file written by :meth:`save`; ``fit(..., warm_start=True)``
         with the same optimizer continues training exactly where it stopped. A
-        malformed or truncated file raises ``ValueError`` naming it."""
-        from . import persist
-        return persist.load(path)
+        malformed or truncated file raises ``ValueError`` naming it (see
+        ``fastbp.persist`` for what is checked before anything is allocated)."""
+        header, arrays = persist.load(path)
+        with persist.file_errors(os.fspath(path)):
+            net = cls(header["sizes"], activation=_field(header, "activations", list),
+                      output=_field(header, "output", str), init=_field(header, "init", str),
+                      seed=_field(header, "seed", int), dtype=header["dtype"],
+                      dropout=header.get("dropout", 0.0), batchnorm=header.get("batchnorm", False),
+                      bn_momentum=header.get("bn_momentum", 0.9))
+            loss = header.get("loss")
+            if loss is not None:
+                net._loss_code(loss)
+            net.loss = loss
+        net.theta[...] = arrays["theta"]
+        if net.batchnorm:
+            net.bn_running[...] = arrays["bn_running"]
+        if "optimizer" in arrays:
+            state = FitState(net.n_params, net.dtype)
+            state.state1[...], state.state2[...] = arrays["state1"], arrays["state2"]
+            state.step[...] = arrays["step"]
+            state.epochs_done, state.lr_scale = header["epochs_done"], float(header["lr_scale"])
+            net.fit_state, net.fit_optimizer = state, arrays["optimizer"]
+        return net
 
     # --- inference --------------------------------------------------------------------
 
@@ -425,6 +502,23 @@ class MLP:
         return list(zip(*weight_views(grad, self.layout)))
 
     # --- copies -----------------------------------------------------------------------
+
+    #: attributes rebuilt rather than copied by pickle / copy.deepcopy: the views into
+    #: ``theta``, the fit lock and scratch caches
+    _TRANSIENT = ("weights", "biases", "gammas", "_fit_lock", "_full_batch_work")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._make_views()
+
+    def _make_views(self):
+        """``weights``, ``biases`` and ``gammas`` (None without batchnorm) as views of ``theta``."""
+        self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.gammas = [self.theta[g:g + n] if g >= 0 else None for g, n in zip(self.bn_goff, self.sizes[1:])] \
+            if self.batchnorm else [None] * (len(self.sizes) - 1)
 
     def copy(self, dtype=None):
         """An independent network with the same architecture and parameters."""
