@@ -48,6 +48,7 @@ def save(net, path):
         arrays["bn_running"] = net.bn_running
     if net.fit_state is not None:
         arrays.update(state1=net.fit_state.state1, state2=net.fit_state.state2, step=net.fit_state.step)
+    arrays.update(_metadata_arrays(net))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
     try:
@@ -136,4 +137,42 @@ def load(path):
         raise ValueError(f"{path!r} is not a valid fastbp model file: {exc}") from exc
     if not np.isfinite(net.theta).all():
         raise ValueError(f"{path!r} is not a valid fastbp model file: non-finite parameters")
+    _load_metadata(net, arrays, path)
     return net
+
+
+# --- optional metadata: feature names, class labels, standardisation ------------------------
+# Kept apart from the format above: a JSON string array ``metadata`` ({"feature_names":
+# [...] or null, "classes": [...] or null}) and, with a standardizer, the float64 arrays
+# ``standardizer_mean`` / ``standardizer_scale``. Files without them load as before.
+
+
+def _metadata_arrays(net):
+    arrays = {}
+    if net.feature_names is not None or net.classes is not None:
+        classes = None if net.classes is None else np.asarray(net.classes).tolist()
+        names = None if net.feature_names is None else [str(n) for n in net.feature_names]
+        arrays["metadata"] = np.array(json.dumps({"feature_names": names, "classes": classes}))
+    if net.standardizer is not None:
+        arrays.update(standardizer_mean=net.standardizer.mean, standardizer_scale=net.standardizer.scale)
+    return arrays
+
+
+def _load_metadata(net, arrays, path):
+    from .data import Standardizer
+    try:
+        if "metadata" in arrays:
+            meta = json.loads(str(arrays["metadata"][()]))
+            names, classes = meta.get("feature_names"), meta.get("classes")
+            if names is not None and (len(names) != net.n_features or not all(isinstance(n, str) for n in names)):
+                raise _Malformed(f"{len(names)} feature names for {net.n_features} inputs")
+            if classes is not None and len(classes) != (2 if net.n_outputs == 1 else net.n_outputs):
+                raise _Malformed(f"{len(classes)} class labels for {net.n_outputs} outputs")
+            net.feature_names = names
+            net.classes = None if classes is None else np.array(classes)
+        if "standardizer_mean" in arrays:
+            mean = _array(arrays, "standardizer_mean", np.float64, (net.n_features,))
+            scale = _array(arrays, "standardizer_scale", np.float64, (net.n_features,))
+            net.standardizer = Standardizer(mean, scale)
+    except (_Malformed, json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path!r} is not a valid fastbp model file: metadata: {exc}") from exc
