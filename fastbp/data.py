@@ -33,6 +33,7 @@ class Table:
     feature_names: list
     y: np.ndarray = None
     target_name: str = None
+    named: bool = True  # feature_names came from the file (False: x0, x1, ... made up)
 
 
 class Standardizer:
@@ -79,12 +80,14 @@ def _check_exists(path, what="data file"):
         raise DataError(f"{path} is a directory, not a {what}")
 
 
-def read_table(path, target=None, required_target=True):
+def read_table(path, target=None, required_target=True, features=None):
     """A :class:`Table` from ``path`` (.csv/.txt/.tsv, .npz or .npy).
 
     ``target``: for a CSV the name of the target column; for an .npz the name of the
     target array (default ``y``); for an .npy the path of the target .npy file. With
     ``required_target=False`` a missing target is allowed (``Table.y`` is None).
+    ``features``: for a CSV, the feature columns to read, in this order (default:
+    every column but the target).
     """
     path = os.fspath(path)
     _check_exists(path)
@@ -93,7 +96,7 @@ def read_table(path, target=None, required_target=True):
         return _read_npz(path, target, required_target)
     if suffix == ".npy":
         return _read_npy(path, target)
-    return _read_csv(path, target, required_target)
+    return _read_csv(path, target, required_target, features)
 
 
 def _header(path):
@@ -115,17 +118,19 @@ def _header(path):
     return names, delimiter
 
 
-def _read_csv(path, target, required_target):
+def _read_csv(path, target, required_target, features):
     names, delimiter = _header(path)
-    if target is not None and target not in names:
-        raise DataError(f"{path} has no column {target!r}; its columns are: {', '.join(names)}")
+    for column in [target, *(features or [])]:
+        if column is not None and column not in names:
+            raise DataError(f"{path} has no column {column!r}; its columns are: {', '.join(names)}")
     if target is None and required_target:
         raise DataError(f"name the target column with --target (columns of {path}: {', '.join(names)})")
     target_index = names.index(target) if target is not None else None
-    feature_index = [i for i in range(len(names)) if i != target_index]
+    feature_index = [names.index(c) for c in features] if features is not None else \
+        [i for i in range(len(names)) if i != target_index]
     if not feature_index:
         raise DataError(f"{path} has no feature columns besides the target {target!r}")
-    kwargs = dict(delimiter=delimiter, skiprows=1, quotechar='"', encoding="utf-8-sig")
+    kwargs = {"delimiter": delimiter, "skiprows": 1, "quotechar": "\"", "encoding": "utf-8-sig"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
@@ -213,9 +218,9 @@ def _numeric_table(path, X, y, feature_names, target_name):
     if y is not None and (y.ndim != 1 or y.shape[0] != X.shape[0]):
         raise DataError(f"{path}: the target must be 1-D with one value per row of X ({X.shape[0]}), "
                         f"got shape {y.shape}")
-    names = feature_names if feature_names and len(feature_names) == X.shape[1] else \
-        [f"x{i}" for i in range(X.shape[1])]
-    return Table(X, names, y, target_name)
+    named = bool(feature_names) and len(feature_names) == X.shape[1]
+    names = feature_names if named else [f"x{i}" for i in range(X.shape[1])]
+    return Table(X, names, y, target_name, named)
 
 
 # --- the target: classification or regression ---------------------------------------------------
