@@ -190,7 +190,7 @@ def train_digits(args):
     n_train = len(Xtr) - int(round((args.validation_split or 0) * len(Xtr)))
     fast_rate = len(steady) * n_train / sum(n_train / s for s in steady)
     print(f"\nheld-out accuracy {held_out['accuracy']:.4f}  (loss {held_out['loss']:.4f})")
-    print(f"time to first trained epoch (from fastbp's start: imports, JIT or cache load): {first_seconds:.2f} s")
+    print(f"time to first trained epoch (from fastbp's start, imports, JIT or cache load): {first_seconds:.2f} s")
     print(f"fastbp:          {fast_rate:>12,.0f} samples/s (epochs 2..{hist.epochs})")
     if not args.no_reference:
         Y = np.eye(10, dtype=net.dtype)[ytr]

@@ -246,3 +246,13 @@ def test_start_time_counts_from_fastbps_start_not_the_process():
                           capture_output=True, text=True, timeout=300, check=True)
     ours, process_age = map(float, proc.stdout.split())
     assert 0 < ours < process_age - 1.2  # the 1.5 s sleep (less /proc's 10 ms ticks) is not counted
+
+
+def test_bench_report_shows_targets_only_when_asked(capsys):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = os.path.join(root, "benchmarks", "results", "2026-11-25-fastbp-bench.json")
+    code, out, _ = run(["bench", "--from-json", results], capsys)
+    assert code == 0 and "speedup" in out and "64-128-10" in out
+    assert "MISS" not in out and "target" not in out
+    code, out, _ = run(["bench", "--from-json", results, "--targets"], capsys)
+    assert code == 0 and "target" in out and ("MISS" in out or " ok " in out)
