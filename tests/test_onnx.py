@@ -160,3 +160,16 @@ def test_skl2onnx_converts_a_regressor():
     reg = MLPRegressor(hidden_layer_sizes=(6,), max_iter=200, random_state=0, solver="lbfgs").fit(X, y)
     (pred,) = session(skl2onnx.to_onnx(reg, X[:1])).run(None, {"X": X})
     np.testing.assert_allclose(pred[:, 0], reg.predict(X), rtol=0, atol=1e-12)
+
+
+def test_deploy_example_quick(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "deploy_onnx.py"
+    spec = importlib.util.spec_from_file_location("deploy_onnx", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "labels identical" in out and "onnxruntime" in out
+    assert example.main(["--quick", "--min-accuracy", "1.01"]) == 1  # the gate can fail
