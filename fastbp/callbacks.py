@@ -127,13 +127,16 @@ class EarlyStopping(Callback):
         if restored:
             np.copyto(net.theta, self._best_params)
             np.copyto(net.bn_running, self._best_running)
-        if self.verbose and self._stopped_epoch is not None:
+        if self.verbose and (self._stopped_epoch is not None or restored):
             print(self.message(restored))
 
     def message(self, restored):
-        """The one line said when this callback stopped a fit (epochs 1-based)."""
+        """The one line said at the end of a fit this callback stopped, or whose best
+        epoch it restored (epochs 1-based)."""
         best = f"best {self._key} {self._best:.4g} at epoch {self._best_epoch + 1}"
         kept = f"restored epoch {self._best_epoch + 1}'s parameters" if restored else "kept the last parameters"
+        if self._stopped_epoch is None:
+            return f"early stopping: ran every epoch; {best}, {kept}"
         return (f"early stopping: no {self._key} improvement for {self.patience} epochs, stopped after "
                 f"epoch {self._stopped_epoch + 1}; {best}, {kept}")
 

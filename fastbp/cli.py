@@ -92,16 +92,18 @@ def _epoch_table(epochs, classification, first):
 
 def _fit(net, X, y, args, classification):
     """Fit with the command line's options; returns (History, time to first epoch)."""
+    import fastbp
     first = {}
     validation = {}
     if args.validation_split:
         validation = {"validation_split": args.validation_split,
                       "validation_shuffle": "stratify" if classification else True}
+    callbacks = [_epoch_table(args.epochs, classification, first)]
     try:
+        if args.early_stopping is not None:
+            callbacks.append(fastbp.EarlyStopping(args.early_stopping, verbose=True))
         hist = net.fit(X, y, optimizer=_optimizer(args), epochs=args.epochs, batch_size=args.batch_size,
-                       l2=args.l2, seed=args.seed, callbacks=[_epoch_table(args.epochs, classification, first)],
-                       early_stopping=args.early_stopping, verbose=1 if args.early_stopping else 0,
-                       **validation)
+                       l2=args.l2, seed=args.seed, callbacks=callbacks, **validation)
     except (ValueError, TypeError) as exc:
         raise _Fail(str(exc)) from None
     return hist, first.get("seconds")
@@ -169,7 +171,7 @@ def train_file(args):
         best = hist.best_epoch if hist.best_epoch is not None else len(hist.val_loss) - 1
         val = f"val_loss {hist.val_loss[best]:.4f}"
         val += f", val_acc {hist.val_accuracy[best]:.4f}" if classification else ""
-        print(f"validation rows (epoch {best + 1}): {val}")
+        print(f"validation rows: {val} (epoch {best + 1}, the model's parameters)")
     _write_outputs(net, hist, args, f"fastbp {net.sizes} on {os.path.basename(args.data)}")
     return 0
 

@@ -209,3 +209,19 @@ def test_no_gpu_message_names_the_extra_and_the_simulator(monkeypatch):
     monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
     reason = cuda_training._unavailable_reason()
     assert 'pip install "fastbp[cuda]"' in reason and "testing tool" in reason
+
+
+def test_early_stopping_says_when_it_restored_without_stopping(capsys):
+    from fastbp.training import FitContext, FitState, History
+    net = fastbp.MLP(SIZES)
+    stopper = fastbp.EarlyStopping(patience=3, verbose=True)
+    stopper.on_train_begin(net, FitContext(FitState(net.n_params, net.dtype), fastbp.Adam(), 4, True))
+    history = History()
+    for epoch, val in enumerate([0.5, 0.3, 0.4, 0.35]):  # best at epoch 2, never 3 bad epochs in a row
+        history.record(loss=1.0, accuracy=0.5, lr=1e-3, seconds=1.0, samples_per_second=1.0,
+                       grad_norm=[1.0], update_ratio=[1.0])
+        history.val_loss.append(val)
+        assert not stopper.on_epoch_end(net, epoch, history)
+    stopper.on_train_end(net, history)
+    assert capsys.readouterr().out == ("early stopping: ran every epoch; best val_loss 0.3 at epoch 2, "
+                                       "restored epoch 2's parameters\n")
