@@ -300,7 +300,7 @@ def _label_codes(net, y, source):
         return values.astype(np.int64)
     labels = np.char.strip(y.astype(str))
     known = {str(c): i for i, c in enumerate(net.classes)}
-    unknown = [v for v in np.unique(labels) if v not in known]
+    unknown = [str(v) for v in np.unique(labels) if v not in known]
     if unknown:
         raise _Fail(f"{source}: the target holds the label {unknown[0]!r}, which the model was not trained on "
                     f"(its classes: {', '.join(map(str, net.classes))})")

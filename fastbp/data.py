@@ -260,7 +260,7 @@ def encode_labels(y, source):
         labels = values
     classes, codes = np.unique(labels, return_inverse=True)
     if classes.size < 2:
-        raise DataError(f"{source}: the target holds one class only ({classes[0]!r}); "
+        raise DataError(f"{source}: the target holds one class only ({str(classes[0])!r}); "
                         "a classifier needs at least two")
     return classes, codes.astype(np.int64)
 

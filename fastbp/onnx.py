@@ -78,16 +78,17 @@ def to_model(net, dtype=None):
     if net.standardizer is not None:
         a = node("Sub", [a, const("feature_mean", net.standardizer.mean)], "centred")
         a = node("Div", [a, const("feature_scale", net.standardizer.scale)], "standardised")
-    for l, (W, b, activation) in enumerate(inference_layers(net), start=1):
-        z = node("Gemm", [a, const(f"W{l}", W), const(f"b{l}", b)], f"z{l}")
+    for layer, (W, b, activation) in enumerate(inference_layers(net), start=1):
+        z = node("Gemm", [a, const(f"W{layer}", W), const(f"b{layer}", b)], f"z{layer}")
         if activation == "identity":
             a = z
         elif activation == "softmax":
-            a = node("Softmax", [z], f"a{l}", axis=1)
+            a = node("Softmax", [z], f"a{layer}", axis=1)
         elif activation == "leaky_relu":  # LeakyRelu has no float64 kernel in onnxruntime
-            a = node("Max", [z, node("Mul", [z, const(f"slope{l}", spec.LEAKY_SLOPE)], f"scaled_z{l}")], f"a{l}")
+            scaled = node("Mul", [z, const(f"slope{layer}", spec.LEAKY_SLOPE)], f"scaled_z{layer}")
+            a = node("Max", [z, scaled], f"a{layer}")
         else:
-            a = node(_HIDDEN_OPS[activation], [z], f"a{l}")
+            a = node(_HIDDEN_OPS[activation], [z], f"a{layer}")
     outputs = _output_nodes(net, a, node, const, elem)
     graph = helper.make_graph(nodes, f"fastbp_mlp_{'x'.join(map(str, net.sizes))}",
                               [helper.make_tensor_value_info("X", elem, ["N", net.n_features])],

@@ -256,3 +256,14 @@ def test_bench_report_shows_targets_only_when_asked(capsys):
     assert "MISS" not in out and "target" not in out
     code, out, _ = run(["bench", "--from-json", results, "--targets"], capsys)
     assert code == 0 and "target" in out and ("MISS" in out or " ok " in out)
+
+
+def test_evaluate_with_labels_the_model_never_saw(tmp_path, class_csv, blobs, capsys):
+    X, _ = blobs
+    model = tmp_path / "m.npz"
+    assert run(["train", class_csv, "--target", "species", "--hidden", "4", "--epochs", "1", "--save", model],
+               capsys)[0] == 0
+    other = write_csv(tmp_path / "other.csv", ["width", "mass", "tint", "species"],
+                      [[*x, "daisy"] for x in X[:3]])
+    code, _, err = run(["evaluate", model, other, "--target", "species"], capsys)
+    assert code == 2 and "holds the label 'daisy', which the model was not trained on" in err
