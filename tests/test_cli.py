@@ -267,3 +267,23 @@ def test_evaluate_with_labels_the_model_never_saw(tmp_path, class_csv, blobs, ca
                       [[*x, "daisy"] for x in X[:3]])
     code, _, err = run(["evaluate", model, other, "--target", "species"], capsys)
     assert code == 2 and "holds the label 'daisy', which the model was not trained on" in err
+
+
+def test_a_csv_is_not_held_twice(tmp_path):
+    """Reading peaks near the size of the arrays it returns (no rows of Python objects)."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(20000, 6))
+    rows[:, -1] = rng.integers(0, 3, len(rows))
+    path = tmp_path / "big.csv"
+    with open(path, "w") as f:
+        f.write("a,b,c,d,e,label\n")
+        np.savetxt(f, rows, delimiter=",", fmt="%.6g")
+    tracemalloc.start()
+    try:
+        table = data.read_table(path, "label")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert table.X.shape == (20000, 5)
+    assert peak < 1.5 * table.X.nbytes + table.y.nbytes + 2 ** 18
