@@ -266,9 +266,9 @@ class MLP:
             ``f(net, epoch, history)`` or ``fastbp.callbacks.Callback`` objects, run
             after each epoch; returning True stops training.
         verbose : 0, 1, 2 or "bar"
-            0 quiet; 1 progress: a tqdm bar in a terminal, a widget bar in Jupyter
-            (with ipywidgets), else one line per epoch; ``"bar"`` the tqdm bar always;
-            2 one line per epoch.
+            0 quiet; 1 progress: a tqdm bar in a terminal, in Jupyter a widget bar
+            (with ipywidgets) or one line per epoch, nothing in logs and pipes;
+            ``"bar"`` the tqdm bar always; 2 one line per epoch.
         warm_start : bool
             Continue from the optimizer state and epoch count of the previous fit
             (or of :meth:`load`): epoch e's shuffle is ``default_rng([seed, e])`` and
