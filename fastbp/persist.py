@@ -116,6 +116,7 @@ def save(net, path):
         arrays["bn_running"] = net.bn_running
     if net.fit_state is not None:
         arrays.update(state1=net.fit_state.state1, state2=net.fit_state.state2, step=net.fit_state.step)
+    arrays.update(_metadata_arrays(net))
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(directory)
     fd, tmp = _create_temporary(directory)
@@ -205,21 +206,9 @@ def _finite(name, arr):
 
 
 def _read_header(archive, file_size):
-    try:
-        info = archive.getinfo("header.npy")
-    except KeyError:
-        raise _Malformed("no JSON header") from None
-    if info.file_size > 4 * MAX_HEADER_CHARS + 1024:
-        raise _Malformed("header too large")
-    with archive.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(f)
-    if shape != () or dtype.kind != "U" or dtype.itemsize > 4 * MAX_HEADER_CHARS:
+    if "header.npy" not in archive.namelist():
         raise _Malformed("no JSON header")
-    text = str(_member(archive, "header", dtype, (), file_size)[()])
-    header = json.loads(text)
+    header = _json_member(archive, "header", file_size)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _Malformed("not a fastbp model (header format field)")
     version = _require(header, "format_version", int)
@@ -270,6 +259,7 @@ def _read(archive, header, file_size):
         if not (math.isfinite(lr_scale) and lr_scale > 0):
             raise _Malformed(f"lr_scale must be a finite number > 0, got {lr_scale!r}")
         arrays["optimizer"] = optimizer
+    arrays.update(_read_metadata(archive, sizes, file_size))
     return arrays
 
 
@@ -297,3 +287,61 @@ def load(path):
         with zipfile.ZipFile(path) as archive:
             header = _read_header(archive, file_size)
             return header, _read(archive, header, file_size)
+
+
+# --- optional metadata: feature names, class labels, standardisation ------------------------
+# Kept apart from the format above: a JSON string array ``metadata`` ({"feature_names":
+# [...] or null, "classes": [...] or null}) and, with a standardizer, the float64 arrays
+# ``standardizer_mean`` / ``standardizer_scale``. Files without them load as before.
+
+
+def _metadata_arrays(net):
+    arrays = {}
+    if net.feature_names is not None or net.classes is not None:
+        classes = None if net.classes is None else np.asarray(net.classes).tolist()
+        names = None if net.feature_names is None else [str(n) for n in net.feature_names]
+        arrays["metadata"] = np.array(json.dumps({"feature_names": names, "classes": classes}))
+    if net.standardizer is not None:
+        arrays.update(standardizer_mean=net.standardizer.mean, standardizer_scale=net.standardizer.scale)
+    return arrays
+
+
+def _json_member(archive, name, file_size):
+    """The JSON string stored as the 0-d unicode array ``name`` (size-checked first)."""
+    info = archive.getinfo(name + ".npy")
+    if info.file_size > 4 * MAX_HEADER_CHARS + 1024:
+        raise _Malformed(f"{name} too large")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    if shape != () or dtype.kind != "U" or dtype.itemsize > 4 * MAX_HEADER_CHARS:
+        raise _Malformed(f"{name} is not a JSON string")
+    return json.loads(str(_member(archive, name, dtype, (), file_size)[()]))
+
+
+def _read_metadata(archive, sizes, file_size):
+    """The optional metadata members, checked against the architecture: ``metadata``
+    ({"feature_names", "classes"}) and ``standardizer`` ((mean, scale) float64 arrays)."""
+    arrays = {}
+    names = set(archive.namelist())
+    if "metadata.npy" in names:
+        meta = _json_member(archive, "metadata", file_size)
+        if not isinstance(meta, dict):
+            raise _Malformed("metadata is not a JSON object")
+        features, classes = meta.get("feature_names"), meta.get("classes")
+        if features is not None and (not isinstance(features, list) or len(features) != sizes[0]
+                                     or not all(isinstance(n, str) for n in features)):
+            raise _Malformed(f"metadata: {len(features) if isinstance(features, list) else features!r} "
+                             f"feature names for {sizes[0]} inputs")
+        if classes is not None and (not isinstance(classes, list) or
+                                    len(classes) != (2 if sizes[-1] == 1 else sizes[-1])):
+            raise _Malformed(f"metadata: {len(classes) if isinstance(classes, list) else classes!r} "
+                             f"class labels for {sizes[-1]} outputs")
+        arrays["metadata"] = {"feature_names": features, "classes": classes}
+    if "standardizer_mean.npy" in names:
+        arrays["standardizer"] = tuple(
+            _finite(name, _member(archive, name, np.float64, (sizes[0],), file_size))
+            for name in ("standardizer_mean", "standardizer_scale"))
+    return arrays

@@ -211,6 +211,11 @@ class History:
         from .plotting import plot_history  # matplotlib is optional: imported on use
         return plot_history(self, path, title)
 
+    def _repr_png_(self):
+        """Jupyter shows a History as its learning curves (None without matplotlib)."""
+        from .plotting import history_png
+        return history_png(self)
+
     def __repr__(self):
         last = f", last loss {self.loss[-1]:.4g}" if self.loss else ""
         return f"History({self.epochs} epochs{last})"
@@ -239,14 +244,49 @@ def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
 
 
 def _progress_bar(verbose, epochs):
-    """A tqdm bar for ``verbose=1`` (shown only when stderr is a terminal) or
-    ``verbose="bar"`` (always); None otherwise."""
+    """Progress for ``verbose=1``: a tqdm bar when stderr is a terminal; in a Jupyter
+    kernel the notebook widget bar (``tqdm.notebook``, with ipywidgets installed) or,
+    without a widget frontend, one printed line per epoch; nothing otherwise (logs,
+    pipes). ``verbose="bar"``: a ``tqdm.auto`` bar always. None for other levels."""
     if verbose not in (1, "bar"):
         return None
     if verbose == 1 and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
+        if not _in_jupyter_kernel():
+            return None
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook draws with it)
+            from tqdm.notebook import tqdm as notebook_tqdm
+        except ImportError:
+            return _EpochLines(epochs)
+        return notebook_tqdm(total=epochs, unit="epoch", leave=True)
     from tqdm.auto import tqdm
     return tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=True)
+
+
+def _in_jupyter_kernel():
+    """True inside an IPython kernel (Jupyter, VS Code notebooks), whose stderr is no TTY."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class _EpochLines:
+    """The progress-bar calls ``run_epochs`` makes, answered with one printed line per
+    epoch (for notebooks without a widget frontend)."""
+
+    def __init__(self, epochs):
+        self.epochs, self.done, self.logs = epochs, 0, {}
+
+    def set_postfix(self, logs, refresh=False):
+        self.logs = dict(logs)
+
+    def update(self, n=1):
+        self.done += n
+        logs = "  ".join(f"{k} {v}" for k, v in self.logs.items())
+        print(f"epoch {self.done:>4}/{self.epochs}  {logs}", flush=True)
+
+    def close(self):
+        pass
 
 
 def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, l1, l2, clip_norm,
