@@ -135,9 +135,9 @@ def test_inference_in_row_chunks_gives_the_same_result(monkeypatch):
 def test_gradients_from_several_threads():
     """Two threads asking one network for gradients of equally sized batches get their own
     (no shared scratch space)."""
-    net = fastbp.MLP([8, 64, 5], seed=0, dtype="float64")
-    batches = [data(200, seed=s) for s in range(6)]
-    batches = [(np.random.default_rng(s).normal(size=(200, 8)), y) for s, (_, y) in enumerate(batches)]
+    net = fastbp.MLP([8, 256, 256, 5], seed=0, dtype="float64")  # long enough compiled calls to overlap
+    batches = [(np.random.default_rng(s).normal(size=(1000, 8)), np.random.default_rng(s).integers(0, 5, 1000))
+               for s in range(6)]
     expected = [net.flat_gradient(X, y)[1] for X, y in batches]
     wrong = []
 
