@@ -99,6 +99,9 @@ def _fit(net, X, y, args, classification):
         validation = {"validation_split": args.validation_split,
                       "validation_shuffle": "stratify" if classification else True}
     callbacks = [_epoch_table(args.epochs, classification, first)]
+    notice = fastbp.cpu_training.compile_notice()
+    if notice:
+        print(notice, flush=True)
     try:
         if args.early_stopping is not None:
             callbacks.append(fastbp.EarlyStopping(args.early_stopping, verbose=True))
