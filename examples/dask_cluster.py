@@ -11,7 +11,7 @@
 5. The scaling model time/iteration = compute / workers + latency + θ-sized transfers,
    filled with the measured figures: predicted speed-up for 1 … 64 workers.
 
-    python examples/dask_cluster.py            # + a 20,000 × 128 synthetic problem for the scaling figures
+    python examples/dask_cluster.py            # + a 20,000 × 128 synthetic problem (made on the workers)
     python examples/dask_cluster.py --quick    # CI: digits only
 
 Exits non-zero if a check fails. Timings on a shared machine are noisy; the LocalCluster's
@@ -87,34 +87,51 @@ def exact_lbfgs(client, da, results, max_iter):
 
 
 def measure(client, da, results, X, y, sizes, label, iterations):
-    """Per-evaluation time, one process and distributed; bytes per evaluation."""
+    """Per-evaluation time, one process (one BLAS thread, like each worker) and
+    distributed; bytes per evaluation. X, y: dask arrays; their local copies time the
+    single process."""
+    from threadpoolctl import threadpool_limits
     print(f"2. per-evaluation cost, {label}: {X.shape[0]:,} rows, network {sizes}")
+    Xl, yl = client.compute([X, y], sync=True)
     net = fastbp.MLP(sizes, dtype="float64", seed=0)
-    net.flat_gradient(X, y)  # compile / load from cache
     single = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        net.flat_gradient(X, y, l2=1e-4)
-        single.append(time.perf_counter() - t0)
+    with threadpool_limits(1):
+        net.flat_gradient(Xl, yl)  # compile / load from cache
+        for _ in range(7):
+            t0 = time.perf_counter()
+            net.flat_gradient(Xl, yl, l2=1e-4)
+            single.append(time.perf_counter() - t0)
     compute = statistics.median(single)
-    half = -(-X.shape[0] // 2)
-    Xd, yd = da.from_array(X, chunks=(half, -1)), da.from_array(y, chunks=half)
-    fd.fit_lbfgs(net.copy(), Xd, yd, client, l2=1e-4, max_iter=2)  # warm the workers' kernels
+    fd.fit_lbfgs(net.copy(), X, y, client, l2=1e-4, max_iter=2)  # warm the workers' kernels
+    from distributed import get_task_stream
     before = worker_transfer_bytes(client)
-    history = fd.fit_lbfgs(net, Xd, yd, client, l2=1e-4, max_iter=iterations)
+    with get_task_stream(client) as stream:
+        history = fd.fit_lbfgs(net, X, y, client, l2=1e-4, max_iter=iterations)
+    chunk_seconds = statistics.median(
+        part["stop"] - part["start"] for task in stream.data if str(task["key"]).startswith("_chunk_sums")
+        for part in task["startstops"] if part["action"] == "compute")
     worker_bytes = (worker_transfer_bytes(client) - before) / history.evaluations
     distributed_time = sum(history.seconds) / history.evaluations
     sent = sum(history.bytes_sent) / history.evaluations
     received = sum(history.bytes_received) / history.evaluations
     vector = (net.n_params + 1) * 8
     check(results, "client receives one θ-sized vector per evaluation", received == vector,
-          f"{received:,.0f} B received, {sent:,.0f} B sent (θ to each of 2 chunks); workers sent "
-          f"{worker_bytes:,.0f} B (tree + result; X is {X.nbytes:,} B)")
+          f"{received:,.0f} B received, {sent:,.0f} B sent (θ to each of {history.n_chunks} chunks); workers sent "
+          f"{worker_bytes:,.0f} B (tree + result; X is {Xl.nbytes:,} B)")
     check(results, "no chunk crossed the network", worker_bytes < 4 * vector, f"{worker_bytes / vector:.1f} θ-sizes")
-    print(f"  one process: {compute * 1e3:.1f} ms per evaluation; LocalCluster, 2 workers: "
-          f"{distributed_time * 1e3:.1f} ms ({compute / distributed_time:.2f}× of one process)")
+    print(f"  one process, one thread: {compute * 1e3:.1f} ms per evaluation; LocalCluster, 2 workers: "
+          f"{distributed_time * 1e3:.1f} ms ({compute / distributed_time:.2f}× of one process); "
+          f"{history.evaluations / history.iterations:.2f} evaluations per L-BFGS iteration; one chunk's "
+          f"task on its worker: {chunk_seconds * 1e3:.1f} ms (an undisturbed core: {compute / 2 * 1e3:.1f} ms)")
     return {"compute": compute, "distributed": distributed_time, "theta_bytes": net.n_params * 8,
             "rows": X.shape[0], "label": label}
+
+
+def synthetic(da, rows, features, classes):
+    """A learnable synthetic problem generated on the workers (two row chunks)."""
+    weights = np.random.default_rng(1).standard_normal((features, classes))
+    X = da.random.default_rng(0).standard_normal((rows, features), chunks=(-(-rows // 2), -1))
+    return X, (X @ weights).argmax(axis=1)
 
 
 def averaging(client, da, results, epochs):
@@ -161,30 +178,39 @@ def estimators(client, da, results):
               f"5 passes over {len(Xd.chunks[0])} blocks, training accuracy {score:.3f}")
 
 
-def scaling_table(figures, hop):
-    """time(w) = compute / w + latency(w) + transfers(w) / bandwidth, from the measured figures."""
+def scaling_table(figures, measured_hop, quiet_hop=0.005):
+    """time(w) = compute / w + hop · (2 + ⌈log2 w⌉) + θ-sized transfers / bandwidth, with the
+    hop latency measured here and with ``quiet_hop`` (distributed's documentation: about
+    1 ms of overhead per task, under 10 ms for a small task with a network round trip)."""
     compute, theta = figures["compute"], figures["theta_bytes"]
-    # what the 2-worker LocalCluster spent beyond compute / 2: scheduler and serialisation overhead
-    overhead = max(figures["distributed"] - compute / 2, hop)
 
-    def latency(w):
-        return overhead + hop * (max(math.ceil(math.log2(w)), 1) - 1)
+    def latency(w, hop):  # the chunk tasks, one level per tree level, the gather to the client
+        return hop * (2 + math.ceil(math.log2(w)))
 
     def transfers(w):  # θ to every worker, one vector per tree level, the sum to the client
         return theta * (w + math.ceil(math.log2(w)) + 1) / BANDWIDTH
 
-    print(f"5. scaling model, {figures['label']}: time/iteration = {compute * 1e3:.1f} ms / workers + "
-          f"{overhead * 1e3:.1f} ms + {hop * 1e3:.1f} ms per extra tree level + θ transfers "
-          f"({theta:,} B at {BANDWIDTH / 1e9:.2f} GB/s)")
-    print("   workers | time/iteration | predicted speed-up")
+    def predicted(w, hop):
+        return compute / w + latency(w, hop) + transfers(w) if w > 1 else compute
+
+    print(f"5. scaling model, {figures['label']}: time/evaluation = {compute * 1e3:.1f} ms / workers + "
+          f"hop × (2 + ⌈log2 workers⌉) + θ transfers ({theta:,} B each, {BANDWIDTH / 1e9:.2f} GB/s)")
+    print(f"   check on this LocalCluster (hop measured {measured_hop * 1e3:.1f} ms): model "
+          f"{predicted(2, measured_hop) * 1e3:.1f} ms at 2 workers, measured {figures['distributed'] * 1e3:.1f} ms "
+          "(2 workers, client and scheduler share this machine's cores)")
+    hops = (measured_hop, quiet_hop)
+    print(f"   workers | hop {hops[0] * 1e3:.1f} ms (measured): time, speed-up | "
+          f"hop {hops[1] * 1e3:.0f} ms (assumed): time, speed-up")
     for w in WORKERS:
-        t = compute / w + latency(w) + transfers(w) if w > 1 else compute
-        print(f"   {w:7d} | {t * 1e3:11.1f} ms | {compute / t:6.2f}×")
-    for w in (8, 64):
-        need = w * (latency(w) + transfers(w))  # compute / w >= overhead: at least 50 % efficiency
-        rows = need / compute * figures["rows"]
-        print(f"   {w} workers at >= 50 % efficiency need >= {need:.2f} s of single-process compute per "
-              f"iteration: >= {rows:,.0f} rows of this network")
+        cells = [f"{predicted(w, h) * 1e3:9.1f} ms {compute / predicted(w, h):6.2f}×" for h in hops]
+        print(f"   {w:7d} | {cells[0]:>28} | {cells[1]:>28}")
+    for hop in hops:
+        for w in (8, 64):
+            need = w * (latency(w, hop) + transfers(w))  # compute / w >= the rest: >= 50 % efficiency
+            rows = need / compute * figures["rows"]
+            print(f"   hop {hop * 1e3:.1f} ms, {w} workers at >= 50 % efficiency: >= {need:.2f} s of one-core "
+                  f"compute per evaluation, >= {rows:,.0f} rows of this network, "
+                  f"rows × parameters >= {rows * theta / 8:.1e}")
 
 
 def main(argv=None, client=None):
@@ -203,12 +229,10 @@ def main(argv=None, client=None):
         client.wait_for_workers(2)
         exact_lbfgs(client, da, results, max_iter=15 if args.quick else 30)
         X, y = load_digits()
-        figures = measure(client, da, results, X / 16.0, y, [64, 32, 10], "digits", 10 if args.quick else 20)
+        figures = measure(client, da, results, da.from_array(X / 16.0, chunks=(900, -1)), da.from_array(y, chunks=900),
+                          [64, 32, 10], "digits", 10 if args.quick else 20)
         if not args.quick:
-            rng = np.random.default_rng(0)
-            Xs = rng.standard_normal((20_000, 128))
-            ys = (Xs @ rng.standard_normal((128, 10))).argmax(axis=1)
-            figures = measure(client, da, results, Xs, ys, [128, 64, 10], "synthetic", 10)
+            figures = measure(client, da, results, *synthetic(da, 20_000, 128, 10), [128, 64, 10], "synthetic", 10)
         averaging(client, da, results, epochs=20)
         estimators(client, da, results)
         scaling_table(figures, hop_latency(client))
