@@ -389,7 +389,8 @@ class _BaseMLP(BaseEstimator):
             state["_saved_parameters"] = (net.theta.copy(), net.bn_running.copy())
         if net is not None and net.fit_state is not None:
             fs = net.fit_state
-            state["_saved_fit_state"] = (net.fit_optimizer, fs.grad, fs.state1, fs.state2, fs.step)
+            state["_saved_fit_state"] = (net.fit_optimizer, fs.grad, fs.state1, fs.state2, fs.step,
+                                         fs.epochs_done, fs.lr_scale)
         return state
 
     def __setstate__(self, state):
@@ -404,9 +405,10 @@ class _BaseMLP(BaseEstimator):
             net = self._synced_net()
             self._expose(net)
             if saved is not None:
-                optimizer, grad, state1, state2, step = saved
+                optimizer, grad, state1, state2, step, epochs_done, lr_scale = saved
                 fs = FitState(net.n_params, net.dtype)
                 fs.grad[...], fs.state1[...], fs.state2[...], fs.step[...] = grad, state1, state2, step
+                fs.epochs_done, fs.lr_scale = epochs_done, lr_scale  # the shuffle and schedule go on
                 net.fit_state, net.fit_optimizer = fs, optimizer
 
     # --- training ------------------------------------------------------------------------

@@ -236,8 +236,6 @@ def test_dask_ml_incremental_streams_blocks_through_partial_fit(client):
     assert incremental.score(Xd, yd) == pytest.approx(local.score(X, y))
 
 
-@pytest.mark.xfail(strict=True, reason="fastbp.sklearn's __getstate__ drops fit_state.epochs_done (and lr_scale): "
-                                       "after a pickle round trip partial_fit shuffles as in epoch 0")
 @pytest.mark.filterwarnings("ignore")
 def test_partial_fit_continues_exactly_after_pickling():
     """What Dask does between tasks (ship the estimator) must not change the training."""

@@ -170,3 +170,23 @@ def test_device_message_is_current(blobs):
     with pytest.raises(ValueError, match="device") as info:
         MLPClassifier(device="cuda").fit(X, y)
     assert "not available" not in str(info.value)
+
+
+# --- pickling between partial fits ---------------------------------------------------------
+
+
+def test_partial_fit_after_pickle_round_trip_equals_straight_run(blobs):
+    """A pickle round trip keeps the epoch count (it seeds the shuffle) and lr_scale."""
+    import pickle
+    X, y = blobs
+    kw = dict(hidden_layer_sizes=(5,), random_state=0, batch_size=16, solver="adam")
+    straight, shipped = MLPClassifier(**kw), MLPClassifier(**kw)
+    for estimator in (straight, shipped):
+        estimator.partial_fit(X, y, classes=np.arange(3))
+    shipped._net.fit_state.lr_scale = straight._net.fit_state.lr_scale = 0.5
+    shipped = pickle.loads(pickle.dumps(shipped))
+    assert shipped._net.fit_state.epochs_done == 1 and shipped._net.fit_state.lr_scale == 0.5
+    straight.partial_fit(X, y)
+    shipped.partial_fit(X, y)
+    for a, b in zip([*straight.coefs_, *straight.intercepts_], [*shipped.coefs_, *shipped.intercepts_]):
+        np.testing.assert_array_equal(a, b)
