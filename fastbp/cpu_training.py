@@ -126,7 +126,8 @@ class CpuEngine:
         return float(self.work.sums[0]), int(self.work.counts[0])
 
     def finite(self):
-        return bool(np.isfinite(self.net.theta).all())
+        """θ and the optimizer's moments: an Adam/RMSprop v that overflowed to inf freezes θ."""
+        return all(bool(np.isfinite(buffer).all()) for buffer in (self.net.theta, self.state.state1, self.state.state2))
 
     def diagnostics(self):
         return self.optimizer.diagnostics

@@ -188,6 +188,22 @@ def test_divergence_restores_previous_epoch():
     assert hist.stopped_early and hist.epochs < 5
 
 
+@pytest.mark.filterwarnings("ignore::fastbp.GradientWarning")
+@pytest.mark.parametrize("optimizer", [fastbp.Adam(0.01), fastbp.RMSprop(0.01)])
+def test_second_moment_overflow_is_divergence(optimizer):
+    """Squared float32 gradients of ~1e21 overflow v to inf: θ would silently freeze."""
+    X, Y = make_data(20, [3, 4, 1], "identity", np.float32)
+    X, Y = X * 1e4, Y * 1e17
+    net = fastbp.MLP([3, 4, 1], output="identity", activation="identity", seed=0)
+    net.fit(X / 1e4, Y / 1e17, loss="mse", optimizer=optimizer, epochs=1, batch_size=None)
+    before = net.theta.copy()
+    with pytest.warns(RuntimeWarning, match="training diverged in epoch 1"):
+        hist = net.fit(X, Y, loss="mse", optimizer=optimizer, epochs=3, batch_size=None)
+    assert hist.epochs == 0 and hist.stopped_early
+    np.testing.assert_array_equal(net.theta, before)
+    assert np.isfinite(net.fit_state.state2).all() and np.isfinite(net.fit_state.state1).all()
+
+
 # --- validation -------------------------------------------------------------------------
 
 
