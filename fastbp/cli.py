@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from . import spec
 from .data import DataError
 
 EXIT_BAD_INPUT = 2
@@ -242,12 +243,12 @@ def predict(args):
     net = _load_model(args.model)
     X, _ = _read_for_model(net, args.data, None, required_target=False)
     if args.proba:
-        if net.output == "identity":
+        if net.output in spec.REGRESSION_OUTPUTS:
             raise _Fail(f"{args.model} is a regression model: it has no probabilities (drop --proba)")
         values = net.predict_proba(X)
         classes = net.classes if net.classes is not None else np.arange(values.shape[1])
         header = [f"p_{c}" for c in classes]
-    elif net.output == "identity":
+    elif net.output in spec.REGRESSION_OUTPUTS:
         values = net.predict(X).reshape(X.shape[0], -1)
         header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
     else:
@@ -281,11 +282,11 @@ def evaluate(args):
     from . import data
     net = _load_model(args.model)
     X, table = _read_for_model(net, args.data, args.target, required_target=True)
-    if net.output == "identity":
+    if net.output in spec.REGRESSION_OUTPUTS:
         y = data.regression_target(table.y, args.data, table.target_name)
         result = net.evaluate(X, y)
-        print(f"{args.data}: {X.shape[0]} rows  loss (mse) {result['loss']:.6g}  "
-              f"R² {_r2(y, net.predict(X)):.4f}")
+        print(f"{args.data}: {X.shape[0]} rows  loss ({'poisson' if net.output == 'exp' else 'mse'}) "
+              f"{result['loss']:.6g}  R² {_r2(y, net.predict(X)):.4f}")
         return 0
     y = _label_codes(net, table.y, args.data)
     result = net.evaluate(X, y)

@@ -96,7 +96,8 @@ def _column_mismatch(names, fitted):
             f"unexpected {extra}")
 
 
-DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}
+DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse",
+                "exp": "poisson"}
 PREDICT_CHUNK = 1024
 
 
@@ -110,7 +111,7 @@ class MLP:
     activation : str or sequence of str
         Hidden-layer activation(s): identity, sigmoid, tanh, relu, leaky_relu.
     output : str
-        Output activation: softmax, sigmoid or identity.
+        Output activation: softmax, sigmoid, identity or exp (Poisson regression, CPU only).
     init : str
         Weight initialisation (see ``fastbp.init``): he, xavier/glorot, *_uniform, *_normal.
     seed : int
@@ -257,6 +258,11 @@ class MLP:
         loss = DEFAULT_LOSS[self.output] if loss is None else loss
         return loss, spec.resolve_loss(loss, self.output)
 
+    def _refuse_cpu_only_output(self, device):
+        if device == "cuda" and self.output in spec.CPU_ONLY_OUTPUTS:
+            raise ValueError(f"the {self.output} output (with the poisson loss) runs on the CPU only so far; "
+                             "use device='cpu'")
+
     def _targets(self, y, n, loss_code):
         try:
             return check_targets(y, n, self.output, self.n_outputs, self.dtype, loss_code != spec.MSE)
@@ -352,6 +358,7 @@ class MLP:
         raise counts as completed.
         """
         X, validation_data, feature_names = self._fit_input(X, validation_data)
+        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
@@ -453,7 +460,7 @@ class MLP:
         rng = np.random.default_rng([seed, 2])
         if how is True:
             return np.sort(rng.permutation(Y.shape[0])[:n_val])
-        if self.output == "identity":
+        if self.output in spec.REGRESSION_OUTPUTS:
             raise ValueError("validation_shuffle='stratify' needs class labels; this network regresses")
         from sklearn.model_selection import train_test_split
         _, val_rows = train_test_split(np.arange(Y.shape[0]), test_size=n_val, stratify=self._row_classes(Y),
@@ -468,7 +475,7 @@ class MLP:
 
     def _warn_one_class(self, Yv, validation_split, how):
         import warnings
-        if self.output == "identity" or np.unique(self._row_classes(Yv)).size > 1:
+        if self.output in spec.REGRESSION_OUTPUTS or np.unique(self._row_classes(Yv)).size > 1:
             return
         rows = "the last" if how is False else "the"
         warnings.warn(f"validation_split={validation_split} took {rows} {Yv.shape[0]} rows, which hold one "
@@ -571,6 +578,7 @@ class MLP:
     def forward(self, X, device="cpu"):
         """Output activations a^L for every row of X (compiled, in chunks; on the GPU
         with ``device="cuda"``)."""
+        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         X = self._input(X)
         X = check_features(X, self.n_features, self.dtype)
@@ -589,7 +597,7 @@ class MLP:
     def predict_proba(self, X, device="cpu"):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
         (p per unit for several)."""
-        if self.output == "identity":
+        if self.output in spec.REGRESSION_OUTPUTS:
             raise ValueError("predict_proba needs a softmax or sigmoid output; this network regresses")
         p = self.forward(X, device)
         if self.output == "sigmoid" and self.n_outputs == 1:
@@ -608,6 +616,7 @@ class MLP:
 
     def evaluate(self, X, y, loss=None, device="cpu"):
         """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers)."""
+        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = self._input(X)
@@ -621,7 +630,7 @@ class MLP:
         else:
             total, correct = self._loss_sum(X, Y, loss_code)
         result = {"loss": total / X.shape[0]}
-        if self.output != "identity":
+        if self.output not in spec.REGRESSION_OUTPUTS:
             result["accuracy"] = correct / X.shape[0]
         return result
 

@@ -60,9 +60,8 @@ Deviations (besides scikit-learn's private internals -- ``_forward_pass``,
 * ``sample_weight`` with unequal (or non-positive) weights raises
   ``NotImplementedError``: it needs per-sample weights inside fastbp's compiled
   epoch, which ``fastbp.reference`` defines but the kernels do not have yet.
-* ``MLPRegressor(loss="poisson")`` (exp output, half Poisson deviance) raises
-  ``NotImplementedError`` for the same reason; the estimator code is in place and
-  runs once the kernels implement the exp output (``spec.OUTPUT_ACTIVATIONS``).
+* ``MLPRegressor(loss="poisson")`` (exp output, half Poisson deviance) runs on the
+  CPU only (``device="cuda"`` raises ``ValueError``).
 * After a diverging fit the parameters are the last finite ones (fastbp rolls the
   diverging epoch back), where sklearn leaves non-finite ones.
 * A class too small to stratify the early-stopping split is named by its original
@@ -99,7 +98,6 @@ try:
 except ImportError as error:  # scikit-learn < 1.6
     raise ImportError("fastbp.sklearn needs scikit-learn >= 1.6") from error
 
-from fastbp import spec
 from fastbp.network import MLP
 from fastbp.optimizers import SGD, Adam, Momentum, Nesterov
 from fastbp.training import FitState
@@ -751,8 +749,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     A drop-in for ``sklearn.neural_network.MLPRegressor`` (squared error, one or
     several outputs); see :class:`MLPClassifier` and the module docstring.
-    ``loss="poisson"`` raises NotImplementedError until the compiled kernels have
-    the exp output (the module docstring says why).
+    ``loss="poisson"``: exp output and half Poisson deviance, as scikit-learn's (CPU only).
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
@@ -770,10 +767,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _check_params(self):
         _check_option("loss", self.loss, {"squared_error", "poisson"})
-        if self.loss == "poisson" and "exp" not in spec.OUTPUT_ACTIVATIONS:
-            raise NotImplementedError("loss='poisson' (exp output, half Poisson deviance) is in fastbp's "
-                                      "reference but not yet in its compiled kernels; use "
-                                      "loss='squared_error'.")
         super()._check_params()
 
     def _is_classifier(self):

@@ -13,7 +13,7 @@ TANH = 2
 RELU = 3
 LEAKY_RELU = 4
 SOFTMAX = 5  # output layer only
-EXP = 6  # output layer only (Poisson regression); reference only, see OUTPUT_ACTIVATIONS
+EXP = 6  # output layer only (Poisson regression); CPU kernels only
 
 ACTIVATIONS = {
     "identity": IDENTITY,
@@ -27,10 +27,13 @@ ACTIVATIONS = {
     "exp": EXP,
 }
 HIDDEN_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
-#: the output activations the compiled kernels implement (and fastbp.MLP accepts); the
-#: reference also has "exp" (with the poisson loss), which joins this list once the
-#: CPU and CUDA kernels implement it
-OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "softmax")
+#: the output activations the compiled kernels implement (and fastbp.MLP accepts);
+#: "exp" (with the poisson loss) runs on the CPU only so far
+OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "softmax", "exp")
+#: outputs that regress (values, no classes, no accuracy)
+REGRESSION_OUTPUTS = ("identity", "exp")
+#: outputs the CUDA kernels do not implement yet
+CPU_ONLY_OUTPUTS = ("exp",)
 ACTIVATION_NAMES = {IDENTITY: "identity", SIGMOID: "sigmoid", TANH: "tanh",
                     RELU: "relu", LEAKY_RELU: "leaky_relu", SOFTMAX: "softmax", EXP: "exp"}
 
@@ -41,7 +44,7 @@ LEAKY_SLOPE = 0.01
 MSE = 0
 BINARY_CROSS_ENTROPY = 1
 CROSS_ENTROPY = 2
-POISSON = 3  # half Poisson deviance, with the exp output (reference only, see OUTPUT_ACTIVATIONS)
+POISSON = 3  # half Poisson deviance, with the exp output
 
 LOSSES = {
     "mse": MSE,

@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from . import spec
+
 #: target seconds of compiled work per call inside an epoch
 CHUNK_SECONDS = 0.25
 
@@ -209,7 +211,7 @@ def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedul
     """
     from .callbacks import Callback
     history = History()
-    classification = net.output != "identity"
+    classification = net.output not in spec.REGRESSION_OUTPUTS
     n_layers = len(net.sizes) - 1
     perm = np.arange(n, dtype=np.int64)
     fit = FitContext(state, optimizer, epochs, validation is not None)

@@ -69,7 +69,8 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
       matrix is taken as given (rows of non-negative targets);
     * sigmoid: labels (n,) in {0, 1} for one output unit, integer labels as
       one-hot for several, or a (n, k) matrix of values in [0, 1];
-    * identity: values (n,) for one output, or (n, k).
+    * identity: values (n,) for one output, or (n, k);
+    * exp (poisson loss): the same, all >= 0 (counts or rates).
     """
     arr = _numeric_array(y, "y")
     if arr.ndim not in (1, 2):
@@ -80,10 +81,14 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
         raise ValueError("y contains NaN or inf")
     if arr.ndim == 2 and arr.shape[1] != n_outputs:
         raise ValueError(f"y has {arr.shape[1]} columns but the network has {n_outputs} outputs")
-    if arr.ndim == 1 and output == "identity":
+    if output == "exp" and arr.min(initial=0) < 0:
+        raise ValueError(f"poisson targets must be >= 0 (counts or rates), got a minimum of {arr.min()}")
+    if arr.ndim == 1 and output in ("identity", "exp"):
         if n_outputs != 1:
             raise ValueError(f"y is 1-D but the network has {n_outputs} outputs; pass a (n, {n_outputs}) array")
         return _cast_finite(arr.reshape(-1, 1), dtype, "y")
+    if output == "exp":
+        return _cast_finite(arr, dtype, "y")
     if arr.ndim == 1:
         if output == "sigmoid" and n_outputs == 1:
             labels = arr.astype(np.float64)

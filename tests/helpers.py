@@ -34,6 +34,8 @@ def make_data(n, sizes, output, dtype, seed=0):
         Y = one_hot(rng.integers(0, k, n), k, dtype)
     elif output == "sigmoid":
         Y = (rng.random((n, k)) < 0.5).astype(dtype)
+    elif output == "exp":  # counts, zeros included
+        Y = rng.poisson(1.5, size=(n, k)).astype(dtype)
     else:
         Y = rng.normal(size=(n, k)).astype(dtype)
     return X, Y

@@ -18,7 +18,8 @@ HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
 
 @pytest.mark.parametrize("activation", HIDDEN)
 @pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
-                                         ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse")])
+                                         ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse"),
+                                         ("exp", "poisson")])
 def test_gradcheck_passes_for_every_activation_and_loss(activation, output, loss):
     sizes = [4, 6, 5, 3]
     net = fastbp.MLP(sizes, activation=activation, output=output, init="xavier", seed=2)  # float32 net

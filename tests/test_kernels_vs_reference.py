@@ -16,7 +16,7 @@ from helpers import ReferenceTrainer, assert_close, make_data
 
 HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
 OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
-               ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse")]
+               ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse"), ("exp", "poisson")]
 # (class, learning rate, constants): small rates keep float32 runs out of chaotic regimes
 OPTIMIZERS = [(fastbp.SGD, 0.05, {}), (fastbp.Momentum, 0.02, {"momentum": 0.9}),
               (fastbp.Nesterov, 0.02, {"momentum": 0.8}), (fastbp.RMSprop, 0.005, {"rho": 0.9}),
@@ -28,7 +28,7 @@ def sizes_for(output):
 
 
 @pytest.mark.parametrize("activation", HIDDEN)
-@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity"])
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity", "exp"])
 @pytest.mark.parametrize("n", [1, 37])
 def test_forward_matches_reference(activation, output, n, dtype):
     sizes = [17, 33, 9, 5]
@@ -70,7 +70,7 @@ def train_both(net, X, Y, loss, optimizer, batch_size, epochs, **kwargs):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o[0].name)
-@pytest.mark.parametrize("output,loss", OUTPUT_LOSS[:3])
+@pytest.mark.parametrize("output,loss", [*OUTPUT_LOSS[:3], ("exp", "poisson")])
 @pytest.mark.parametrize("batch_size", [None, 10, 1], ids=["full", "mini-partial", "sgd"])
 def test_training_matches_reference(optimizer, output, loss, batch_size, dtype):
     cls, lr, constants = optimizer

@@ -1,7 +1,7 @@
 """Issue 11: the reference's Poisson loss (exp output) and sample weights, checked
 against the math (central differences, repeat counts) and scikit-learn's metrics.
-The compiled kernels do not have them yet; the estimator tests at the end run once
-``"exp"`` joins ``spec.OUTPUT_ACTIVATIONS``."""
+The CPU kernels have the Poisson loss (tests/test_poisson.py); sample weights are
+the reference's only."""
 
 import numpy as np
 import pytest
@@ -113,13 +113,9 @@ def test_unit_sample_weights_change_nothing():
         assert_allclose(x, y, rtol=1e-14)
 
 
-# --- the estimator, once the kernels have the exp output --------------------------------------
-
-needs_kernels = pytest.mark.skipif("exp" not in spec.OUTPUT_ACTIVATIONS,
-                                   reason="the compiled kernels do not implement the exp output yet")
+# --- the estimator ---------------------------------------------------------------------------
 
 
-@needs_kernels
 def test_poisson_regressor_follows_sklearn():
     from sklearn import neural_network as sk
 
@@ -134,16 +130,12 @@ def test_poisson_regressor_follows_sklearn():
         assert_allclose(a, b, rtol=1e-6, atol=1e-9)
 
 
-def test_poisson_regressor_refused_until_the_kernels_have_it():
+def test_poisson_regressor_refuses_negative_targets():
     from fastbp.sklearn import MLPRegressor
     X, Y = counts(20, 1)
-    if "exp" in spec.OUTPUT_ACTIVATIONS:
-        MLPRegressor(loss="poisson", max_iter=2).fit(X, Y[:, 0])
-        with pytest.raises(ValueError, match="y >= 0"):
-            MLPRegressor(loss="poisson", max_iter=2).fit(X, -Y[:, 0] - 1)
-    else:
-        with pytest.raises(NotImplementedError, match="kernels"):
-            MLPRegressor(loss="poisson", max_iter=2).fit(X, Y[:, 0])
+    MLPRegressor(loss="poisson", max_iter=2).fit(X, Y[:, 0])
+    with pytest.raises(ValueError, match="y >= 0"):
+        MLPRegressor(loss="poisson", max_iter=2).fit(X, -Y[:, 0] - 1)
 
 
 def test_weighted_epoch_equals_its_batches():

@@ -451,12 +451,6 @@ def test_dropout_and_batchnorm_train_and_pickle(digits):
         normed.set_params(warm_start=True, batchnorm=False).fit(Xtr, ytr)
 
 
-def test_poisson_loss_not_supported(regression):
-    X, Y = regression
-    with pytest.raises(NotImplementedError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(X, np.abs(Y[:, 0]))
-
-
 def test_warm_start_may_switch_solver(blobs):
     X, y = blobs
     clf = MLPClassifier((8,), solver="lbfgs", max_iter=20, warm_start=True, random_state=0).fit(X, y)

@@ -190,3 +190,25 @@ def test_partial_fit_after_pickle_round_trip_equals_straight_run(blobs):
     shipped.partial_fit(X, y)
     for a, b in zip([*straight.coefs_, *straight.intercepts_], [*shipped.coefs_, *shipped.intercepts_]):
         np.testing.assert_array_equal(a, b)
+
+
+# --- poisson ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver,alpha,batch_size", [("sgd", 0.0, 20), ("sgd", 0.01, 15), ("lbfgs", 0.01, 20)])
+def test_poisson_regressor_follows_sklearn_to_rounding(solver, alpha, batch_size):
+    """Same initial weights, same steps: 45 rows in batches of 20 end in a partial batch."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(45, 4))
+    y = rng.poisson(np.exp(0.5 * X[:, 0]))  # counts, zeros included
+    kw = dict(loss="poisson", hidden_layer_sizes=(6,), solver=solver, shuffle=False, random_state=0,
+              alpha=alpha, learning_rate_init=0.01, max_iter=6, batch_size=batch_size)
+    ours = MLPRegressor(**kw).fit(X, y)
+    theirs = sk.MLPRegressor(**kw).fit(X, y)
+    assert ours.out_activation_ == theirs.out_activation_ == "exp"
+    assert ours.n_iter_ == theirs.n_iter_
+    assert_allclose(ours.loss_, theirs.loss_, rtol=1e-12)
+    if solver == "sgd":
+        assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    assert_same_params(ours, theirs, rtol=1e-10, atol=1e-13)
+    assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-10)

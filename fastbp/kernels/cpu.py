@@ -12,8 +12,8 @@ of ``layout.py``:
   pass over the flat parameter vector.
 
 Plus :func:`output_delta` (loss and δ^L, softmax–cross-entropy and
-sigmoid–binary-cross-entropy fused and computed stably from the logits) and the
-the layer walk (:func:`forward_step`, :func:`backward_step`: batchnorm and dropout
+sigmoid–binary-cross-entropy fused and computed stably from the logits, the half
+Poisson deviance with the exp output) and the layer walk (:func:`forward_step`, :func:`backward_step`: batchnorm and dropout
 are per-layer options inside them; :func:`batch_pass` runs them over the layers or
 over checkpoint segments) and the drivers :func:`train_batches` (gather each batch
 through a permutation, forward, loss, backward, update — a range of an epoch's batches
@@ -34,9 +34,9 @@ from numba import njit
 from .. import spec
 from . import rng
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
-    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
-MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = (
+    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX, spec.EXP)
+MSE, BCE, CE, POISSON = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY, spec.POISSON
 OPT_SGD, OPT_MOMENTUM, OPT_NESTEROV, OPT_RMSPROP, OPT_ADAM = (
     spec.OPT_SGD, spec.OPT_MOMENTUM, spec.OPT_NESTEROV, spec.OPT_RMSPROP, spec.OPT_ADAM)
 LEAKY_SLOPE = spec.LEAKY_SLOPE
@@ -75,7 +75,7 @@ def rows_view(buffer, offset, rows, cols):
 
 @_jit
 def forward_layer(a_prev, weights, bias, code, z, a):
-    """z = a_prev·W + b; a = f(z) (softmax along rows)."""
+    """z = a_prev·W + b; a = f(z) (softmax along rows; exp only as an output)."""
     np.dot(a_prev, weights, z)
     rows, cols = z.shape
     if code == IDENTITY:
@@ -108,6 +108,12 @@ def forward_layer(a_prev, weights, bias, code, z, a):
                 v = z[i, j] + bias[j]
                 z[i, j] = v
                 a[i, j] = np.tanh(v)
+    elif code == EXP:
+        for i in range(rows):
+            for j in range(cols):
+                v = z[i, j] + bias[j]
+                z[i, j] = v
+                a[i, j] = np.exp(v)
     else:  # SOFTMAX
         for i in range(rows):
             m = -np.inf
@@ -175,7 +181,8 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, delta):
     """Write δ^L (already divided by the batch size) and return the summed loss.
 
     Cross-entropy with softmax and binary cross-entropy with sigmoid use the
-    logits z for a stable loss and δ = (p − y)/B; MSE uses the activation's
+    logits z for a stable loss and δ = (p − y)/B; so does the half Poisson deviance
+    a − y z + y log y − y with the exp output (a = e^z); MSE uses the activation's
     derivative (the full Jacobian for softmax).
     """
     rows, cols = z.shape
@@ -198,6 +205,14 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, delta):
                 v = z[i, j]
                 total += max(v, 0) - v * targets[i, j] + np.log1p(np.exp(-abs(v)))
                 delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
+    elif loss_code == POISSON:
+        for i in range(rows):
+            for j in range(cols):
+                y = targets[i, j]
+                total += a[i, j] - y * z[i, j] - y
+                if y > 0:
+                    total += y * np.log(y)
+                delta[i, j] = (a[i, j] - y) * inv_batch
     else:  # MSE
         scale = 2 * inv_batch / cols
         for i in range(rows):
