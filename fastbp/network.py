@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 
 from . import cuda_training, spec
+from .threads import blas_threads, check_threads
 from .init import init_weights, resolve_init
 from .kernels import cpu, cpu_ext
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
@@ -177,7 +178,7 @@ class MLP:
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
             validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
-            checkpoint=None):
+            checkpoint=None, threads=None):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         ``batch_size=None`` (or >= n) is full-batch, 1 is SGD; a partial last batch is
@@ -205,7 +206,8 @@ class MLP:
         (gradient checkpointing) keeps the activations of every k-th layer only and
         recomputes the others during the backward pass (``True``: k = ⌈√layers⌉);
         same gradients bit for bit, less memory, one extra forward pass of compute.
-        Not combined with dropout or batchnorm.
+        Not combined with dropout or batchnorm. ``threads`` sets the BLAS threads of
+        the kernels (default: chosen per network, see ``fastbp.threads``).
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged.
@@ -234,6 +236,7 @@ class MLP:
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
         checkpoint = self._check_checkpoint(checkpoint)
+        threads = check_threads(threads)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
         if device == "cuda":
@@ -244,11 +247,12 @@ class MLP:
                                               clip_norm, loss_code)
         else:
             engine = CpuEngine(self, X, Y, state, batch_size, checkpoint)
-        history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
-                             epochs=epochs, shuffle=bool(shuffle), l1=l1, l2=l2, clip_norm=clip_norm,
-                             clip_value=clip_value, schedule=schedule, seed=seed, callbacks=callbacks,
-                             verbose=verbose, state=state, validation=validation,
-                             gradient_monitor=monitor)
+        with blas_threads(self.sizes, batch_size, threads):
+            history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
+                                 epochs=epochs, shuffle=bool(shuffle), l1=l1, l2=l2, clip_norm=clip_norm,
+                                 clip_value=clip_value, schedule=schedule, seed=seed, callbacks=callbacks,
+                                 verbose=verbose, state=state, validation=validation,
+                                 gradient_monitor=monitor)
         self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
         return history
 
@@ -330,7 +334,8 @@ class MLP:
         if self.batchnorm:
             self._loss_sum(X, out[:0], 0, chunk, work, out=out)
         else:
-            cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
+            with blas_threads(self.sizes, chunk):
+                cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
         return out
 
     def _loss_sum(self, X, Y, loss_code, chunk, work, batch_stats=False, out=None):
