@@ -14,9 +14,14 @@
 # asv's virtualenv (asv.conf.json); results accumulate in .asv/results, so
 # `asv publish` afterwards includes them (see benchmarks/README.md).
 #
+# Both BLAS libraries run one thread (OPENBLAS_NUM_THREADS=1 unless set): on a shared
+# machine a two-thread OpenBLAS pool collapses at random (the reference's numpy BLAS
+# included), which moved the speed-up of one unchanged commit by 0.44-3.8x between runs.
+#
 # Environment: REGRESS_FACTOR (1.5), REGRESS_BENCH (asv --bench regex,
 # default '^bench_training\.TrackSpeedup\.track_speedup_'), FASTBP_BENCH_SIZE (quick),
-# PYTHON (python3: the interpreter whose asv runs), NUMBA_CACHE_DIR.
+# OPENBLAS_NUM_THREADS (1), PYTHON (python3: the interpreter whose asv runs),
+# NUMBA_CACHE_DIR.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
@@ -31,11 +36,13 @@ factor="${REGRESS_FACTOR:-1.5}"
 bench="${REGRESS_BENCH:-^bench_training\.TrackSpeedup\.track_speedup_}"
 python="${PYTHON:-python3}"
 export FASTBP_BENCH_SIZE="${FASTBP_BENCH_SIZE:-quick}"
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/fastbp-regress-numba-cache}"
 asv=("$python" -m asv)
 
 "${asv[@]}" machine --yes >/dev/null
-echo "== asv continuous ${base:0:8} ${head:0:8} (bench $bench, FASTBP_BENCH_SIZE=$FASTBP_BENCH_SIZE)"
+echo "== asv continuous ${base:0:8} ${head:0:8} (bench $bench, FASTBP_BENCH_SIZE=$FASTBP_BENCH_SIZE," \
+     "OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS)"
 # asv's exit status is ignored: it would call a lower speed-up an improvement
 "${asv[@]}" continuous --interleave-rounds --factor "$factor" --bench "$bench" --show-stderr \
     "$base" "$head" || true
