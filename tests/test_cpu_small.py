@@ -128,9 +128,12 @@ def test_inner_loop_is_fma_on_ymm():
     features = llvm.get_host_cpu_features()
     if not (features.get("avx2") and features.get("fma")):
         pytest.skip("the host has no AVX2/FMA")
+    from numba import njit
+    # a fresh, uncached compile with the module's options (Numba cannot inspect cached code)
+    kernel = njit(**cpu_small.TILE_OPTIONS)(cpu_small.matmul_nt.py_func)
     A, B = operands(4, 64, 8, np.float32)
-    run(A, B, cpu_small.PLAIN)
-    signature = next(s for s in cpu_small.matmul_nt.signatures if s[0].dtype.name == "float32")
-    asm = cpu_small.matmul_nt.inspect_asm(signature)
+    kernel(A, B, cpu_small.PLAIN, 0, np.zeros(8, np.float32), np.zeros((4, 8), np.float32),
+           np.zeros((4, 8), np.float32))
+    asm = kernel.inspect_asm(kernel.signatures[0])
     packed = re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", asm)
     assert len(packed) >= 8, "expected the 2x4 tile's eight accumulators as packed FMAs on ymm registers"

@@ -36,8 +36,9 @@ TILE_ROWS, TILE_COLS = 2, 4
 # Reassociation lets LLVM split each k-sum into vector lanes; contraction lets it fuse
 # the multiply-adds. Both are fixed at compile time, so a given build rounds the same
 # way on every run.
-_jit_tile = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False,
-                 fastmath={"reassoc", "contract", "nsz"})
+TILE_OPTIONS = {"nogil": True, "error_model": "numpy", "boundscheck": False,
+                "fastmath": {"reassoc", "contract", "nsz"}}
+_jit_tile = njit(cache=True, **TILE_OPTIONS)
 
 
 @_jit_tile
