@@ -548,10 +548,17 @@ def _compiled(dtype_name, cfg):
 
 def kernels(dtype):
     """The ``cuda.jit`` kernels for ``dtype`` built with the current ``cuda_config.config``;
-    ``.narrow`` holds the same kernels built for ``config.narrow()``."""
+    ``.narrow`` holds the same kernels built for ``config.narrow()``. Builds are cached
+    by the sizes baked into them only, so configs that differ only in launch-time
+    choices (``min_blocks``, ``reduce_blocks``) share them."""
     cfg = cuda_config.config
-    wide = _compiled(np.dtype(dtype).name, cfg)
-    wide.narrow = _compiled(np.dtype(dtype).name, cfg.narrow())
+    name = np.dtype(dtype).name
+
+    def with_config(c):
+        return types.SimpleNamespace(**{**vars(_compiled(name, c.baked())), "config": c})
+
+    wide = with_config(cfg)
+    wide.narrow = with_config(cfg.narrow())
     return wide
 
 

@@ -45,6 +45,10 @@ class CudaConfig:
             raise ValueError(f"CudaConfig tile={self.tile}, micro={self.micro} gives more than 1024 threads "
                              "per GEMM block")
 
+    def baked(self):
+        """This config with the launch-time choices at fixed values: the key of a
+        kernel build (only tile, micro, depth and block are compiled in)."""
+        return replace(self, min_blocks=1, reduce_blocks=1)
 
     def narrow(self):
         """The geometry of the narrow GEMM variant: same threads, one output each."""

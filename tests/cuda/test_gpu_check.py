@@ -1,0 +1,38 @@
+"""``benchmarks/gpu_check.py --dry-run`` end to end under the simulator, so the
+one-shot hardware check cannot rot between GPU sessions."""
+
+import json
+import os
+
+import pytest
+
+import fastbp
+from fastbp import bench
+
+pytestmark = [
+    pytest.mark.cudasim,
+    pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"),
+                       reason="the dry run is for the simulator (on a GPU run gpu_check.py itself)"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_gpu_check_dry_run_writes_every_section(tmp_path, capsys):
+    assert fastbp.cuda_available()
+    assert bench.run_gpu_check(tmp_path, quick=True) == 0
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = data["sections"]
+    tests = sections["tests"]["result"]
+    assert tests["failures"] == tests["errors"] == 0 and tests["passed"] >= 3, tests
+    cases = {c["case"]: c for c in sections["parity"]["cases"]}
+    for key in ("float64/adam-clip-l2/auto", "float64/adam-clip-l2/wide", "float32/adam-clip-l2/auto"):
+        assert cases[key]["status"] == "ok", cases[key]
+    assert cases["float64/adam-clip-l2/wide"]["rel_diff_theta"] <= 1e-9
+    assert all(c["status"] == "ok" or c["status"].startswith("refused on cuda") for c in cases.values()), cases
+    assert "skipped" in sections["sanitizer"]
+    rows = sections["speed"]["rows"]
+    assert [(r["width"], r["batch"]) for r in rows] == [(4, 2), (4, 4)]
+    assert all(r["fastbp_cuda"] > 0 and r["fastbp_cpu"] > 0 for r in rows), rows
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| 4 | 4 |" in table and "parity" in table
+    assert table in capsys.readouterr().out
