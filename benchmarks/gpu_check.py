@@ -60,7 +60,8 @@ PARITY_TOL = {"float64": 1e-9, "float32": 1e-4}
 #: the simulator's launch geometry for --dry-run (several blocks on tiny shapes)
 #: classes of the speed section's softmax output
 CLASSES = 10
-TINY_CONFIG = cuda_config.CudaConfig(tile=4, micro=2, depth=3, min_blocks=4, block=8, reduce_blocks=3)
+TINY_CONFIG = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=3, sms=2, split_rows=4,
+                                     max_splits=3)
 
 
 # --- the results file ---------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def start_tests(outdir, dry_run, timeout):
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", f"--junitxml={xml}",
            str(ROOT / "tests" / "cuda")]
     if dry_run:  # a few quick tests: the plumbing, not the suite
-        cmd += ["-k", "gather_rows or count_nonfinite or occupancy_arithmetic"]
+        cmd += ["-k", "gather_batch or count_nonfinite or occupancy_arithmetic"]
     return Child(cmd, Path(outdir) / "cuda_tests.log", timeout, child_env(dry_run))
 
 
@@ -219,7 +220,7 @@ def run_parity(report, dry_run, deadline):
                 X = rng.standard_normal((n, sizes[0])).astype(dtype)
                 y = rng.integers(0, sizes[-1], n)
                 nets = [fastbp.MLP(sizes, output="softmax", dtype=dtype, seed=3, **net_kwargs) for _ in range(2)]
-                cc.config = base_config if gemm == "auto" else _replace(base_config, min_blocks=1)
+                cc.config = base_config if gemm == "auto" else _replace(base_config, gemm="wide")
                 t0 = time.perf_counter()
                 try:
                     h_gpu = nets[0].fit(X, y, device="cuda", **fit_kwargs)

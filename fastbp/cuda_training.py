@@ -82,9 +82,11 @@ class CudaEngine:
 
         from .kernels import cuda as kc
         self.kc, self.net, self.state = kc, net, state
+        self.bmax = min(batch_size, X.shape[0])
+        kc.check_free_memory(kc.fit_bytes(net.sizes, X.shape[0], Y.shape[1], self.bmax, net.theta.shape[0],
+                                          net.dtype, kc.cuda_config.config), "this fit")
         self.params = _device_parameters(net, state)
         reduce = bool(clip_norm > 0 or l1 or l2)
-        self.bmax = min(batch_size, X.shape[0])
         self.plan = kc.EpochPlan(kc.kernels(net.dtype), self.params, cuda.to_device(X), cuda.to_device(Y),
                                  self.bmax, loss_code, optimizer.code, reduce)
         self._backup = [cuda.device_array_like(self.params.theta) for _ in range(3)]
