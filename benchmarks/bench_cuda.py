@@ -1,7 +1,7 @@
-"""CUDA suite (stub): one training epoch on the GPU backend.
+"""CUDA suite: one training epoch on the GPU backend (``device="cuda"``).
 
 Skipped (``NotImplementedError`` in setup, asv's convention for "not applicable")
-when Numba finds no CUDA GPU or when fastbp's CUDA backend is not available yet.
+when Numba finds no CUDA GPU.
 """
 
 from fastbp import bench

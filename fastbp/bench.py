@@ -209,7 +209,7 @@ class TorchEpoch:
 #: seconds of idle before each timed call. fastbp's kernels call BLAS through Numba,
 #: i.e. SciPy's OpenBLAS, while NumPy (the reference) has its own OpenBLAS; each keeps
 #: its worker threads spinning for a while after a call, so a NumPy GEMM right after
-#: a SciPy one runs 2-3x slower on 2 cores (benchmarks/prototypes/blas_spin.py). The pause
+#: a SciPy one runs 2-3x slower on 2 cores (measured by a since-removed prototype, see benchmarks/README.md). The pause
 #: lets the other library's threads go to sleep before the next contender starts.
 PAUSE = 0.3
 

@@ -59,6 +59,9 @@ def train(args):
     print(f"fastbp {fastbp.__version__}: training {net.sizes} ({args.activation}, softmax, {args.dtype}) "
           f"on scikit-learn's digits: {len(Xtr)} train / {len(Xte)} held-out samples")
     print(f"optimizer {optimizer}, batch {args.batch_size}, l2 {args.l2}, {args.epochs} epochs\n")
+    notice = fastbp.cpu_training.compile_notice()
+    if notice:
+        print(notice, flush=True)
     first = {}
 
     def report(net_, epoch, hist):

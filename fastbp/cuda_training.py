@@ -63,26 +63,46 @@ def _device_parameters(net, state=None):
                                None if state is None else state.state2)
 
 
+def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
+    """The float64 hyper-parameter vector (indexed by ``spec.H_*``) of the CUDA kernels."""
+    hyper = np.zeros(spec.N_HYPER, dtype=np.float64)
+    constants = optimizer.constants()
+    hyper[spec.H_LR] = lr
+    hyper[spec.H_MOMENTUM] = constants["momentum"]
+    hyper[spec.H_BETA2] = constants["beta2"]
+    hyper[spec.H_EPS] = constants["eps"]
+    hyper[spec.H_L1] = l1
+    hyper[spec.H_L2] = l2
+    hyper[spec.H_CLIP_NORM] = clip_norm
+    hyper[spec.H_CLIP_VALUE] = clip_value
+    return hyper
+
+
 class CudaEngine:
-    """The epochs of one fit on the GPU, driven by ``training.run_epochs`` exactly as
-    its ``CpuEngine`` (same permutations, schedule, History, divergence rule).
+    """The epochs of one fit on the GPU (see ``engine.Engine``), driven by
+    ``training.run_epochs`` exactly as ``cpu_training.CpuEngine`` (same constructor
+    arguments, permutations, schedule, History, divergence rule).
 
     X and Y go to the device once; θ, gradient and optimizer state stay there for the
     fit; the permutation is uploaded and the loss sum, correct count and non-finite
-    count read back once per epoch. Per-layer gradient diagnostics are not computed
-    on the GPU (History records NaN). Dropout, batch normalization and
-    checkpointing are CPU-only (``MLP.fit`` refuses them with ``device="cuda"``).
+    count read back once per epoch (whole epochs only: ``chunked`` is False). Per-layer
+    gradient diagnostics are not computed on the GPU (History records NaN). Dropout,
+    batch normalization and checkpointing are CPU-only (``MLP.fit`` refuses them with
+    ``device="cuda"``).
     """
 
     computes_diagnostics = False
-    dropout = False
+    chunked = False
 
-    def __init__(self, net, X, Y, state, batch_size, optimizer, l1, l2, clip_norm, loss_code):
+    def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
+                 checkpoint=None, seed=0):
         from numba import cuda
 
         from .kernels import cuda as kc
-        self.kc, self.net, self.state = kc, net, state
+        self.kc, self.net, self.state, self.optimizer = kc, net, state, optimizer
+        self.constants = (l1, l2, clip_norm, clip_value)
         self.bmax = min(batch_size, X.shape[0])
+        self.n_batches = -(-X.shape[0] // self.bmax)
         kc.check_free_memory(kc.fit_bytes(net.sizes, X.shape[0], Y.shape[1], self.bmax, net.theta.shape[0],
                                           net.dtype, kc.cuda_config.config), "this fit")
         self.params = _device_parameters(net, state)
@@ -91,16 +111,24 @@ class CudaEngine:
                                  self.bmax, loss_code, optimizer.code, reduce)
         self._backup = [cuda.device_array_like(self.params.theta) for _ in range(3)]
         self.step = int(state.step[0])
+        self._finite = True
 
     def _buffers(self):
         return self.params.theta, self.params.state1, self.params.state2
 
-    def train_epoch(self, perm, loss_code, opt_code, hyper, diagnostics, rng_seed):
-        self.params.hyper.copy_to_device(hyper)
+    def train_batches(self, perm, first, stop, epoch, lr):
+        self.params.hyper.copy_to_device(hyper_vector(self.optimizer, lr, *self.constants))
         self.step = self.kc.train_epoch(self.plan, perm, self.step)
         total = float(self.plan.work.sums.copy_to_host()[0])  # synchronises
         correct, nonfinite = (int(c) for c in self.plan.work.counts.copy_to_host())
-        return total, correct, not nonfinite
+        self._finite = not nonfinite
+        return total, correct
+
+    def finite(self):
+        return self._finite
+
+    def diagnostics(self):
+        return None
 
     def save_point(self):
         for backup, live in zip(self._backup, self._buffers()):

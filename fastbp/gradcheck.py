@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layout import B_OFF, FAN_IN, FAN_OUT, W_OFF
-from .training import Workspace
+from . import cpu_training
 from .validation import check_features
 
 
@@ -66,11 +66,10 @@ def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, 
     Xc = check_features(X, probe.n_features, probe.dtype)
     Yc = probe._targets(y, Xc.shape[0], loss_code)
     _, analytic = probe.flat_gradient(Xc, Yc, loss, l1, l2)
-    work = Workspace(probe.sizes, Xc.shape[0], probe.dtype, batchnorm=probe.batchnorm)
     theta = probe.theta
 
     def objective():  # one chunk: with batch normalization, the batch statistics of all of X
-        total, _ = probe._loss_sum(Xc, Yc, loss_code, Xc.shape[0], work, batch_stats=True)
+        total, _ = cpu_training.evaluate(probe, Xc, Yc, loss_code, Xc.shape[0], batch_stats=True)
         return total / Xc.shape[0] + sum(l1 * np.abs(W).sum() + 0.5 * l2 * (W * W).sum()
                                          for W in probe.weights)
 

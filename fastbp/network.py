@@ -4,12 +4,11 @@ import numbers
 
 import numpy as np
 
-from . import cuda_training, spec
+from . import cpu_training, cuda_training, spec
 from .init import init_weights, resolve_init
-from .kernels import cpu, cpu_ext
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
-from .training import CpuEngine, FitState, Workspace, run_epochs
+from .training import FitState, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
 
@@ -64,15 +63,17 @@ class MLP:
         Inverted-dropout rate p in [0, 1) after each hidden layer (one number for all,
         or one per hidden layer); active in ``fit`` only, never in predict / evaluate /
         gradients / gradcheck. Masks are drawn inside the compiled epoch from a seed
-        derived from (fit seed, epoch), so a seed reproduces a run.
+        derived from (fit seed, epoch), so a seed reproduces a run. Combines with
+        batchnorm and checkpointing; per hidden layer the order is affine →
+        batchnorm → activation → dropout.
     batchnorm : bool
         Batch normalization after every hidden layer's affine step: y = γ x̂ + β with
         x̂ the unit's input normalised by the batch mean and variance in training and
         by running estimates (updated each batch with ``bn_momentum``:
         r ← m·r + (1 − m)·batch value, unbiased variance) in predict / evaluate. The
         layer's bias is β; γ (``gammas[l]``, initialised to 1) sits after it in
-        ``theta``. ``flat_gradient`` and gradcheck use batch statistics. Not combined
-        with dropout or checkpointing.
+        ``theta``. ``flat_gradient`` and gradcheck use batch statistics. Combines with
+        dropout and checkpointing.
 
     ``weights[l]`` has shape (fan_in, fan_out) and ``z = a @ W + b`` with samples
     as rows; ``weights`` and ``biases`` are views into the flat vector ``theta``.
@@ -118,8 +119,6 @@ class MLP:
             raise TypeError(f"batchnorm must be True or False, got {batchnorm!r}")
         if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, numbers.Real) or not 0 <= bn_momentum < 1:
             raise ValueError(f"bn_momentum must be a number in [0, 1), got {bn_momentum!r}")
-        if batchnorm and any(self.dropout):
-            raise ValueError("batchnorm cannot be combined with dropout in this version")
         self.batchnorm, self.bn_momentum = bool(batchnorm), float(bn_momentum)
         bn_flags = [self.batchnorm] * n_hidden + [False]
         self.layout, self.n_params = make_layout(self.sizes, bn_flags)
@@ -205,10 +204,15 @@ class MLP:
         (gradient checkpointing) keeps the activations of every k-th layer only and
         recomputes the others during the backward pass (``True``: k = ⌈√layers⌉);
         same gradients bit for bit, less memory, one extra forward pass of compute.
-        Not combined with dropout or batchnorm.
+        Combines with dropout and batchnorm.
 
         Every argument is checked before any kernel runs; on an error the network is
-        unchanged.
+        unchanged. If training is interrupted (Ctrl-C) or anything raises mid-fit (a
+        callback, a schedule), the network is consistent: θ, optimizer state, batchnorm
+        statistics, ``fit_optimizer`` and ``fit_state.epochs_done`` all describe the
+        epochs completed, by this fit if it completed any, else everything is as before
+        the fit. An epoch interrupted in its batches is undone; one whose callbacks
+        raise counts as completed.
         """
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
@@ -236,20 +240,26 @@ class MLP:
         checkpoint = self._check_checkpoint(checkpoint)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        if device == "cuda":
-            if any(self.dropout) or self.batchnorm or checkpoint:
-                raise ValueError("dropout, batchnorm and checkpoint run on the CPU only; "
-                                 "fit with device='cpu'")
-            engine = cuda_training.CudaEngine(self, X, Y, state, batch_size, optimizer, l1, l2,
-                                              clip_norm, loss_code)
-        else:
-            engine = CpuEngine(self, X, Y, state, batch_size, checkpoint)
-        history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
-                             epochs=epochs, shuffle=bool(shuffle), l1=l1, l2=l2, clip_norm=clip_norm,
-                             clip_value=clip_value, schedule=schedule, seed=seed, callbacks=callbacks,
-                             verbose=verbose, state=state, validation=validation,
-                             gradient_monitor=monitor)
-        self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
+        if device == "cuda" and (any(self.dropout) or self.batchnorm or checkpoint):
+            raise ValueError("dropout, batchnorm and checkpoint run on the CPU only; fit with device='cpu'")
+        engine_class = cuda_training.CudaEngine if device == "cuda" else cpu_training.CpuEngine
+        engine = engine_class(self, X, Y, state, batch_size=batch_size, optimizer=optimizer,
+                              loss_code=loss_code, l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
+                              checkpoint=checkpoint, seed=seed)
+        epochs_before = state.epochs_done
+        completed = False
+        try:
+            history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
+                                 epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
+                                 callbacks=callbacks, verbose=verbose, state=state, validation=validation,
+                                 validate=lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code),
+                                 gradient_monitor=monitor)
+            completed = True
+        finally:
+            # consistent after an exception too: the new optimizer and state once this
+            # fit has completed an epoch (the interrupted one is undone by run_epochs)
+            if completed or state.epochs_done > epochs_before:
+                self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
         return history
 
     def _validation(self, X, Y, validation_data, validation_split, loss_code):
@@ -280,8 +290,6 @@ class MLP:
         if checkpoint is not True and (isinstance(checkpoint, bool) or
                                        not isinstance(checkpoint, numbers.Integral) or checkpoint < 1):
             raise ValueError(f"checkpoint must be None, True or an integer >= 1, got {checkpoint!r}")
-        if any(self.dropout) or self.batchnorm:
-            raise ValueError("checkpoint cannot be combined with dropout or batchnorm in this version")
         return checkpoint if checkpoint is True else int(checkpoint)
 
     @staticmethod
@@ -325,24 +333,12 @@ class MLP:
             if self.batchnorm:
                 raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             return cuda_training.forward(self, X, chunk)
-        work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
-        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        if self.batchnorm:
-            self._loss_sum(X, out[:0], 0, chunk, work, out=out)
-        else:
-            cpu.predict(X, self.theta, self.layout, self.codes, work.zs, work.acts, out, chunk)
-        return out
+        return cpu_training.forward(self, X, chunk)
 
-    def _loss_sum(self, X, Y, loss_code, chunk, work, batch_stats=False, out=None):
+    def _loss_sum(self, X, Y, loss_code, batch_stats=False):
         """(summed data loss, correct) over converted X, Y in chunks, without dropout;
         BN with running statistics (or each chunk's batch statistics)."""
-        if not self.batchnorm:
-            return cpu.evaluate(X, Y, self.theta, self.layout, self.codes, loss_code, work.zs, work.acts,
-                                work.deltas, chunk)
-        return cpu_ext.evaluate_bn(X, Y, self.theta, self.layout, self.codes, loss_code, work.zs, work.acts,
-                                   work.deltas, chunk, self.bn_goff, work.xhat, work.stats, self.bn_running,
-                                   spec.BN_EPS, 1 if batch_stats else 0,
-                                   out if out is not None else Y[:0])
+        return cpu_training.evaluate(self, X, Y, loss_code, min(PREDICT_CHUNK, X.shape[0]), batch_stats)
 
     def predict_proba(self, X, device="cpu"):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
@@ -376,8 +372,7 @@ class MLP:
                 raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk)
         else:
-            work = Workspace(self.sizes, chunk, self.dtype, batchnorm=self.batchnorm)
-            total, correct = self._loss_sum(X, Y, loss_code, chunk, work)
+            total, correct = self._loss_sum(X, Y, loss_code)
         result = {"loss": total / X.shape[0]}
         if self.output != "identity":
             result["accuracy"] = correct / X.shape[0]
@@ -392,31 +387,12 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        work = self._full_batch_workspace(X.shape[0])
-        grad = np.zeros(self.n_params, dtype=self.dtype)
-        if self.batchnorm:  # batch statistics, running statistics left alone
-            value, _ = cpu_ext.backward_pass_bn(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
-                                                work.zs, work.acts, work.deltas, X.shape[0], self.bn_goff,
-                                                work.xhat, work.stats, self.bn_running, spec.BN_EPS,
-                                                self.bn_momentum, 1, work.scratch)
-            value /= X.shape[0]
-        else:
-            value = cpu.loss_and_gradient(X, Y, self.theta, grad, self.layout, self.codes, loss_code,
-                                          work.zs, work.acts, work.deltas)
+        value, grad = cpu_training.loss_and_gradient(self, X, Y, loss_code)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W
                 value += l1 * np.abs(W).sum() + 0.5 * l2 * (W.astype(np.float64) ** 2).sum()
         return float(value), grad
-
-    def _full_batch_workspace(self, rows):
-        """Scratch for full-batch passes, kept between calls of the same size (L-BFGS and
-        gradcheck call flat_gradient many times on one batch)."""
-        work = getattr(self, "_full_batch_work", None)
-        if work is None or work.bmax != rows:
-            work = Workspace(self.sizes, rows, self.dtype, batchnorm=self.batchnorm)
-            self._full_batch_work = work
-        return work
 
     def gradients(self, X, y, loss=None, l1=0.0, l2=0.0):
         """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).

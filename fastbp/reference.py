@@ -192,11 +192,13 @@ def batchnorm_backward(dy, xhat, inv_std, gamma):
     return du, (dy * xhat).sum(axis=0), dy.sum(axis=0)
 
 
-def forward_bn(weights, biases, gammas, activations, X, eps, running=None):
+def forward_bn(weights, biases, gammas, activations, X, eps, running=None, masks=None):
     """Forward pass with BN on the layers whose ``gammas[l]`` is not None (biases[l] is
-    then β). ``running``: None (batch statistics) or a list of (mean, var) per layer.
-    Returns (zs, acts, caches): zs[l] holds y for BN layers, caches[l] = (x̂, 1/√(σ²+ε),
-    μ, σ²) or None."""
+    then β) and dropout ``masks`` (None, or one mask or None per hidden layer) after the
+    activation: affine → BN → activation → dropout. ``running``: None (batch
+    statistics) or a list of (mean, var) per layer. Returns (zs, acts, caches): zs[l]
+    holds y for BN layers, acts[l + 1] the (dropped) activations the next layer reads,
+    caches[l] = (x̂, 1/√(σ²+ε), μ, σ²) or None."""
     a = X
     zs, acts, caches = [], [X], []
     for l, (W, b, gamma, name) in enumerate(zip(weights, biases, gammas, activations)):
@@ -206,17 +208,21 @@ def forward_bn(weights, biases, gammas, activations, X, eps, running=None):
             stats = (None, None) if running is None else running[l]
             z, *cache = batchnorm_forward(a @ W, gamma, b, eps, *stats)
         a = activate(z, name)
+        if masks is not None and l < len(weights) - 1 and masks[l] is not None:
+            a = dropout(a, masks[l])
         zs.append(z)
         acts.append(a)
         caches.append(cache)
     return zs, acts, caches
 
 
-def gradients_bn(weights, biases, gammas, activations, X, Y, loss, eps):
+def gradients_bn(weights, biases, gammas, activations, X, Y, loss, eps, masks=None):
     """Training-mode (batch statistics) data loss and gradients ``(loss, dWs, dbs, dgammas)``
-    of a network with BN; ``dbs[l]`` is dβ for BN layers, ``dgammas[l]`` None without BN."""
+    of a network with BN (and dropout ``masks`` as in :func:`forward_bn`); ``dbs[l]`` is
+    dβ for BN layers, ``dgammas[l]`` None without BN. A hidden delta is
+    ``(δ^{l+1} W^{l+1ᵀ}) ⊙ mask ⊙ f'(y^l)``, then back through the batch statistics."""
     B = Y.shape[0]
-    zs, acts, caches = forward_bn(weights, biases, gammas, activations, X, eps)
+    zs, acts, caches = forward_bn(weights, biases, gammas, activations, X, eps, masks=masks)
     value = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1]).mean()
     L = len(weights)
     dWs, dbs, dgs = [None] * L, [None] * L, [None] * L
@@ -230,8 +236,66 @@ def gradients_bn(weights, biases, gammas, activations, X, Y, loss, eps):
             dbs[l] = delta.sum(axis=0) / B
         dWs[l] = acts[l].T @ delta / B
         if l > 0:
-            delta = (delta @ weights[l].T) * activation_derivative(zs[l - 1], acts[l], activations[l - 1])
+            mask = None if masks is None else masks[l - 1]
+            undropped = activate(zs[l - 1], activations[l - 1])
+            delta = delta @ weights[l].T
+            if mask is not None:
+                delta = delta * mask
+            delta = delta * activation_derivative(zs[l - 1], undropped, activations[l - 1])
     return value, dWs, dbs, dgs
+
+
+def batch_masks(seed, epoch, step, sizes, dropout, dtype=np.float64, rows=None):
+    """The dropout masks of one batch as the kernels draw them (``kernels/rng.py``):
+    for hidden layer l with rate p, 1/(1 − p) where ``rng.keep_mask(seed, epoch, step, l,
+    ...)`` keeps the unit, else 0; None for a layer without dropout."""
+    from .kernels import rng
+    masks = []
+    for l, p in enumerate(dropout):
+        if p == 0:
+            masks.append(None)
+            continue
+        keep = 1 - p
+        kept = rng.keep_mask(seed, epoch, step, l, rows, sizes[l + 1], keep)
+        masks.append(np.where(kept, dtype(1) / dtype(keep), dtype(0)).astype(dtype))
+    return masks
+
+
+def train_epoch_modes(weights, biases, gammas, activations, X, Y, perm, batch_size, loss, optimizer, state,
+                      lr, *, dropout=None, seed=0, epoch=0, running=None, momentum_bn=0.9, eps_bn=1e-5,
+                      l1=0.0, l2=0.0, clip_norm=None, clip_value=None, **opt_hyper):
+    """:func:`train_epoch` with batch normalization (``gammas``; ``running`` a list of
+    [mean, var] per layer or None, updated per batch: r ← m r + (1 − m)·batch value, the
+    variance unbiased) and dropout (rates ``dropout`` per hidden layer, masks from
+    :func:`batch_masks` with the 1-based step count). Parameters per layer in the
+    optimizer: W, b (β), γ. Returns ``(mean_loss, correct)``."""
+    n = X.shape[0]
+    sizes = [weights[0].shape[0]] + [W.shape[1] for W in weights]
+    total, correct = 0.0, 0
+    bn = [l for l, g in enumerate(gammas) if g is not None]
+    params = [p for W, b, g in zip(weights, biases, gammas) for p in (W, b, *([] if g is None else [g]))]
+    for start in range(0, n, batch_size):
+        idx = perm[start:start + batch_size]
+        Xb, Yb = X[idx], Y[idx]
+        rows = len(idx)
+        state["t"] += 1
+        masks = (None if dropout is None
+                 else batch_masks(seed, epoch, state["t"], sizes, dropout, X.dtype, rows))
+        zs, acts, caches = forward_bn(weights, biases, gammas, activations, Xb, eps_bn, masks=masks)
+        batch_loss = sample_losses(zs[-1], acts[-1], Yb, loss, activations[-1]).mean()
+        total += rows * (batch_loss + penalty(weights, l1, l2))
+        correct += correct_count(acts[-1], Yb, activations[-1])
+        for l in bn:
+            mean, var = caches[l][2], caches[l][3]
+            unbiased = var * rows / (rows - 1) if rows > 1 else var
+            running[l][0] = momentum_bn * running[l][0] + (1 - momentum_bn) * mean
+            running[l][1] = momentum_bn * running[l][1] + (1 - momentum_bn) * unbiased
+        _, dWs, dbs, dgs = gradients_bn(weights, biases, gammas, activations, Xb, Yb, loss, eps_bn, masks)
+        dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
+        grads = [g for dW, db, dg in zip(dWs, dbs, dgs) for g in (dW, db, *([] if dg is None else [dg]))]
+        optimizer_step(optimizer, params, clip(grads, clip_norm, clip_value), state, lr, state["t"],
+                       **opt_hyper)
+    return total / n, correct
 
 
 # --- regularisation and clipping ------------------------------------------------

@@ -1,8 +1,12 @@
-"""The training loop: epochs, schedule, history and callbacks in Python; the body of
-each epoch is one compiled call (``kernels.cpu.train_epoch``).
+"""The training loop: epochs, schedule, history, callbacks, progress and interrupts in
+Python; the batches run in compiled calls behind an engine (``engine.Engine``:
+``cpu_training.CpuEngine`` or ``cuda_training.CudaEngine``). This module imports no
+kernel module.
 
-Everything the kernels write into is allocated here once per fit (``Workspace``,
-``FitState``), so the hot path neither allocates nor runs Python per batch.
+An epoch is split into ranges of batches, each one compiled call, sized from the measured
+time per batch so that the loop returns to Python about every :data:`CHUNK_SECONDS`
+(Ctrl-C then takes effect promptly and the progress bar moves within an epoch) while the
+per-call overhead stays negligible.
 """
 
 import sys
@@ -11,129 +15,8 @@ import warnings
 
 import numpy as np
 
-from . import spec
-from .kernels import cpu, cpu_ext
-
-
-class Workspace:
-    """Per-fit scratch buffers for batches of at most ``bmax`` rows.
-
-    ``dropout=True`` adds the mask and dropped-activation buffers of
-    ``kernels.cpu_ext``, ``batchnorm=True`` its x̂ / statistics buffers; ``segments``
-    (layer indices where checkpoint segments start, 0 first) makes ``zs``/``acts`` one
-    segment long and adds the boundary stores ``ck_z``/``ck_a`` for gradient
-    checkpointing.
-    """
-
-    def __init__(self, sizes, bmax, dtype, dropout=False, segments=None, batchnorm=False):
-        widths = sizes[1:]
-        self.bmax = int(bmax)
-        self.xb = np.zeros((bmax, sizes[0]), dtype=dtype)
-        self.yb = np.zeros((bmax, sizes[-1]), dtype=dtype)
-        self.extended = bool(dropout) or segments is not None or bool(batchnorm)
-        self.starts = np.zeros(0 if segments is None else len(segments) + 1, dtype=np.int64)
-        self.ck_off = np.full(len(widths), -1, dtype=np.int64)
-        if segments is None:
-            cached = sum(widths)
-            self.ck_z = self.ck_a = np.zeros(0, dtype=dtype)
-        else:
-            self.starts[:-1], self.starts[-1] = segments, len(widths)
-            bounds = list(self.starts)
-            cached = max(sum(widths[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
-            offset = 0
-            for start in bounds[1:-1]:
-                self.ck_off[start - 1] = offset
-                offset += bmax * widths[start - 1]
-            self.ck_z = np.zeros(offset, dtype=dtype)
-            self.ck_a = np.zeros(offset, dtype=dtype)
-        self.zs = np.zeros(bmax * cached, dtype=dtype)
-        self.acts = np.zeros(bmax * cached, dtype=dtype)
-        self.masks = np.zeros(bmax * cached if dropout else 0, dtype=dtype)
-        self.dacts = np.zeros(bmax * cached if dropout else 0, dtype=dtype)
-        # batch normalization: x̂ per layer, (μ, 1/√(σ²+ε)) per unit, a bias-sized scratch
-        self.xhat = np.zeros(bmax * cached if batchnorm else 0, dtype=dtype)
-        self.stats = np.zeros(2 * sum(widths) if batchnorm else 0, dtype=np.float64)
-        self.scratch = np.zeros(max(widths) if batchnorm else 0, dtype=dtype)
-        # two ping-pong buffers, each big enough for the widest layer (no δ is formed
-        # for the input layer)
-        self.deltas = np.zeros(2 * bmax * max(widths), dtype=dtype)
-
-    def train_epoch(self, net, X, Y, perm, state, loss_code, opt_code, hyper, diagnostics, rng_seed):
-        """One compiled epoch: ``cpu.train_epoch`` on the plain path, else
-        ``cpu_ext.train_epoch_ext`` (batchnorm, checkpointing, or dropout seeded with
-        ``rng_seed``)."""
-        if not self.extended:
-            return cpu.train_epoch(X, Y, perm, self.bmax, net.theta, state.grad, state.state1,
-                                   state.state2, net.layout, net.codes, loss_code, opt_code, hyper,
-                                   state.step, self.xb, self.yb, self.zs, self.acts, self.deltas,
-                                   diagnostics)
-        return cpu_ext.train_epoch_ext(X, Y, perm, self.bmax, net.theta, state.grad, state.state1,
-                                       state.state2, net.layout, net.codes, loss_code, opt_code, hyper,
-                                       state.step, self.xb, self.yb, self.zs, self.acts, self.deltas,
-                                       diagnostics, net.keep, self.masks, self.dacts, rng_seed,
-                                       self.starts, self.ck_off, self.ck_z, self.ck_a, net.update_layout,
-                                       net.bn_goff, self.xhat, self.stats, net.bn_running, spec.BN_EPS,
-                                       net.bn_momentum, self.scratch)
-
-
-def checkpoint_segments(n_layers, checkpoint):
-    """Segment starts for ``fit(checkpoint=k)``: every k-th layer's activations are
-    kept, so segments start at 0, k, 2k, ...; ``True`` picks k = ⌈√n_layers⌉."""
-    k = int(np.ceil(np.sqrt(n_layers))) if checkpoint is True else int(checkpoint)
-    return list(range(0, n_layers, k))
-
-
-def dropout_seed(seed, epoch):
-    """Seed of Numba's generator for the dropout masks of (global) epoch ``epoch``."""
-    return int(np.random.default_rng([seed, epoch, 1]).integers(0, 2 ** 31 - 1))
-
-
-class CpuEngine:
-    """Runs the epochs of one fit on the CPU. ``run_epochs`` drives an engine through
-    ``train_epoch``, ``save_point``/``restore`` (divergence), ``to_host``/``from_host``
-    (around validation and callbacks: the parameters a user sees are ``net.theta``)
-    and ``finish``; ``cuda_training.CudaEngine`` implements the same methods over
-    device buffers, so both devices share one epoch loop."""
-
-    computes_diagnostics = True
-
-    def __init__(self, net, X, Y, state, batch_size, checkpoint=None):
-        self.net, self.X, self.Y, self.state = net, X, Y, state
-        self.dropout = bool(np.any(net.keep < 1))
-        segments = checkpoint_segments(len(net.sizes) - 1, checkpoint) if checkpoint else None
-        self.work = Workspace(net.sizes, min(batch_size, X.shape[0]), net.dtype, dropout=self.dropout,
-                              segments=segments, batchnorm=net.batchnorm)
-        self.bmax = self.work.bmax
-        self._backup = [np.empty_like(a) for a in (net.theta, state.state1, state.state2, net.bn_running)]
-        self._step = 0
-
-    def train_epoch(self, perm, loss_code, opt_code, hyper, diagnostics, rng_seed):
-        """One compiled epoch; returns (Σ b·(loss_b + penalty_b), correct, all finite)."""
-        total, correct = self.work.train_epoch(self.net, self.X, self.Y, perm, self.state, loss_code,
-                                               opt_code, hyper, diagnostics, rng_seed)
-        return total, correct, bool(np.isfinite(self.net.theta).all())
-
-    def _buffers(self):
-        return self.net.theta, self.state.state1, self.state.state2, self.net.bn_running
-
-    def save_point(self):
-        for backup, live in zip(self._backup, self._buffers()):
-            np.copyto(backup, live)
-        self._step = int(self.state.step[0])
-
-    def restore(self):
-        for backup, live in zip(self._backup, self._buffers()):
-            np.copyto(live, backup)
-        self.state.step[0] = self._step
-
-    def to_host(self):
-        """Nothing to copy: the kernels work on ``net.theta`` itself."""
-
-    def from_host(self):
-        """Nothing to copy: the kernels work on ``net.theta`` itself."""
-
-    def finish(self):
-        """Nothing to copy back."""
+#: target seconds of compiled work per call inside an epoch
+CHUNK_SECONDS = 0.25
 
 
 class FitState:
@@ -224,82 +107,92 @@ def epoch_permutation(seed, epoch, n):
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
 
 
-def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
-    hyper = np.zeros(spec.N_HYPER, dtype=np.float64)
-    constants = optimizer.constants()
-    hyper[spec.H_LR] = lr
-    hyper[spec.H_MOMENTUM] = constants["momentum"]
-    hyper[spec.H_BETA2] = constants["beta2"]
-    hyper[spec.H_EPS] = constants["eps"]
-    hyper[spec.H_L1] = l1
-    hyper[spec.H_L2] = l2
-    hyper[spec.H_CLIP_NORM] = clip_norm
-    hyper[spec.H_CLIP_VALUE] = clip_value
-    return hyper
-
-
-def _progress_bar(verbose, epochs):
-    """A tqdm bar for ``verbose=1`` (shown only when stderr is a terminal) or
-    ``verbose="bar"`` (always); None otherwise."""
+def _progress_bar(verbose, epochs, n_batches):
+    """A tqdm bar over the fit's batches for ``verbose=1`` (shown only when stderr is a
+    terminal) or ``verbose="bar"`` (always); None otherwise."""
     if verbose not in (1, "bar"):
         return None
     if verbose == 1 and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=True)
+    return tqdm(total=epochs * n_batches, unit="batch", file=sys.stderr, leave=True)
 
 
-def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, l1, l2, clip_norm,
-               clip_value, schedule, seed, callbacks, verbose, state, validation=None,
-               gradient_monitor=None):
-    """Train ``net`` in place through ``engine`` (a :class:`CpuEngine` or
-    ``cuda_training.CudaEngine`` over the n validated, converted samples); returns a
-    History.
+def next_chunk(chunk, done, seconds):
+    """Batches for the next compiled call: about ``CHUNK_SECONDS`` at the measured rate of
+    the last call (``done`` batches in ``seconds``), at most 4× the last chunk."""
+    if seconds <= 0:
+        return 4 * chunk
+    return max(1, min(4 * max(chunk, done), int(CHUNK_SECONDS * done / seconds)))
+
+
+def train_one_epoch(engine, perm, epoch, lr, bar, chunk):
+    """The batches of one epoch in compiled ranges; returns (loss sum, correct, chunk size
+    for the next epoch). An exception (Ctrl-C included) puts back the state of the
+    epoch's start before it propagates."""
+    engine.save_point()
+    try:
+        first = 0
+        while first < engine.n_batches:
+            stop = min(engine.n_batches, first + chunk) if engine.chunked else engine.n_batches
+            t0 = time.perf_counter()
+            total, correct = engine.train_batches(perm, first, stop, epoch, lr)
+            chunk = next_chunk(chunk, stop - first, time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(stop - first)
+            first = stop
+    except BaseException:
+        engine.restore()
+        raise
+    return total, correct, chunk
+
+
+def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedule, seed, callbacks,
+               verbose, state, validation=None, validate=None, gradient_monitor=None):
+    """Train ``net`` in place through ``engine`` (see ``engine.Engine``; built over the n
+    validated, converted samples); returns a History.
 
     Epoch e of this fit is epoch ``state.epochs_done + e`` of the network: the
     schedule, the shuffle (:func:`epoch_permutation`) and ``lr_scale`` continue
     across ``warm_start`` fits. ``validation`` is None or a converted (Xv, Yv) pair,
-    evaluated with the compiled ``evaluate`` after every epoch. ``callbacks`` are
-    :class:`fastbp.callbacks.Callback` objects or plain ``f(net, epoch, history)``.
+    scored after every epoch by ``validate(Xv, Yv)`` → (loss sum, correct).
+    ``callbacks`` are :class:`fastbp.callbacks.Callback` objects or plain
+    ``f(net, epoch, history)``.
 
     If an epoch produces a non-finite loss the parameters and optimizer state are
     restored to the end of the previous epoch, a RuntimeWarning is issued and
-    training stops.
+    training stops. If anything raises during an epoch's batches (Ctrl-C included),
+    the same restore happens before the exception propagates; an exception from a
+    callback or the validation leaves the epoch counted. Either way θ, optimizer state,
+    running statistics and ``state.epochs_done`` describe the completed epochs.
     """
     from .callbacks import Callback
-    hyper = hyper_vector(optimizer, optimizer.lr, l1, l2, clip_norm, clip_value)
-    perm = np.arange(n, dtype=np.int64)
     history = History()
     classification = net.output != "identity"
-    diagnostics = np.zeros((len(net.sizes) - 1, 2), dtype=np.float64)
-    n_batches = -(-n // engine.bmax)
-    if validation is not None:
-        Xv, Yv = validation
-        val_chunk = min(1024, Xv.shape[0])
-        val_work = Workspace(net.sizes, val_chunk, net.dtype, batchnorm=net.batchnorm)
+    n_layers = len(net.sizes) - 1
+    perm = np.arange(n, dtype=np.int64)
     fit = FitContext(state, optimizer, epochs, validation is not None)
     for cb in callbacks:
         if isinstance(cb, Callback):
             cb.on_train_begin(net, fit)
-    bar = _progress_bar(verbose, epochs)
+    bar = _progress_bar(verbose, epochs, engine.n_batches)
+    chunk = 1
     try:
         for epoch in range(epochs):
             global_epoch = state.epochs_done
-            diagnostics[...] = 0
-            hyper[spec.H_LR] = schedule(global_epoch, optimizer.lr) * state.lr_scale
+            lr = float(schedule(global_epoch, optimizer.lr) * state.lr_scale)
             if shuffle:
                 perm = epoch_permutation(seed, global_epoch, n)
-            engine.save_point()
-            rng_seed = dropout_seed(seed, global_epoch) if engine.dropout else -1
             t0 = time.perf_counter()
-            total, correct, finite = engine.train_epoch(perm, loss_code, optimizer.code, hyper,
-                                                        diagnostics, rng_seed)
+            total, correct, chunk = train_one_epoch(engine, perm, global_epoch, lr, bar, chunk)
+            finite = engine.finite()
             seconds = time.perf_counter() - t0
             epoch_loss = total / n
             if engine.computes_diagnostics:
-                grad_norm, update_ratio = diagnostics[:, 0] / n_batches, diagnostics[:, 1] / n_batches
+                sums = engine.diagnostics()
+                grad_norm, update_ratio = sums[:, 0] / engine.n_batches, sums[:, 1] / engine.n_batches
             else:
-                grad_norm = update_ratio = np.full(len(net.sizes) - 1, np.nan)
+                grad_norm = update_ratio = np.full(n_layers, np.nan)
             if gradient_monitor is not None and engine.computes_diagnostics:
                 gradient_monitor.check(grad_norm, epoch)
             if not np.isfinite(epoch_loss) or not finite:
@@ -311,18 +204,18 @@ def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, l1, l2,
                 break
             state.epochs_done += 1
             history.record(loss=epoch_loss, accuracy=correct / n if classification else float("nan"),
-                           lr=float(hyper[spec.H_LR]), seconds=seconds,
+                           lr=lr, seconds=seconds,
                            samples_per_second=n / seconds if seconds > 0 else float("inf"),
                            grad_norm=grad_norm, update_ratio=update_ratio)
             if validation is not None or callbacks:
                 engine.to_host()
             if validation is not None:
-                val_total, val_correct = net._loss_sum(Xv, Yv, loss_code, val_chunk, val_work)
+                Xv, Yv = validation
+                val_total, val_correct = validate(Xv, Yv)
                 history.val_loss.append(val_total / Xv.shape[0])
                 history.val_accuracy.append(val_correct / Xv.shape[0] if classification else float("nan"))
             if bar is not None:
                 bar.set_postfix(_epoch_logs(history, classification), refresh=False)
-                bar.update(1)
             elif verbose == 2:
                 logs = "  ".join(f"{k} {v}" for k, v in _epoch_logs(history, classification).items())
                 print(f"epoch {epoch + 1:>4}/{epochs}  {logs}  "

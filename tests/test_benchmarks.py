@@ -86,13 +86,3 @@ def test_bench_cli_quick_json(capsys):
     (result,) = out["configs"]
     assert result["config"] == "small" and result["speedup"] > 0
     assert out["gemm_gflops"] > 0
-
-
-def test_prototypes_define_no_benchmarks():
-    """asv imports every module under benchmarks/, prototypes included: nothing there
-    may look like a benchmark to it."""
-    for path in sorted((ROOT / "benchmarks" / "prototypes").glob("*.py")):
-        module = importlib.import_module(f"benchmarks.prototypes.{path.stem}")
-        names = [n for n, _ in inspect.getmembers(module) if n.startswith(PREFIXES)]
-        names += [f"{c}.{m}" for c, cls in benchmark_classes(module) for m in dir(cls) if m.startswith(PREFIXES)]
-        assert not names, f"{path.name} defines asv-looking names {names}"

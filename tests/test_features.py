@@ -505,8 +505,8 @@ def test_cli_train_plot(tmp_path, capsys):
 
 # --- dropout ---------------------------------------------------------------------------------
 
-from fastbp.kernels import cpu, cpu_ext  # noqa: E402
-from fastbp.training import Workspace  # noqa: E402
+from fastbp import cpu_training  # noqa: E402
+from fastbp.kernels import cpu  # noqa: E402
 
 HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
 
@@ -520,29 +520,12 @@ def mask_views(buffer, sizes, bmax, rows):
     return views
 
 
-@pytest.mark.parametrize("activation", HIDDEN)
-def test_dropout_gradient_with_a_given_mask_matches_reference(activation, dtype):
-    sizes = [7, 12, 9, 4]
-    net = fastbp.MLP(sizes, activation=activation, init="xavier", seed=5, dtype=dtype, dropout=[0.3, 0.5])
-    X, Y = make_data(11, sizes, "softmax", dtype, seed=2)
-    rng = np.random.default_rng(0)
-    masks = [reference.dropout_mask((11, 12), 0.3, rng, dtype), reference.dropout_mask((11, 9), 0.5, rng, dtype)]
-    assert 0 < (masks[0] == 0).mean() < 1
-    work = Workspace(sizes, 11, dtype, dropout=True)
-    for view, mask in zip(mask_views(work.masks, sizes, 11, 11), masks):
-        view[...] = mask
-    grad = np.zeros(net.n_params, dtype)
-    loss, _ = cpu_ext.backward_pass_dropout(X, Y, net.theta, grad, net.layout, net.codes, 2, work.zs,
-                                            work.acts, work.deltas, 11, net.keep, work.masks, work.dacts,
-                                            False)
-    value, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y,
-                                          "cross_entropy", masks=masks)
-    assert_close(loss / 11, value, dtype, "loss")
-    expected = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in zip(dWs, dbs)])
-    assert_close(grad, expected, dtype, "gradient")
-    # and the mask matters: without it the reference gradient is different
-    _, dWs0, _ = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, "cross_entropy")
-    assert not np.allclose(dWs0[0], dWs[0])
+def engine(net, X, Y, optimizer, batch_size, checkpoint=None, seed=0, **extras):
+    args = dict(l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0)
+    args.update(extras)
+    return cpu_training.CpuEngine(net, X, Y, fastbp.training.FitState(net.n_params, net.dtype),
+                                  batch_size=batch_size, optimizer=optimizer, loss_code=2,
+                                  checkpoint=checkpoint, seed=seed, **args)
 
 
 def test_kernel_drawn_masks_replayed_by_the_reference():
@@ -552,12 +535,9 @@ def test_kernel_drawn_masks_replayed_by_the_reference():
     net = fastbp.MLP(sizes, activation="tanh", seed=1, dtype="float64", dropout=[0.25, 0.4])
     X, Y = make_data(30, sizes, "softmax", np.float64, seed=4)
     ref = ReferenceTrainer(net)
-    work = Workspace(sizes, 30, np.float64, dropout=True)
-    state = fastbp.training.FitState(net.n_params, np.float64)
-    hyper = fastbp.training.hyper_vector(fastbp.SGD(0.5), 0.5, 0.0, 0.0, 0.0, 0.0)
-    diagnostics = np.zeros((3, 2))
-    work.train_epoch(net, X, Y, np.arange(30), state, 2, fastbp.SGD.code, hyper, diagnostics, 1234)
-    masks = mask_views(work.masks, sizes, 30, 30)
+    run = engine(net, X, Y, fastbp.SGD(0.5), 30)
+    run.train_batches(np.arange(30), 0, 1, 0, 0.5)
+    masks = mask_views(run.dropout.masks, sizes, 30, 30)
     for mask, keep in zip(masks, (0.75, 0.6)):
         assert set(np.unique(mask)) == {0.0, 1 / keep}
     _, dWs, dbs = reference.gradients(ref.weights, ref.biases, ref.activations, X, Y, "cross_entropy",
@@ -571,11 +551,11 @@ def test_dropout_keeps_the_expected_activation_and_drops_the_right_fraction():
     sizes = [10, 400, 2]
     net = fastbp.MLP(sizes, activation="sigmoid", seed=0, dtype="float64", dropout=0.3)
     X = np.random.default_rng(1).normal(size=(500, 10))
-    work = Workspace(sizes, 500, np.float64, dropout=True)
-    cpu_ext.forward_pass_dropout(X, net.theta, net.layout, net.codes, work.zs, work.acts, 500, net.keep,
-                                 work.masks, work.dacts, True)
+    work, _ = cpu_training.workspace(net, 500)
+    dropout = cpu_training.dropout_bundle(net, 500)
+    cpu.forward_step(cpu_training.network_bundle(net), work, 0, X, dropout, None, False)
     kept = work.acts[:500 * 400].reshape(500, 400)
-    dropped = work.dacts[:500 * 400].reshape(500, 400)
+    dropped = dropout.dacts[:500 * 400].reshape(500, 400)
     assert (dropped == 0).mean() == pytest.approx(0.3, abs=0.01)
     assert dropped.mean() == pytest.approx(kept.mean(), rel=0.01)
     np.testing.assert_array_equal(dropped[dropped != 0], kept[dropped != 0] * (1 / 0.7))
@@ -637,24 +617,25 @@ def test_checkpointed_gradient_matches_plain_and_reference(k):
     sizes = [5, 8, 8, 8, 8, 8, 3]
     net = fastbp.MLP(sizes, activation="tanh", seed=0, dtype="float64")
     X, Y = make_data(9, sizes, "softmax", np.float64, seed=1)
-    plain_work = Workspace(sizes, 9, np.float64)
-    grad_plain = np.zeros(net.n_params)
-    cpu.backward_pass(X, Y, net.theta, grad_plain, net.layout, net.codes, 2, plain_work.zs, plain_work.acts,
-                      plain_work.deltas, 9)
-    work = Workspace(sizes, 9, np.float64, segments=fastbp.training.checkpoint_segments(6, k))
-    grad = np.zeros(net.n_params)
-    cpu_ext.backward_pass_checkpoint(X, Y, net.theta, grad, net.layout, net.codes, 2, work.zs, work.acts,
-                                     work.deltas, 9, work.starts, work.ck_off, work.ck_z, work.ck_a)
-    np.testing.assert_array_equal(grad, grad_plain)
+    grads, works = [], []
+    for segments in (None, cpu_training.checkpoint_segments(6, k)):
+        work, checkpoint = cpu_training.workspace(net, 9, segments)
+        state = cpu_training._GradientState(np.zeros(net.n_params))
+        cpu.batch_pass(cpu_training.network_bundle(net, 2), cpu_training.optimizer_bundle(net, state, 0),
+                       cpu_training.hyper_bundle(fastbp.SGD()), work, X, Y, None, None, checkpoint, False)
+        grads.append(state.grad)
+        works.append((work, checkpoint))
+    np.testing.assert_array_equal(grads[1], grads[0])
     _, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, "cross_entropy")
-    assert_close(grad, np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in zip(dWs, dbs)]),
+    assert_close(grads[1], np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in zip(dWs, dbs)]),
                  np.float64)
+    (plain_work, _), (work, checkpoint) = works
     if 1 < k < 6:  # the activation cache really is smaller
-        assert work.zs.size + work.ck_z.size < plain_work.zs.size
+        assert work.zs.size + checkpoint.kept_z.size < plain_work.zs.size
 
 
 def test_checkpoint_segments():
-    from fastbp.training import checkpoint_segments
+    from fastbp.cpu_training import checkpoint_segments
     assert checkpoint_segments(17, 4) == [0, 4, 8, 12, 16]
     assert checkpoint_segments(17, True) == [0, 5, 10, 15]
     assert checkpoint_segments(3, 10) == [0]
@@ -666,8 +647,6 @@ def test_bad_checkpoint_raises(kwargs, match):
     X, y = data(10)
     with pytest.raises(ValueError, match=match):
         fastbp.MLP(SIZES).fit(X, y, **kwargs)
-    with pytest.raises(ValueError, match="dropout"):
-        fastbp.MLP(SIZES, dropout=0.1).fit(X, y, checkpoint=2)
 
 
 @pytest.mark.slow
@@ -816,8 +795,6 @@ def test_batchnorm_trains_digits_and_round_trips(tmp_path):
 @pytest.mark.parametrize("make,error,match", [
     (lambda: fastbp.MLP(SIZES, batchnorm="yes"), TypeError, "batchnorm"),
     (lambda: fastbp.MLP(SIZES, batchnorm=True, bn_momentum=1.0), ValueError, "bn_momentum"),
-    (lambda: fastbp.MLP(SIZES, batchnorm=True, dropout=0.2), ValueError, "dropout"),
-    (lambda: fastbp.MLP(SIZES, batchnorm=True).fit(*data(10), checkpoint=2), ValueError, "batchnorm"),
 ])
 def test_bad_batchnorm_arguments(make, error, match):
     with pytest.raises(error, match=match):

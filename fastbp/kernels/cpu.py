@@ -13,13 +13,17 @@ of ``layout.py``:
 
 Plus :func:`output_delta` (loss and δ^L, softmax–cross-entropy and
 sigmoid–binary-cross-entropy fused and computed stably from the logits) and the
-drivers :func:`train_epoch` (gather each batch through a permutation, forward,
-loss, backward, update — a whole epoch in one compiled call), :func:`loss_and_gradient`
-and :func:`predict`.
+the layer walk (:func:`forward_step`, :func:`backward_step`: batchnorm and dropout
+are per-layer options inside them; :func:`batch_pass` runs them over the layers or
+over checkpoint segments) and the drivers :func:`train_batches` (gather each batch
+through a permutation, forward, loss, backward, update — a range of an epoch's batches
+in one compiled call), :func:`loss_and_gradient` and :func:`evaluate` (loss and/or
+outputs). They take the bundles of ``bundles.py``; an optional mode is an argument
+that is ``None`` when off, so its code is compiled only for the fits that use it.
 
 Conventions: the 1/B of the batch mean is folded into δ^L, so dW = a^{l-1ᵀ}δ^l
 and db = Σ δ^l need no further scaling. Nothing here allocates per batch: every
-buffer comes from the caller (see ``fastbp.training.Workspace``). Functions are
+buffer comes from the caller (see ``fastbp.cpu_training``). Functions are
 compiled once per dtype (float32, float64); activations, losses and optimizers
 are integer codes from ``fastbp.spec`` branched on outside the inner loops.
 """
@@ -34,9 +38,6 @@ IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
 MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
 OPT_SGD, OPT_MOMENTUM, OPT_NESTEROV, OPT_RMSPROP, OPT_ADAM = (
     spec.OPT_SGD, spec.OPT_MOMENTUM, spec.OPT_NESTEROV, spec.OPT_RMSPROP, spec.OPT_ADAM)
-H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
-    spec.H_LR, spec.H_MOMENTUM, spec.H_BETA2, spec.H_EPS, spec.H_L1, spec.H_L2,
-    spec.H_CLIP_NORM, spec.H_CLIP_VALUE)
 LEAKY_SLOPE = spec.LEAKY_SLOPE
 
 #: batches of at most this many rows form the gradient inside the update
@@ -262,11 +263,11 @@ def _regularised_sq_norm(theta, grad, l1, l2):
 @_jit
 def _clip_scale(theta, grad, layout, hyper):
     """Factor that brings the global norm of the regularised gradient to clip_norm."""
-    clip_norm = hyper[H_CLIP_NORM]
+    clip_norm = hyper.clip_norm
     if clip_norm <= 0:
         return 1.0
     zero = theta[0] * 0
-    l1, l2 = zero + hyper[H_L1], zero + hyper[H_L2]
+    l1, l2 = zero + hyper.l1, zero + hyper.l2
     sq = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
@@ -369,9 +370,9 @@ def step_constants(theta, hyper, t):
     """(lr, μ/ρ/β1, β2, ε, 1 − β1^t, 1 − β2^t, clip_value) cast to the parameter dtype,
     so float32 math stays float32; clip_value is +inf when off."""
     zero = theta[0] * 0
-    clip_value = hyper[H_CLIP_VALUE] if hyper[H_CLIP_VALUE] > 0 else np.inf
-    return (zero + hyper[H_LR], zero + hyper[H_MOMENTUM], zero + hyper[H_BETA2], zero + hyper[H_EPS],
-            zero + (1 - hyper[H_MOMENTUM] ** t), zero + (1 - hyper[H_BETA2] ** t), zero + clip_value)
+    clip_value = hyper.clip_value if hyper.clip_value > 0 else np.inf
+    return (zero + hyper.lr, zero + hyper.momentum, zero + hyper.beta2, zero + hyper.eps,
+            zero + (1 - hyper.momentum ** t), zero + (1 - hyper.beta2 ** t), zero + clip_value)
 
 
 @_jit
@@ -381,21 +382,22 @@ def _record(diagnostics, l, grad_sq, step_sq, weight_sq):
 
 
 @_jit
-def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t, diagnostics):
-    """One optimizer step at step count t (1-based), in place; returns the penalty
-    l1 Σ|W| + (l2/2) Σ W² of the weights before the step.
+def update_params(net, opt, hyper):
+    """One optimizer step at step count ``opt.step[0]`` (1-based) over ``net.update_layout``,
+    in place; returns the penalty l1 Σ|W| + (l2/2) Σ W² of the weights before the step.
 
     Per element: g = (grad + l1 sign(w) + l2 w) · clip_scale, clamped to ±clip_value,
-    then the optimizer rule of ``reference.optimizer_step``. ``hyper`` is a float64
-    vector indexed by the ``spec.H_*`` constants.
+    then the optimizer rule of ``reference.optimizer_step``.
 
     Gradient diagnostics come from the same pass: ``diagnostics[l, 0]`` accumulates
     the L2 norm of layer l's regularised gradient (weights and bias, before
     clipping) and ``diagnostics[l, 1]`` the ratio ‖ΔW‖ / ‖W‖ of its weight update.
     """
-    consts = step_constants(theta, hyper, t)
+    theta, grad, state1, state2, layout = net.theta, opt.grad, opt.state1, opt.state2, net.update_layout
+    opt_code, diagnostics = opt.code, opt.diagnostics
+    consts = step_constants(theta, hyper, opt.step[0])
     zero = theta[0] * 0
-    l1, l2 = zero + hyper[H_L1], zero + hyper[H_L2]
+    l1, l2 = zero + hyper.l1, zero + hyper.l2
     scale = zero + _clip_scale(theta, grad, layout, hyper)
     penalty = 0.0
     for l in range(layout.shape[0]):
@@ -410,13 +412,17 @@ def update_params(theta, grad, state1, state2, layout, opt_code, hyper, t, diagn
 
 
 @_jit
-def fused_update_layer(theta, state1, state2, layout, l, a_prev, delta, scratch, opt_code, consts,
-                       l1, l2, diagnostics):
+def fused_update_layer(net, opt, hyper, l, a_prev, delta):
     """Gradient and optimizer step of layer l in one pass, for small batches: the rows
-    of dW = a_prevᵀ·δ are formed block by block in the cache-sized ``scratch`` and
-    applied at once, so the full gradient never goes through memory. Same result as
-    ``weight_gradient`` + ``update_params`` without norm clipping; returns the penalty.
+    of dW = a_prevᵀ·δ are formed block by block in a cache-sized scratch (the start of
+    ``opt.grad``) and applied at once, so the full gradient never goes through memory.
+    Same result as ``weight_gradient`` + ``update_params`` without norm clipping;
+    returns the penalty.
     """
+    theta, state1, state2, layout = net.theta, opt.state1, opt.state2, net.layout
+    scratch, opt_code, diagnostics = opt.grad[:FUSED_SCRATCH], opt.code, opt.diagnostics
+    consts = step_constants(theta, hyper, opt.step[0])
+    l1, l2 = theta[0] * 0 + hyper.l1, theta[0] * 0 + hyper.l2
     fan_in, fan_out, w_off, b_off = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
     rows = delta.shape[0]
     block = max(1, scratch.shape[0] // fan_out)
@@ -452,77 +458,290 @@ def fused_update_layer(theta, state1, state2, layout, l, a_prev, delta, scratch,
     return penalty
 
 
-# --- passes over one batch -------------------------------------------------------------
+# --- batch normalization -------------------------------------------------------------------
+#
+# A hidden layer l with BN computes u = a^{l-1}·W (its bias slot is the shift β),
+# x̂ = (u − μ)/√(σ² + ε), y = γ ⊙ x̂ + β and a = f(y). ``zs`` caches y (so
+# ``backprop_delta`` gives dL/dy unchanged), ``xhat`` caches x̂, ``stats`` holds μ and
+# 1/√(σ² + ε) per unit (see ``bundles.BatchNorm``), ``running`` the running mean and
+# variance in the same arrangement (mean ← m·mean + (1 − m)·μ,
+# var ← m·var + (1 − m)·σ²·B/(B − 1), in mode 2 only).
 
 
 @_jit
-def forward_pass(x, theta, layout, codes, zs, acts, bmax):
-    """Forward through every layer for the rows of ``x``; caches z^l and a^l in the
-    flat buffers ``zs`` and ``acts`` (layer l at offset bmax·Σ_{j<l} n_j)."""
-    rows = x.shape[0]
-    a_prev = x
-    offset = 0
-    for l in range(layout.shape[0]):
-        cols = layout[l, 1]
-        z = rows_view(zs, offset, rows, cols)
-        a = rows_view(acts, offset, rows, cols)
-        forward_layer(a_prev, weights_view(theta, layout, l), bias_view(theta, layout, l), codes[l], z, a)
-        a_prev = a
-        offset += bmax * cols
-    return offset - bmax * layout[layout.shape[0] - 1, 1]
+def activate_only(z, code, a):
+    """a = f(z) for a hidden activation code (the epilogue of ``forward_layer`` without the bias)."""
+    rows, cols = z.shape
+    for i in range(rows):
+        for j in range(cols):
+            v = z[i, j]
+            if code == IDENTITY:
+                a[i, j] = v
+            elif code == RELU:
+                a[i, j] = v if v > 0 else 0
+            elif code == LEAKY_RELU:
+                a[i, j] = v if v > 0 else LEAKY_SLOPE * v
+            elif code == SIGMOID:
+                a[i, j] = 1 / (1 + np.exp(-v))
+            else:  # TANH
+                a[i, j] = np.tanh(v)
 
 
 @_jit
-def _backward(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas, bmax,
-              fused, state1, state2, opt_code, consts, l1, l2, scratch, diagnostics):
-    """Forward, loss and backward for one batch. Unfused: writes the batch-mean
-    data-loss gradient into ``grad``. Fused: updates each layer's parameters as soon
-    as its delta is known (after δ^{l-1} has been formed with the old W^l).
-    Returns (summed loss, correct count, penalty of the fused update)."""
-    rows = x.shape[0]
-    n_layers = layout.shape[0]
-    out = forward_pass(x, theta, layout, codes, zs, acts, bmax)
-    k = layout[n_layers - 1, 1]
-    z_out = rows_view(zs, out, rows, k)
-    a_out = rows_view(acts, out, rows, k)
-    half = deltas.shape[0] // 2
-    delta = rows_view(deltas, 0, rows, k)
-    loss = output_delta(z_out, a_out, targets, codes[n_layers - 1], loss_code, 1.0 / rows, delta)
-    correct = correct_count(a_out, targets, codes[n_layers - 1])
+def bn_statistics(u, mean, inv_std, running_mean, running_var, eps, momentum, mode):
+    """μ and 1/√(σ²+ε) per column of u into ``mean``/``inv_std``: the running statistics
+    in mode 0, the batch's in modes 1 and 2 (mode 2 also updates the running ones)."""
+    rows, cols = u.shape
+    if mode == 0:
+        for j in range(cols):
+            mean[j] = running_mean[j]
+            inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
+        return
+    for j in range(cols):
+        mean[j] = 0.0
+        inv_std[j] = 0.0
+    for i in range(rows):
+        for j in range(cols):
+            mean[j] += u[i, j]
+    for j in range(cols):
+        mean[j] /= rows
+    for i in range(rows):
+        for j in range(cols):
+            d = u[i, j] - mean[j]
+            inv_std[j] += d * d
+    for j in range(cols):
+        var = inv_std[j] / rows
+        if mode == 2:
+            running_mean[j] = momentum * running_mean[j] + (1 - momentum) * mean[j]
+            unbiased = var * rows / (rows - 1) if rows > 1 else var
+            running_var[j] = momentum * running_var[j] + (1 - momentum) * unbiased
+        inv_std[j] = 1.0 / np.sqrt(var + eps)
+
+
+@_jit
+def bn_forward(net, batchnorm, l, u, xhat, mode, stat):
+    """In place: u (= a·W of layer l) becomes y = γ x̂ + β; x̂ into ``xhat``; the layer's
+    statistics (units from ``stat`` on) in ``batchnorm.stats`` per ``mode``."""
+    rows, cols = u.shape
+    total = batchnorm.stats.shape[0] // 2
+    g_off = batchnorm.gamma_offsets[l]
+    gamma, beta = net.theta[g_off:g_off + cols], bias_view(net.theta, net.layout, l)
+    mean, inv_std = batchnorm.stats[stat:stat + cols], batchnorm.stats[total + stat:total + stat + cols]
+    running = batchnorm.running
+    bn_statistics(u, mean, inv_std, running[stat:stat + cols], running[total + stat:total + stat + cols],
+                  batchnorm.eps, batchnorm.momentum, mode)
+    for i in range(rows):
+        for j in range(cols):
+            x = (u[i, j] - mean[j]) * inv_std[j]
+            xhat[i, j] = x
+            u[i, j] = gamma[j] * x + beta[j]
+
+
+@_jit
+def bn_backward(delta, xhat, gamma, inv_std, dgamma, dbeta):
+    """In place: δ = dL/dy (batch mean folded in) becomes dL/du =
+    (1/√(σ²+ε)) (g − mean(g) − x̂ mean(g x̂)) with g = γ δ; writes dγ = Σ δ x̂ and dβ = Σ δ."""
+    rows, cols = delta.shape
+    for j in range(cols):
+        dgamma[j] = 0
+        dbeta[j] = 0
+    for i in range(rows):
+        for j in range(cols):
+            dbeta[j] += delta[i, j]
+            dgamma[j] += delta[i, j] * xhat[i, j]
+    for i in range(rows):
+        for j in range(cols):
+            g = gamma[j]
+            delta[i, j] = inv_std[j] * (g * delta[i, j] - g * dbeta[j] / rows
+                                        - xhat[i, j] * g * dgamma[j] / rows)
+
+
+# --- dropout ----------------------------------------------------------------------------------
+
+
+@_jit
+def draw_mask(mask, keep):
+    """mask[i, j] = 1/keep with probability keep, else 0 (inverted dropout)."""
+    inv = 1.0 / keep
+    rows, cols = mask.shape
+    for i in range(rows):
+        for j in range(cols):
+            mask[i, j] = inv if np.random.random() < keep else 0.0
+
+
+@_jit
+def apply_mask(a, mask, out):
+    rows, cols = a.shape
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = a[i, j] * mask[i, j]
+
+
+# --- the layer walk: one forward step and one backward step per layer ---------------------------
+#
+# Per hidden layer the order is affine → batchnorm (if on) → activation → dropout (if
+# on). Checkpointing runs the same two steps over segments of layers. Layer l's z and a
+# sit in ``work.zs``/``work.acts`` at ``work.offsets[l, 0]``.
+
+
+@_jit
+def forward_step(net, work, l, a_in, dropout, batchnorm, replay):
+    """Layer l on the rows of ``a_in``: z and a = f(z) (with BN, z is y = γ x̂ + β) into
+    the workspace; returns what layer l + 1 reads (the dropped activations with dropout).
+    ``replay`` (checkpointing's recomputation) reuses the masks drawn and leaves the
+    running statistics alone."""
+    layout = net.layout
+    rows, cols = a_in.shape[0], layout[l, 1]
+    offset = work.offsets[l, 0]
+    z = rows_view(work.zs, offset, rows, cols)
+    a = rows_view(work.acts, offset, rows, cols)
+    weights = weights_view(net.theta, layout, l)
+    normalised = False
+    if batchnorm is not None:
+        if batchnorm.gamma_offsets[l] >= 0:
+            np.dot(a_in, weights, z)
+            mode = min(batchnorm.mode, 1) if replay else batchnorm.mode
+            bn_forward(net, batchnorm, l, z, rows_view(batchnorm.xhat, offset, rows, cols), mode,
+                       work.offsets[l, 2])
+            activate_only(z, net.codes[l], a)
+            normalised = True
+    if not normalised:
+        forward_layer(a_in, weights, bias_view(net.theta, layout, l), net.codes[l], z, a)
+    if dropout is not None:
+        if l < layout.shape[0] - 1 and dropout.keep[l] < 1:
+            mask = rows_view(dropout.masks, work.offsets[l, 1], rows, cols)
+            if not replay:
+                draw_mask(mask, dropout.keep[l])
+            dropped = rows_view(dropout.dacts, work.offsets[l, 1], rows, cols)
+            apply_mask(a, mask, dropped)
+            return dropped
+    return a
+
+
+@_jit
+def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused):
+    """Layer l's gradient (dW, db; with BN dγ, dβ) into ``opt.grad`` — or, ``fused``, its
+    optimizer step at once — and δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}) (⊙ mask^{l-1}).
+    ``prev`` is (z^{l-1}, a^{l-1}) undropped ((x, x) for l = 0). Returns (δ^{l-1}, penalty
+    of a fused step); δ^{l-1} sits in the other half of the ping-pong ``work.deltas``."""
+    layout = net.layout
+    rows, cols, fan_in = delta.shape[0], layout[l, 1], layout[l, 0]
+    z_prev, a_prev = prev
+    a_in = a_prev
+    mask_offset = -1
+    if dropout is not None:
+        if l > 0 and dropout.keep[l - 1] < 1:
+            mask_offset = work.offsets[l - 1, 1]
+            a_in = rows_view(dropout.dacts, mask_offset, rows, fan_in)
+    bias_grad = bias_view(opt.grad, layout, l)
+    if batchnorm is not None:
+        g_off = batchnorm.gamma_offsets[l]
+        if g_off >= 0:
+            total, stat = batchnorm.stats.shape[0] // 2, work.offsets[l, 2]
+            bn_backward(delta, rows_view(batchnorm.xhat, work.offsets[l, 0], rows, cols),
+                        net.theta[g_off:g_off + cols], batchnorm.stats[total + stat:total + stat + cols],
+                        opt.grad[g_off:g_off + cols], bias_grad)
+            bias_grad = batchnorm.scratch[:cols]  # Σ du: meaningless where the bias slot holds β
+    if not fused:
+        weight_gradient(a_in, delta, weights_view(opt.grad, layout, l), bias_grad)
+    delta_prev = delta
+    if l > 0:
+        half = work.deltas.shape[0] // 2
+        delta_prev = rows_view(work.deltas, ((layout.shape[0] - l) % 2) * half, rows, fan_in)
+        backprop_delta(delta, weights_view(net.theta, layout, l), z_prev, a_prev, net.codes[l - 1],
+                       delta_prev)
+        if dropout is not None:
+            if mask_offset >= 0:
+                apply_mask(delta_prev, rows_view(dropout.masks, mask_offset, rows, fan_in), delta_prev)
     penalty = 0.0
-    offset = out
-    for l in range(n_layers - 1, -1, -1):
-        if l > 0:
-            fan_in = layout[l, 0]
-            offset -= bmax * fan_in
-            a_prev = rows_view(acts, offset, rows, fan_in)
-        else:
-            a_prev = x
-        if not fused:
-            weight_gradient(a_prev, delta, weights_view(grad, layout, l), bias_view(grad, layout, l))
-        if l > 0:
-            which = (n_layers - l) % 2  # ping-pong between the two delta buffers
-            delta_prev = rows_view(deltas, which * half, rows, layout[l, 0])
-            backprop_delta(delta, weights_view(theta, layout, l), rows_view(zs, offset, rows, fan_in),
-                           a_prev, codes[l - 1], delta_prev)
-        if fused:
-            penalty += fused_update_layer(theta, state1, state2, layout, l, a_prev, delta, scratch,
-                                          opt_code, consts, l1, l2, diagnostics)
-        if l > 0:
-            delta = delta_prev
-    return loss, correct, penalty
+    if fused:
+        penalty = fused_update_layer(net, opt, hyper, l, a_in, delta)
+    return delta_prev, penalty
 
 
 @_jit
-def backward_pass(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas, bmax):
-    """Forward, loss and backward for one batch; writes the batch-mean data-loss
-    gradient into ``grad``. Returns (summed loss, correct count)."""
-    zero = theta[0] * 0
-    consts = (zero, zero, zero, zero, zero, zero, zero)
-    loss, correct, _ = _backward(x, targets, theta, grad, layout, codes, loss_code, zs, acts, deltas,
-                                 bmax, False, grad, grad, 0, consts, zero, zero, grad,
-                                 np.zeros((0, 2)))
-    return loss, correct
+def cached_layer(work, l, rows, cols):
+    """(z^l, a^l) of the current batch from the workspace."""
+    offset = work.offsets[l, 0]
+    return rows_view(work.zs, offset, rows, cols), rows_view(work.acts, offset, rows, cols)
+
+
+@_jit
+def segment_input(x, net, work, checkpoint, dropout, start):
+    """What layer ``start`` reads: x, or the kept (dropped, with dropout) activations of layer start − 1."""
+    if start == 0:
+        return x
+    rows, cols = x.shape[0], net.layout[start - 1, 1]
+    if dropout is not None:
+        if dropout.keep[start - 1] < 1:
+            return rows_view(dropout.dacts, work.offsets[start - 1, 1], rows, cols)
+    return rows_view(checkpoint.kept_a, checkpoint.kept_offsets[start - 1], rows, cols)
+
+
+@_jit
+def output_loss(net, work, y, delta_scale):
+    """(loss sum, correct count, δ^L) from the output layer cached in the workspace;
+    δ^L (scaled by ``delta_scale``, 1/B in training) at the start of ``work.deltas``."""
+    n_layers = net.layout.shape[0]
+    rows, k = y.shape[0], net.layout[n_layers - 1, 1]
+    z_out, a_out = cached_layer(work, n_layers - 1, rows, k)
+    delta = rows_view(work.deltas, 0, rows, k)
+    loss = output_delta(z_out, a_out, y, net.codes[n_layers - 1], net.loss_code, delta_scale, delta)
+    return loss, correct_count(a_out, y, net.codes[n_layers - 1]), delta
+
+
+@_jit
+def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fused):
+    """Forward, loss and backward of one batch: the batch-mean gradient into ``opt.grad``
+    or, ``fused``, each layer's optimizer step as soon as its δ is known (after δ^{l-1}
+    has been formed with the old W^l). With ``checkpoint`` only the segment boundaries
+    are kept and each segment is recomputed (the same calls on the same inputs: the
+    same bits) before its backward pass. Returns (loss sum, correct, fused penalty)."""
+    n_layers = net.layout.shape[0]
+    rows = x.shape[0]
+    if checkpoint is None:
+        a = x
+        for l in range(n_layers):
+            a = forward_step(net, work, l, a, dropout, batchnorm, False)
+    else:
+        n_seg = checkpoint.starts.shape[0] - 1
+        for g in range(n_seg):
+            start, stop = checkpoint.starts[g], checkpoint.starts[g + 1]
+            a = segment_input(x, net, work, checkpoint, dropout, start)
+            for l in range(start, stop):
+                a = forward_step(net, work, l, a, dropout, batchnorm, False)
+            if g < n_seg - 1:
+                cols, kept = net.layout[stop - 1, 1], checkpoint.kept_offsets[stop - 1]
+                z, a_kept = cached_layer(work, stop - 1, rows, cols)
+                rows_view(checkpoint.kept_z, kept, rows, cols)[...] = z
+                rows_view(checkpoint.kept_a, kept, rows, cols)[...] = a_kept
+    loss, correct, delta = output_loss(net, work, y, 1.0 / rows)
+    penalty = 0.0
+    if checkpoint is None:
+        for l in range(n_layers - 1, -1, -1):
+            prev = (x, x) if l == 0 else cached_layer(work, l - 1, rows, net.layout[l, 0])
+            delta, p = backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused)
+            penalty += p
+    else:
+        n_seg = checkpoint.starts.shape[0] - 1
+        for g in range(n_seg - 1, -1, -1):
+            start, stop = checkpoint.starts[g], checkpoint.starts[g + 1]
+            if g < n_seg - 1:  # the last segment is still in the workspace from the forward pass
+                a = segment_input(x, net, work, checkpoint, dropout, start)
+                for l in range(start, stop):
+                    a = forward_step(net, work, l, a, dropout, batchnorm, True)
+            for l in range(stop - 1, start - 1, -1):
+                if l == 0:
+                    prev = (x, x)
+                elif l > start:
+                    prev = cached_layer(work, l - 1, rows, net.layout[l, 0])
+                else:
+                    kept, fan_in = checkpoint.kept_offsets[l - 1], net.layout[l, 0]
+                    prev = (rows_view(checkpoint.kept_z, kept, rows, fan_in),
+                            rows_view(checkpoint.kept_a, kept, rows, fan_in))
+                delta, p = backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused)
+                penalty += p
+    return loss, correct, penalty
 
 
 @_jit
@@ -539,71 +758,64 @@ def gather_rows(source, perm, start, rows, out):
 
 
 @_jit
-def train_epoch(X, Y, perm, batch_size, theta, grad, state1, state2, layout, codes, loss_code,
-                opt_code, hyper, step, xb, yb, zs, acts, deltas, diagnostics):
-    """One epoch in one compiled call: for each batch of ``perm`` (the last may be
-    partial) gather, forward, loss, backward and update. ``step[0]`` is the optimizer
-    step count, advanced per batch; ``diagnostics`` (n_layers, 2) accumulates per-batch
-    gradient norms and update ratios (see :func:`update_params`).
-    Returns (Σ_batches b·(loss_b + penalty_b), correct).
+def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, checkpoint):
+    """Batches ``first``..``stop``-1 of the epoch's permutation (batches of ``work.bmax``
+    rows, the last may be partial), each gathered, passed forward and backward and
+    applied by the optimizer, in one compiled call; the caller splits an epoch into such
+    ranges to return to Python regularly. ``work.sums[0]`` accumulates Σ_batches
+    b·(loss_b + penalty_b) and ``work.counts[0]`` the correct count over the epoch (both
+    reset when ``first`` is 0).
     """
-    n = perm.shape[0]
-    total = 0.0
-    correct = 0
-    l1, l2 = theta[0] * 0 + hyper[H_L1], theta[0] * 0 + hyper[H_L2]
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        x = xb[:rows]
-        y = yb[:rows]
-        gather_rows(X, perm, start, rows, x)
-        gather_rows(Y, perm, start, rows, y)
-        step[0] += 1
-        fused = rows <= FUSED_MAX_ROWS and hyper[H_CLIP_NORM] <= 0
-        loss, hits, penalty = _backward(
-            x, y, theta, grad, layout, codes, loss_code, zs, acts, deltas, batch_size, fused,
-            state1, state2, opt_code, step_constants(theta, hyper, step[0]), l1, l2,
-            grad[:FUSED_SCRATCH], diagnostics)
+    n = data.perm.shape[0]
+    bmax = work.bmax
+    if first == 0:
+        work.sums[0] = 0.0
+        work.counts[0] = 0
+        if dropout is not None:
+            np.random.seed(dropout.seed)
+    small_batches_fuse = hyper.clip_norm <= 0 and dropout is None and batchnorm is None
+    for b in range(first, stop):
+        start = b * bmax
+        rows = min(bmax, n - start)
+        x = work.xb[:rows]
+        y = work.yb[:rows]
+        gather_rows(data.X, data.perm, start, rows, x)
+        gather_rows(data.Y, data.perm, start, rows, y)
+        opt.step[0] += 1
+        fused = small_batches_fuse and rows <= FUSED_MAX_ROWS
+        loss, hits, penalty = batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fused)
         if not fused:
-            penalty = update_params(theta, grad, state1, state2, layout, opt_code, hyper, step[0],
-                                    diagnostics)
-        total += loss + rows * penalty
-        correct += hits
-    return total, correct
+            penalty = update_params(net, opt, hyper)
+        work.sums[0] += loss + rows * penalty
+        work.counts[0] += hits
 
 
 @_jit
-def loss_and_gradient(X, Y, theta, grad, layout, codes, loss_code, zs, acts, deltas):
-    """Full-batch data loss (mean) and its gradient into ``grad``."""
-    loss, _ = backward_pass(X, Y, theta, grad, layout, codes, loss_code, zs, acts, deltas, X.shape[0])
-    return loss / X.shape[0]
+def loss_and_gradient(net, opt, hyper, work, X, Y, batchnorm):
+    """Full-batch summed data loss and its batch-mean gradient into ``opt.grad`` (batchnorm
+    with the batch statistics; mode 1 leaves the running ones alone). ``hyper`` is not
+    used (no step is taken) but keeps the types of ``train_batches``' callees."""
+    loss, _, _ = batch_pass(net, opt, hyper, work, X, Y, None, batchnorm, None, False)
+    return loss
 
 
 @_jit
-def predict(X, theta, layout, codes, zs, acts, out, chunk):
-    """Network output for every row of X, in chunks of ``chunk`` rows."""
+def evaluate(net, work, X, Y, batchnorm, out):
+    """Over the rows of X in chunks of ``work.bmax``, no dropout: the summed data loss and
+    correct count against Y (unless Y is None) and the outputs into ``out`` (unless None)."""
     n = X.shape[0]
-    k = out.shape[1]
-    for start in range(0, n, chunk):
-        rows = min(chunk, n - start)
-        offset = forward_pass(X[start:start + rows], theta, layout, codes, zs, acts, chunk)
-        a_out = rows_view(acts, offset, rows, k)
-        out[start:start + rows] = a_out
-
-
-@_jit
-def evaluate(X, Y, theta, layout, codes, loss_code, zs, acts, deltas, chunk):
-    """Summed data loss and correct count over every row of X, in chunks (no update)."""
-    n = X.shape[0]
-    n_layers = layout.shape[0]
-    k = layout[n_layers - 1, 1]
+    n_layers = net.layout.shape[0]
     total = 0.0
     correct = 0
-    for start in range(0, n, chunk):
-        rows = min(chunk, n - start)
-        offset = forward_pass(X[start:start + rows], theta, layout, codes, zs, acts, chunk)
-        z_out = rows_view(zs, offset, rows, k)
-        a_out = rows_view(acts, offset, rows, k)
-        y = Y[start:start + rows]
-        total += output_delta(z_out, a_out, y, codes[n_layers - 1], loss_code, 1.0, rows_view(deltas, 0, rows, k))
-        correct += correct_count(a_out, y, codes[n_layers - 1])
+    for start in range(0, n, work.bmax):
+        rows = min(work.bmax, n - start)
+        a = X[start:start + rows]
+        for l in range(n_layers):
+            a = forward_step(net, work, l, a, None, batchnorm, False)
+        if out is not None:
+            out[start:start + rows] = a
+        if Y is not None:
+            loss, hits, _ = output_loss(net, work, Y[start:start + rows], 1.0)
+            total += loss
+            correct += hits
     return total, correct

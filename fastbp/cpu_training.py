@@ -1,0 +1,224 @@
+"""``device="cpu"``: the bundles of ``kernels.bundles`` built from an ``MLP``, the
+:class:`CpuEngine` that ``training.run_epochs`` drives, and the forward / evaluate /
+gradient calls of the network. Mirrors ``cuda_training.py``.
+
+Every buffer a kernel writes into is allocated here, once per fit or per call (never
+cached on the network, so calls from several threads do not share scratch space), so
+the hot path neither allocates nor runs Python per batch.
+"""
+
+import numpy as np
+
+from . import spec
+from .kernels import cpu
+from .kernels.bundles import BatchNorm, Checkpoint, Data, Dropout, Hyper, Network, Optimizer, Workspace
+
+#: rows of inference work per compiled call, in parameter·rows (≈ 0.1–0.5 s of compute),
+#: so predict / evaluate return to Python (Ctrl-C) regularly on large inputs
+ROWS_PARAMS_PER_CALL = 2 * 10 ** 8
+
+
+def network_bundle(net, loss_code=spec.MSE):
+    return Network(net.theta, net.layout, net.update_layout, net.codes, int(loss_code))
+
+
+def checkpoint_segments(n_layers, checkpoint):
+    """Segment starts for ``fit(checkpoint=k)``: every k-th layer's activations are
+    kept, so segments start at 0, k, 2k, ...; ``True`` picks k = ⌈√n_layers⌉."""
+    k = int(np.ceil(np.sqrt(n_layers))) if checkpoint is True else int(checkpoint)
+    return list(range(0, n_layers, k))
+
+
+def workspace(net, bmax, segments=None):
+    """(Workspace, Checkpoint or None) for batches of at most ``bmax`` rows; with
+    ``segments`` (layer indices where checkpoint segments start, 0 first) the z/a cache
+    is one segment long and the boundary layers are kept aside."""
+    widths = net.sizes[1:]
+    n_layers = len(widths)
+    starts = [0, n_layers] if segments is None else [*segments, n_layers]
+    offsets = np.zeros((n_layers, 3), dtype=np.int64)
+    cached = 0
+    for a, b in zip(starts[:-1], starts[1:]):
+        offsets[a:b, 0] = bmax * (np.cumsum([0, *widths[a:b]])[:-1])
+        cached = max(cached, sum(widths[a:b]))
+    offsets[:, 2] = np.cumsum([0, *widths])[:-1]
+    offsets[:, 1] = bmax * offsets[:, 2]
+    dtype = net.dtype
+    work = Workspace(np.zeros((bmax, net.sizes[0]), dtype), np.zeros((bmax, net.sizes[-1]), dtype),
+                     np.zeros(bmax * cached, dtype), np.zeros(bmax * cached, dtype),
+                     np.zeros(2 * bmax * max(widths), dtype), offsets, int(bmax),
+                     np.zeros(1, np.float64), np.zeros(1, np.int64))
+    if segments is None:
+        return work, None
+    kept_offsets = np.full(n_layers, -1, dtype=np.int64)
+    offset = 0
+    for start in starts[1:-1]:
+        kept_offsets[start - 1] = offset
+        offset += bmax * widths[start - 1]
+    return work, Checkpoint(np.array(starts, dtype=np.int64), kept_offsets, np.zeros(offset, dtype),
+                            np.zeros(offset, dtype))
+
+
+def dropout_bundle(net, bmax, seed=0, epoch=0):
+    """Network-long mask and dropped-activation buffers, or None without dropout."""
+    if not any(net.dropout):
+        return None
+    cached = bmax * sum(net.sizes[1:])
+    return Dropout(net.keep, np.zeros(cached, net.dtype), np.zeros(cached, net.dtype), int(seed), int(epoch))
+
+
+def batchnorm_bundle(net, work, mode):
+    """x̂ / statistics buffers over ``work``'s layout and the network's running statistics
+    (mode 0: use them, 1: batch statistics, 2: batch statistics and update them), or None."""
+    if not net.batchnorm:
+        return None
+    widths = net.sizes[1:]
+    return BatchNorm(net.bn_goff, np.zeros(work.zs.shape[0], net.dtype), np.zeros(2 * sum(widths)),
+                     net.bn_running, np.zeros(max(widths), net.dtype), float(spec.BN_EPS),
+                     float(net.bn_momentum), int(mode))
+
+
+def hyper_bundle(optimizer, lr=None, l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0):
+    constants = optimizer.constants()
+    return Hyper(float(optimizer.lr if lr is None else lr), float(constants["momentum"]),
+                 float(constants["beta2"]), float(constants["eps"]), float(l1), float(l2),
+                 float(clip_norm), float(clip_value))
+
+
+def dropout_seed(seed, epoch):
+    """Seed of Numba's generator for the dropout masks of (global) epoch ``epoch``."""
+    return int(np.random.default_rng([seed, epoch, 1]).integers(0, 2 ** 31 - 1))
+
+
+def optimizer_bundle(net, state, code):
+    return Optimizer(state.grad, state.state1, state.state2, state.step, int(code),
+                     np.zeros((len(net.sizes) - 1, 2), dtype=np.float64))
+
+
+class CpuEngine:
+    """The epochs of one fit on the CPU (see ``engine.Engine``): the kernels work on
+    ``net.theta`` and the state's buffers themselves, so nothing is copied."""
+
+    computes_diagnostics = True
+    chunked = True
+
+    def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
+                 checkpoint=None, seed=0):
+        self.net, self.X, self.Y, self.state, self.seed = net, X, Y, state, int(seed)
+        self.bmax = min(int(batch_size), X.shape[0])
+        self.n_batches = -(-X.shape[0] // self.bmax)
+        n_layers = len(net.sizes) - 1
+        segments = checkpoint_segments(n_layers, checkpoint) if checkpoint else None
+        self.network = network_bundle(net, loss_code)
+        self.optimizer = optimizer_bundle(net, state, optimizer.code)
+        self.hyper = hyper_bundle(optimizer, None, l1, l2, clip_norm, clip_value)
+        self.work, self.checkpoint = workspace(net, self.bmax, segments)
+        self.dropout = dropout_bundle(net, self.bmax)
+        self.batchnorm = batchnorm_bundle(net, self.work, 2)
+        self._live = (net.theta, state.state1, state.state2, net.bn_running)
+        self._backup = [np.empty_like(a) for a in self._live]
+        self._step = 0
+
+    def train_batches(self, perm, first, stop, epoch, lr):
+        if first == 0:
+            self.optimizer.diagnostics[...] = 0
+        dropout = self.dropout
+        if dropout is not None:
+            dropout = dropout._replace(seed=dropout_seed(self.seed, epoch), epoch=int(epoch))
+        cpu.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
+                          Data(self.X, self.Y, perm), int(first), int(stop), dropout, self.batchnorm,
+                          self.checkpoint)
+        return float(self.work.sums[0]), int(self.work.counts[0])
+
+    def finite(self):
+        return bool(np.isfinite(self.net.theta).all())
+
+    def diagnostics(self):
+        return self.optimizer.diagnostics
+
+    def save_point(self):
+        for backup, live in zip(self._backup, self._live):
+            np.copyto(backup, live)
+        self._step = int(self.state.step[0])
+
+    def restore(self):
+        for backup, live in zip(self._backup, self._live):
+            np.copyto(live, backup)
+        self.state.step[0] = self._step
+
+    def to_host(self):
+        """Nothing to copy: the kernels work on ``net.theta`` itself."""
+
+    def from_host(self):
+        """Nothing to copy: the kernels work on ``net.theta`` itself."""
+
+    def finish(self):
+        """Nothing to copy back."""
+
+
+def _row_slices(net, n, chunk):
+    """Row ranges of one compiled inference call each (whole chunks, ≈ ROWS_PARAMS_PER_CALL)."""
+    per_call = max(chunk, ROWS_PARAMS_PER_CALL // max(1, net.n_params) // chunk * chunk)
+    return [slice(start, min(n, start + per_call)) for start in range(0, n, per_call)]
+
+
+def evaluate(net, X, Y, loss_code, chunk, batch_stats=False, out=None):
+    """(summed data loss, correct count) over converted X, Y (Y None: outputs only, into
+    ``out``) in chunks of ``chunk`` rows, without dropout; batchnorm with the running
+    statistics (``batch_stats``: each chunk's own, as gradcheck needs)."""
+    work, _ = workspace(net, chunk)
+    network = network_bundle(net, loss_code)
+    batchnorm = batchnorm_bundle(net, work, 1 if batch_stats else 0)
+    total, correct = 0.0, 0
+    for rows in _row_slices(net, X.shape[0], chunk):
+        t, c = cpu.evaluate(network, work, X[rows], None if Y is None else Y[rows], batchnorm,
+                            None if out is None else out[rows])
+        total += t
+        correct += c
+    return total, correct
+
+
+def forward(net, X, chunk):
+    """Output activations a^L of every row of converted X."""
+    out = np.empty((X.shape[0], net.n_outputs), dtype=net.dtype)
+    evaluate(net, X, None, spec.MSE, chunk, out=out)
+    return out
+
+
+def loss_and_gradient(net, X, Y, loss_code):
+    """(mean data loss, flat batch-mean gradient) over the full batch X, Y (batchnorm:
+    batch statistics, running statistics untouched). Scratch is allocated per call."""
+    from .optimizers import SGD
+    grad = np.zeros(net.n_params, dtype=net.dtype)
+    state = _GradientState(grad)
+    work, _ = workspace(net, X.shape[0])
+    loss = cpu.loss_and_gradient(network_bundle(net, loss_code), optimizer_bundle(net, state, 0),
+                                 hyper_bundle(SGD(0.01), 0.0), work, X, Y, batchnorm_bundle(net, work, 1))
+    return loss / X.shape[0], grad
+
+
+class _GradientState:
+    def __init__(self, grad):
+        self.grad = self.state1 = self.state2 = grad
+        self.step = np.zeros(1, dtype=np.int64)
+
+
+def kernels_cached():
+    """True if Numba's cache holds compiled training kernels for this source (a first fit
+    then loads them in about a second instead of compiling them); None if unknown."""
+    try:
+        return bool(cpu.train_batches._cache._cache_file._load_index())
+    except Exception:  # a private Numba API: say nothing rather than fail
+        return None
+
+
+#: what a first fit costs with an empty cache (measured on a 2-core machine, see README)
+COLD_START_SECONDS = "10-30"
+
+
+def compile_notice():
+    """The line ``fastbp train`` prints once when the kernels must be compiled first."""
+    if kernels_cached() is False:
+        return (f"fastbp: compiling the kernels for this machine (once, about {COLD_START_SECONDS} s; "
+                "later runs load them from Numba's cache) ...")
+    return None
