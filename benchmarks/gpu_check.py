@@ -142,10 +142,12 @@ def start_tests(outdir, dry_run, timeout):
     except ImportError:
         return "pytest is not installed"
     xml = Path(outdir) / "cuda_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", f"--junitxml={xml}",
-           str(ROOT / "tests" / "cuda")]
+    # -v: one line per test, so a run cut short by the timeout still says what passed;
+    # the PTX gate needs no GPU (CI runs it) and would spend minutes compiling here
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", f"--junitxml={xml}",
+           "--ignore", str(ROOT / "tests" / "cuda" / "test_cuda_ptx.py"), str(ROOT / "tests" / "cuda")]
     if dry_run:  # a few quick tests: the plumbing, not the suite
-        cmd += ["-k", "gather_batch or count_nonfinite or occupancy_arithmetic"]
+        cmd += ["-k", "gather_batch or count_nonfinite"]
     return Child(cmd, Path(outdir) / "cuda_tests.log", timeout, child_env(dry_run))
 
 
@@ -170,6 +172,14 @@ def finish_tests(report, child, outdir):
                                  "message": (bad.get("message") or "")[:300],
                                  "detail": (bad.text or "")[-1500:]})
         result["failures_detail"] = failures[:30]
+    else:  # killed: count the per-test lines of -v
+        outcomes = re.findall(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", output, re.M)
+        result.update({"passed": sum(o == "PASSED" for _, o in outcomes),
+                       "failures": sum(o == "FAILED" for _, o in outcomes),
+                       "errors": sum(o == "ERROR" for _, o in outcomes),
+                       "skipped": sum(o == "SKIPPED" for _, o in outcomes),
+                       "failures_detail": [{"test": t, "message": o, "detail": ""} for t, o in outcomes
+                                           if o in ("FAILED", "ERROR")][:30]})
     match = re.search(r"(\d+) warnings?", output.splitlines()[-1] if output.strip() else "")
     result["warnings"] = int(match.group(1)) if match else 0
     result["summary"] = output.strip().splitlines()[-1] if output.strip() else ""
@@ -233,20 +243,33 @@ def run_parity(report, dry_run, deadline):
                     continue
                 finally:
                     cc.config = base_config
+                if "dropout" in net_kwargs and cpu_masks_differ():
+                    report.append("parity", "cases", {
+                        "case": key, "status": "ran on cuda; not compared: the CPU kernels still draw dropout "
+                                               "masks from np.random (tests/cuda compare with the reference)"})
+                    continue
                 h_cpu = nets[1].fit(X, y, **fit_kwargs)
                 d_theta = rel_diff(nets[0].theta, nets[1].theta)
                 d_loss = rel_diff(h_gpu.loss, h_cpu.loss)
                 d_forward = rel_diff(nets[1].forward(X, device="cuda"), nets[1].forward(X))
-                worst = max(d_theta, d_loss, d_forward)
+                d_diagnostics = rel_diff(np.array(h_gpu.grad_norm), np.array(h_cpu.grad_norm))
+                worst = max(d_theta, d_loss, d_forward, d_diagnostics)
                 ok = bool(worst <= PARITY_TOL[dtype])
                 all_ok &= ok
                 report.append("parity", "cases", {
                     "case": key, "status": "ok" if ok else "MISMATCH", "rel_diff_theta": d_theta,
-                    "rel_diff_loss": d_loss, "rel_diff_forward": d_forward, "tolerance": PARITY_TOL[dtype],
+                    "rel_diff_loss": d_loss, "rel_diff_forward": d_forward, "rel_diff_grad_norm": d_diagnostics,
+                    "tolerance": PARITY_TOL[dtype],
                     "seconds": round(time.perf_counter() - t0, 2)})
                 say(f"parity {key}: θ {d_theta:.2e}, loss {d_loss:.2e}, forward {d_forward:.2e} "
                     f"({'ok' if ok else 'MISMATCH'})")
     report.set("parity", "all_ok", all_ok)
+
+
+def cpu_masks_differ():
+    """True while the CPU kernels draw dropout masks from np.random instead of kernels/rng.py."""
+    from fastbp.kernels import cpu
+    return hasattr(cpu, "draw_mask")
 
 
 def _replace(config, **changes):
@@ -259,11 +282,11 @@ def _replace(config, **changes):
 
 def sanitizer_fit(dtype):
     """The small fit each sanitizer tool runs (``--sanitizer-fit``): every kernel, a
-    partial batch, clipping (the reductions) and the update."""
+    partial batch, dropout, clipping (the reductions), the update and its diagnostics."""
     rng = np.random.default_rng(1)
     X = rng.standard_normal((100, 19)).astype(dtype)
     y = rng.integers(0, 4, 100)
-    net = fastbp.MLP([19, 37, 21, 4], activation="relu", dtype=dtype, seed=0)
+    net = fastbp.MLP([19, 37, 21, 4], activation="relu", dtype=dtype, seed=0, dropout=0.2)
     net.fit(X, y, optimizer="adam", epochs=1, batch_size=32, clip_norm=1.0, l2=1e-4, device="cuda")
     net.forward(X, device="cuda")
     net.evaluate(X, y, device="cuda")
@@ -565,7 +588,7 @@ def build_parser():
     parser.add_argument("outdir", help="directory for gpu_check.json, the logs and the table")
     parser.add_argument("--dry-run", action="store_true", help="tiny everything (runs under NUMBA_ENABLE_CUDASIM=1)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
-    parser.add_argument("--budget", type=float, default=280, help="seconds for the whole check (default 280)")
+    parser.add_argument("--budget", type=float, default=290, help="seconds for the whole check (default 290)")
     parser.add_argument("--widths", default="64,128,256,1024")
     parser.add_argument("--batches", default="10,11,12,13,14,15,16", help="log2 of the batch sizes")
     parser.add_argument("--step-rows", type=int, default=1 << 18, help="timed rows per config (steps = rows/batch)")
@@ -620,7 +643,8 @@ def main(argv=None):
     if "parity" in sections:
         say("parity: GPU fits against CPU fits")
         try:
-            run_parity(report, args.dry_run, deadline)
+            with np.errstate(over="ignore"):   # the simulator hashes dropout masks in NumPy uint64
+                run_parity(report, args.dry_run, deadline)
         except Exception as exc:
             report.set("parity", "error", f"{type(exc).__name__}: {exc}")
     if tests is not None:

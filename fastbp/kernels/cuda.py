@@ -25,7 +25,7 @@ Kernels (one launch each):
 * :func:`count_nonfinite` — the per-epoch divergence check without copying θ back.
 
 The host-side functions of the same names as the CPU drivers (:func:`forward_pass`,
-:func:`backward_pass`, :func:`train_epoch`, :func:`loss_and_gradient`,
+:func:`backward_pass`, :func:`train_batches`, :func:`loss_and_gradient`,
 :func:`predict`, :func:`evaluate`) work on device buffers; ``fastbp.cuda_training``
 wraps them for ``MLP.fit/forward(..., device="cuda")``.
 
@@ -96,7 +96,7 @@ import numpy as np
 from numba import cuda
 
 from .. import spec
-from . import cuda_config
+from . import cuda_config, rng
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
     spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
@@ -154,6 +154,20 @@ def build_kernels(dtype, cfg):
             return d * (DT(1) - a * a)
         return d
 
+    stream_key = device(rng.stream_key)
+    keep_unit = device(rng.keep_unit)
+
+    @device
+    def dropout_key(counters, layer):
+        """The mask key of hidden layer ``layer`` in the current step: counters holds
+        (step, seed, epoch) — see ``DeviceParameters.counters``."""
+        return stream_key(counters[1], counters[2], counters[0], layer)
+
+    @device
+    def dropout_factor(key, i, j, keep, threshold):
+        """1/keep where unit (i, j) of the batch is kept (``rng.keep_unit``), else 0."""
+        return DT(1) / DT(keep) if keep_unit(key, i, j, threshold) else DT(0)
+
     @device
     def sign(w):
         if w > 0:
@@ -171,6 +185,19 @@ def build_kernels(dtype, cfg):
         while half > 0:
             if tid < half:
                 buffer[tid] += buffer[tid + half]
+            cuda.syncthreads()
+            half //= 2
+
+    @device
+    def block_sum3(first, second, third, tid):
+        """:func:`block_sum` of three BLOCK-long shared arrays in one tree."""
+        cuda.syncthreads()
+        half = BLOCK // 2
+        while half > 0:
+            if tid < half:
+                first[tid] += first[tid + half]
+                second[tid] += second[tid + half]
+                third[tid] += third[tid + half]
             cuda.syncthreads()
             half //= 2
 
@@ -236,8 +263,10 @@ def build_kernels(dtype, cfg):
 
     # --- fused forward ------------------------------------------------------------------
 
-    def forward_layer(a_prev, weights, bias, code, rows, z, a):
-        """z = a_prev·W + b; a = f(z) for the first ``rows`` rows (softmax: z only).
+    def forward_layer(a_prev, weights, bias, code, rows, z, a, keep, threshold, counters, layer):
+        """z = a_prev·W + b; a = f(z) for the first ``rows`` rows (softmax: z only);
+        with ``keep`` < 1 (inverted dropout on this hidden layer) a = f(z)·mask, the
+        mask of ``rng.keep_unit`` for (seed, epoch, step) in ``counters`` and ``layer``.
         Grid (⌈rows/T⌉, ⌈fan_out/T⌉), block (S, S)."""
         left = cuda.shared.array((T, DP), DT)
         right = cuda.shared.array((D, TP), DT)
@@ -268,12 +297,17 @@ def build_kernels(dtype, cfg):
             return
         # a second sweep (over this thread's own, cached z) keeps the accumulator loop
         # above small enough to unroll, so acc stays in registers
+        dropping = keep < 1
+        key = dropout_key(counters, layer) if dropping else numba.uint64(0)
         for m in range(M):
             i = i0 + ty + m * S
             for n in range(M):
                 j = j0 + tx + n * S
                 if i < rows and j < cols:
-                    a[i, j] = activate(z[i, j], code)
+                    value = activate(z[i, j], code)
+                    if dropping:
+                        value *= dropout_factor(key, i, j, keep, threshold)
+                    a[i, j] = value
 
     def softmax_rows(z, rows, a):
         """a = softmax(z) along each of the first ``rows`` rows, one thread per row
@@ -300,9 +334,11 @@ def build_kernels(dtype, cfg):
 
     # --- fused delta propagation ----------------------------------------------------------
 
-    def backprop_delta(delta, weights, z, a, code, rows, delta_prev):
-        """δ_prev = (δ·Wᵀ) ⊙ f'(z). Grid (⌈rows/T⌉, ⌈fan_in/T⌉), block (S, S); W is
-        read row-major (coalesced) and transposed on its way into shared memory."""
+    def backprop_delta(delta, weights, z, a, code, rows, delta_prev, keep, threshold, counters, layer):
+        """δ_prev = (δ·Wᵀ) ⊙ f'(z), or (δ·Wᵀ) ⊙ mask ⊙ f'(z) where the previous layer
+        (hidden layer ``layer``) drops units (``keep`` < 1; the mask is drawn again,
+        and f' taken at the undropped f(z)). Grid (⌈rows/T⌉, ⌈fan_in/T⌉), block (S, S);
+        W is read row-major (coalesced) and transposed on its way into shared memory."""
         left = cuda.shared.array((T, DP), DT)
         right = cuda.shared.array((D, TP), DT)
         acc = cuda.local.array((M, M), DT)
@@ -322,12 +358,28 @@ def build_kernels(dtype, cfg):
             cuda.syncthreads()
             multiply_tiles(left, right, acc, tx, ty)
             cuda.syncthreads()
+        dropping = keep < 1
         for m in range(M):
             i = i0 + ty + m * S
             for n in range(M):
                 k = k0 + tx + n * S
                 if i < rows and k < fan_in:
-                    delta_prev[i, k] = times_derivative(acc[m, n], z[i, k], a[i, k], code)
+                    if dropping:
+                        delta_prev[i, k] = acc[m, n]
+                    else:
+                        delta_prev[i, k] = times_derivative(acc[m, n], z[i, k], a[i, k], code)
+        if not dropping:
+            return
+        # dropout in a second sweep over this thread's own outputs (as forward_layer's
+        # activation): the accumulator loop above stays small enough to unroll
+        key = dropout_key(counters, layer)
+        for m in range(M):
+            i = i0 + ty + m * S
+            for n in range(M):
+                k = k0 + tx + n * S
+                if i < rows and k < fan_in:
+                    delta_prev[i, k] = times_derivative(delta_prev[i, k] * dropout_factor(key, i, k, keep, threshold),
+                                                        z[i, k], activate(z[i, k], code), code)
 
     def weight_gradient(a_prev, delta, rows, dweights, dbias):
         """Split-K partial gradients over the first ``rows`` rows: slice s = blockIdx.z of
@@ -476,15 +528,24 @@ def build_kernels(dtype, cfg):
             partials[cuda.blockIdx.x] = squares[0]
             partials[cuda.gridDim.x + cuda.blockIdx.x] = penalties[0]
 
-    def update_params(theta, grad, parts, table, state1, state2, opt_code, hyper, t, reduce, partials, rows,
-                      sums):
-        """One optimizer step at step count t (1-based), elementwise and in place over
-        the parameter blocks of ``table``: g = Σ split-K slices of ``parts`` (stored in
-        ``grad``), (g + l1 sign(w) + l2 w)·scale, clamped to ±clip_value, then the rule
-        of ``reference.optimizer_step``. With ``reduce`` (clip_norm, l1 or l2 on) every
-        block first finishes the norm and penalty sums of clip_partials' ``partials``
-        (the same sum in the same order in every block, so one scale for all), and
-        block 0 adds rows · penalty to sums[0] (the CPU's ``total += rows * penalty``)."""
+    def update_params(theta, grad, parts, table, state1, state2, opt_code, hyper, counters, reduce, partials, rows,
+                      sums, layer_sums, diagnostics, done):
+        """One optimizer step at step count t = counters[0] (1-based), elementwise and in
+        place over the parameter blocks of ``table``: g = Σ split-K slices of ``parts``
+        (stored in ``grad``), (g + l1 sign(w) + l2 w)·scale, clamped to ±clip_value,
+        then the rule of ``reference.optimizer_step``. With ``reduce`` (clip_norm, l1 or
+        l2 on) every block first finishes the norm and penalty sums of clip_partials'
+        ``partials`` (the same sum in the same order in every block, so one scale for
+        all), and block 0 adds rows · penalty to sums[0] (the CPU's ``total += rows *
+        penalty``).
+
+        Diagnostics as on the CPU: per layer, Σ of the regularised gradient² (weights
+        and bias, before clipping), of the weight step² and of the weights² go to
+        ``layer_sums`` (per-block tree, then one atomic add); the last block to finish
+        (``done`` counts them) adds √(Σ g²) and √(Σ Δw² / Σ w²) to ``diagnostics``
+        and clears ``layer_sums`` and ``done`` for the next step."""
+        tid = cuda.threadIdx.x
+        t = counters[0]
         lr = DT(hyper[H_LR])
         mu = DT(hyper[H_MOMENTUM])
         beta2 = DT(hyper[H_BETA2])
@@ -498,10 +559,10 @@ def build_kernels(dtype, cfg):
         corr2 = DT(1 - hyper[H_BETA2] ** t)
         one = DT(1)
         scale = DT(1)
+        squares = cuda.shared.array(BLOCK, F64)
+        penalties = cuda.shared.array(BLOCK, F64)
+        weights_sq = cuda.shared.array(BLOCK, F64)
         if reduce:
-            squares = cuda.shared.array(BLOCK, F64)
-            penalties = cuda.shared.array(BLOCK, F64)
-            tid = cuda.threadIdx.x
             n_parts = partials.shape[0] // 2
             sq = F64(0)
             pen = F64(0)
@@ -519,10 +580,14 @@ def build_kernels(dtype, cfg):
                     scale = DT(clip_norm / norm)
             if tid == 0 and cuda.blockIdx.x == 0:
                 sums[0] += rows * penalties[0]
+            cuda.syncthreads()   # every thread has read the sums before the arrays are reused
         for b in range(table.shape[0]):
             offset = table[b, 0]
             is_weight = table[b, 4]
             split = table[b, 2] > 1
+            grad_sq = F64(0)
+            step_sq = F64(0)
+            weight_sq = F64(0)
             for q in range(cuda.grid(1), table[b, 1], cuda.gridsize(1)):
                 p = offset + q
                 w = theta[p]
@@ -531,29 +596,59 @@ def build_kernels(dtype, cfg):
                     grad[p] = g
                 if regularise and is_weight:
                     g = g + l1 * sign(w) + l2 * w
+                grad_sq += F64(g) * F64(g)
                 g = g * scale
                 if clamp:
                     g = min(max(g, -clip_value), clip_value)
                 if opt_code == OPT_SGD:
-                    theta[p] = w - lr * g
+                    new = w - lr * g
                 elif opt_code == OPT_MOMENTUM:
                     v = mu * state1[p] - lr * g
                     state1[p] = v
-                    theta[p] = w + v
+                    new = w + v
                 elif opt_code == OPT_NESTEROV:
                     v = mu * state1[p] - lr * g
                     state1[p] = v
-                    theta[p] = w + mu * v - lr * g
+                    new = w + mu * v - lr * g
                 elif opt_code == OPT_RMSPROP:
                     s = mu * state1[p] + (one - mu) * g * g
                     state1[p] = s
-                    theta[p] = w - lr * g / (math.sqrt(s) + eps)
+                    new = w - lr * g / (math.sqrt(s) + eps)
                 else:  # OPT_ADAM
                     m = mu * state1[p] + (one - mu) * g
                     v = beta2 * state2[p] + (one - beta2) * g * g
                     state1[p] = m
                     state2[p] = v
-                    theta[p] = w - lr * (m / corr1) / (math.sqrt(v / corr2) + eps)
+                    new = w - lr * (m / corr1) / (math.sqrt(v / corr2) + eps)
+                theta[p] = new
+                if is_weight:
+                    step_sq += F64(new - w) * F64(new - w)
+                    weight_sq += F64(w) * F64(w)
+            squares[tid] = grad_sq
+            penalties[tid] = step_sq
+            weights_sq[tid] = weight_sq
+            block_sum3(squares, penalties, weights_sq, tid)
+            if tid == 0:
+                layer = b // 2
+                cuda.atomic.add(layer_sums, 3 * layer, squares[0])
+                if is_weight:
+                    cuda.atomic.add(layer_sums, 3 * layer + 1, penalties[0])
+                    cuda.atomic.add(layer_sums, 3 * layer + 2, weights_sq[0])
+            cuda.syncthreads()
+        if tid == 0:
+            cuda.threadfence()
+            if cuda.atomic.add(done, 0, 1) == cuda.gridDim.x - 1:   # the last block
+                for layer in range(table.shape[0] // 2):
+                    # atomic reads (adding 0): the other blocks' sums, not a cached copy
+                    grad_total = cuda.atomic.add(layer_sums, 3 * layer, 0.0)
+                    step_total = cuda.atomic.add(layer_sums, 3 * layer + 1, 0.0)
+                    weight_total = cuda.atomic.add(layer_sums, 3 * layer + 2, 0.0)
+                    for k in range(3):
+                        layer_sums[3 * layer + k] = 0.0
+                    diagnostics[layer, 0] += math.sqrt(grad_total)
+                    if weight_total > 0:
+                        diagnostics[layer, 1] += math.sqrt(step_total / weight_total)
+                done[0] = 0
 
     def sum_gradient(parts, table, grad):
         """grad = Σ split-K slices of ``parts`` (a gradient without an update step)."""
@@ -563,13 +658,16 @@ def build_kernels(dtype, cfg):
 
     # --- batches and checks -------------------------------------------------------------
 
-    def gather_batch(X, Y, perm, start, rows, x, y):
+    def gather_batch(X, Y, perm, start, rows, x, y, counters):
         """x[r] = X[perm[start + r]] and y[r] = Y[perm[start + r]] for r < rows (the
         CPU's two gather_rows calls in one launch); one thread per element of a
-        (rows, X-width + Y-width) block, consecutive threads along a row (coalesced)."""
+        (rows, X-width + Y-width) block, consecutive threads along a row (coalesced).
+        Starts the step: counters[0] (the step count) += 1."""
         cx = X.shape[1]
         width = cx + Y.shape[1]
         e = cuda.grid(1)
+        if e == 0:
+            counters[0] += 1
         r = e // width
         if r < rows:
             j = e - r * width
@@ -742,19 +840,35 @@ class DeviceWorkspace:
 
 
 class DeviceParameters:
-    """θ, gradient, optimizer state and hyper-parameters resident on the device."""
+    """θ, gradient, optimizer state and hyper-parameters resident on the device, with
+    the step counters (``counters``: int64 [step count, dropout seed, global epoch];
+    the gather kernel advances the step, so the batch's launches need no step
+    argument), the per-layer keep probabilities of dropout (``keep``, 1: off; the
+    output layer's always 1) and the gradient-diagnostics sums (``diagnostics``:
+    n_layers × [Σ ‖g‖, Σ ‖ΔW‖/‖W‖] over the epoch's steps, ``layer_sums`` / ``done``
+    the update's per-step scratch)."""
 
-    def __init__(self, theta, layout, codes, state1=None, state2=None):
+    def __init__(self, theta, layout, codes, state1=None, state2=None, keep=None, training=True):
+        """``training`` False: θ only (forward / evaluate need no gradient or state)."""
         dtype = theta.dtype
         self.layout = np.asarray(layout)
         self.codes = [int(c) for c in codes]
+        n_layers = len(self.codes)
+        self.keep = [1.0] * n_layers if keep is None else [float(k) for k in keep]
+        self.thresholds = [rng.keep_threshold(k) for k in self.keep]
+        self.counters = cuda.to_device(np.zeros(3, dtype=np.int64))
+        self.diagnostics = cuda.to_device(np.zeros((n_layers, 2), dtype=np.float64))
+        self.layer_sums = cuda.to_device(np.zeros(3 * n_layers, dtype=np.float64))
+        self.done = cuda.to_device(np.zeros(1, dtype=np.int64))
         self.theta = cuda.to_device(theta)
-        self.grad = cuda.device_array(theta.shape[0], dtype=dtype)
-        zeros = np.zeros_like(theta)
-        self.state1 = cuda.to_device(zeros if state1 is None else state1)
-        self.state2 = cuda.to_device(zeros if state2 is None else state2)
-        self.hyper = cuda.to_device(np.zeros(spec.N_HYPER, dtype=np.float64))
         self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.hyper = cuda.to_device(np.zeros(spec.N_HYPER, dtype=np.float64))
+        if not training:
+            self.grad = self.state1 = self.state2 = self.dweights = self.dbiases = None
+            return
+        self.grad = cuda.device_array(theta.shape[0], dtype=dtype)
+        self.state1 = cuda.to_device(np.zeros_like(theta)) if state1 is None else cuda.to_device(state1)
+        self.state2 = cuda.to_device(np.zeros_like(theta)) if state2 is None else cuda.to_device(state2)
         self.dweights, self.dbiases = weight_views(self.grad, self.layout)
 
 
@@ -817,10 +931,17 @@ def launch(launches):
         run(*args)
 
 
-def forward_pass(K, params, work, x, rows, softmax=True):
+def dropout_args(params, l, dropout):
+    """(keep, threshold, counters, layer) of layer l's forward_layer / of the
+    backprop_delta into it: keep 1 (off) unless ``dropout``."""
+    keep = params.keep[l] if dropout else 1.0
+    return keep, params.thresholds[l] if dropout else rng.keep_threshold(1.0), params.counters, l
+
+
+def forward_pass(K, params, work, x, rows, softmax=True, dropout=False):
     """Launches of the forward pass of ``rows`` rows of ``x`` into work.zs/work.acts;
     a softmax output layer stores z only unless ``softmax`` (output_delta computes
-    the softmax when the loss follows)."""
+    the softmax when the loss follows); ``dropout``: training, with params.keep."""
     cfg = K.config
     launches = []
     a_prev = x
@@ -828,7 +949,7 @@ def forward_pass(K, params, work, x, rows, softmax=True):
         z, a = work.zs[l], work.acts[l]
         kernel, grid, block = gemm(K, "forward_layer", rows, z.shape[1])
         launches.append((configure(kernel, grid, block), (a_prev, params.weights[l], params.biases[l], code, rows,
-                                                          z, a)))
+                                                          z, a, *dropout_args(params, l, dropout))))
         if code == SOFTMAX and softmax:
             launches.append((configure(K.softmax_rows, *line(rows, cfg)), (z, rows, a)))
         a_prev = a
@@ -844,11 +965,12 @@ def output_launch(K, params, work, y, rows, loss_code, inv_batch):
              work.sums, work.counts))
 
 
-def backward_pass(K, params, parts, work, x, y, rows, loss_code):
+def backward_pass(K, params, parts, work, x, y, rows, loss_code, dropout=False):
     """Launches of forward, loss and backward for ``rows`` rows of (x, y): the split-K
     slices of the batch-mean data-loss gradient land in ``parts``, the summed loss in
-    work.sums[0] and the correct count in work.counts[0]."""
-    launches = forward_pass(K, params, work, x, rows, softmax=False)
+    work.sums[0] and the correct count in work.counts[0]; ``dropout``: training with
+    the masks of params.keep (a full-batch gradient is taken without)."""
+    launches = forward_pass(K, params, work, x, rows, softmax=False, dropout=dropout)
     launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0 / rows))
     for l in range(len(params.codes) - 1, -1, -1):
         a_prev = work.acts[l - 1] if l > 0 else x
@@ -860,36 +982,36 @@ def backward_pass(K, params, parts, work, x, y, rows, loss_code):
             kernel, grid, block = gemm(K, "backprop_delta", rows, fan_in)
             launches.append((configure(kernel, grid, block),
                              (work.deltas[l], params.weights[l], work.zs[l - 1], work.acts[l - 1],
-                              params.codes[l - 1], rows, work.deltas[l - 1])))
+                              params.codes[l - 1], rows, work.deltas[l - 1], *dropout_args(params, l - 1, dropout))))
     return launches
 
 
-def update_launches(K, params, parts, work, rows, reduce):
-    """The launches of one update except its step count: ([the norm/penalty reduction
-    if ``reduce``: clip_norm, l1 or l2 set], (configured update_params, arguments
-    before ``t``, arguments after ``t``))."""
+def update_launches(K, params, parts, work, rows, reduce, opt_code):
+    """The launches of one update: the norm/penalty reduction if ``reduce`` (clip_norm,
+    l1 or l2 set), then update_params (step count and hyper-parameters on the device)."""
     cfg = K.config
     grid, block = strided(params.theta.shape[0], cfg)
     partials = cuda.device_array(2 * grid[0], dtype=np.float64)
     reductions = [(configure(K.clip_partials, grid, block),
                    (params.theta, parts.buffer, parts.table, params.hyper, partials))] if reduce else []
     update = (configure(K.update_params, grid, block),
-              (params.theta, params.grad, parts.buffer, parts.table, params.state1, params.state2),
-              (reduce, partials, rows, work.sums))
-    return reductions, update
+              (params.theta, params.grad, parts.buffer, parts.table, params.state1, params.state2, opt_code,
+               params.hyper, params.counters, reduce, partials, rows, work.sums, params.layer_sums,
+               params.diagnostics, params.done))
+    return [*reductions, update]
 
 
 class EpochPlan:
     """The launch sequences of one fit: X, Y and the workspace on the device, the
     split-K gradient slices and the prebuilt launches of a full and of the (possibly
-    partial) last batch."""
+    partial) last batch; ``dropout``: train with the masks of params.keep."""
 
-    def __init__(self, K, params, X, Y, batch_size, loss_code, opt_code, reduce):
+    def __init__(self, K, params, X, Y, batch_size, loss_code, opt_code, reduce, dropout=False):
         self.K, self.params = K, params
         self.X, self.Y = X, Y
         self.n = n = X.shape[0]
         self.batch_size = batch_size
-        self.opt_code = opt_code
+        self.n_batches = -(-n // batch_size)
         self.work = work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]],
                                            batch_size, params.theta.dtype)
         self.parts = parts = GradientParts(params, [splits_for(batch_size, *w.shape, K.config)
@@ -897,33 +1019,34 @@ class EpochPlan:
         self.perm = cuda.device_array(n, dtype=np.int64)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
-            gather = (configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config)),
-                      (X, Y, self.perm))
-            steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code)
-            reductions, update = update_launches(K, params, parts, work, rows, reduce)
-            self.shapes[rows] = (gather, steps + reductions, update)
+            gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
+            steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout)
+            self.shapes[rows] = (gather, steps + update_launches(K, params, parts, work, rows, reduce, opt_code))
         self.check = configure(K.count_nonfinite, *strided(params.theta.shape[0], K.config))
 
 
-def train_epoch(plan, perm, step):
-    """One epoch of ``plan`` over the host permutation ``perm`` (uploaded once),
-    starting at optimizer step ``step``; returns the new step count. The epoch's
-    Σ b·(loss_b + penalty_b) accumulates in plan.work.sums[0], the correct count in
-    plan.work.counts[0] and the non-finite count of θ in plan.work.counts[1]."""
+def train_batches(plan, perm, first, stop):
+    """Batches ``first``..``stop``-1 of ``plan`` over the host permutation ``perm``
+    (uploaded when ``first`` is 0, which also clears the epoch's sums); the step count,
+    dropout seed and epoch are in plan.params.counters. The epoch's Σ b·(loss_b +
+    penalty_b) accumulates in plan.work.sums[0], the correct count in
+    plan.work.counts[0]; after the last batch the non-finite count of θ goes to
+    plan.work.counts[1]."""
     params, work = plan.params, plan.work
-    plan.perm.copy_to_device(perm)
-    work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
-    work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
-    n, batch_size, opt_code = plan.n, plan.batch_size, plan.opt_code
-    for start in range(0, n, batch_size):
+    if first == 0:
+        plan.perm.copy_to_device(perm)
+        work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
+        work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
+    n, batch_size = plan.n, plan.batch_size
+    X, Y, perm_d, counters = plan.X, plan.Y, plan.perm, params.counters
+    for b in range(first, stop):
+        start = b * batch_size
         rows = min(batch_size, n - start)
-        (gather, (X, Y, perm_d)), steps, (update, before, after) = plan.shapes[rows]
-        gather(X, Y, perm_d, start, rows, work.xb, work.yb)
+        gather, steps = plan.shapes[rows]
+        gather(X, Y, perm_d, start, rows, work.xb, work.yb, counters)
         launch(steps)
-        step += 1
-        update(*before, opt_code, params.hyper, step, *after)
-    plan.check(params.theta, work.counts)
-    return step
+    if stop == plan.n_batches:
+        plan.check(params.theta, work.counts)
 
 
 def loss_and_gradient(K, params, X, Y, loss_code):
@@ -951,10 +1074,22 @@ def predict(K, params, X, out, chunk):
     return out
 
 
-def evaluate(K, params, X, Y, loss_code, chunk):
-    """Summed data loss and correct count over every row (no update)."""
+def inference_chunk(sizes, n, dtype, budget=1 << 28):
+    """Rows per predict / evaluate launch sequence: as many as ~``budget`` bytes of
+    workspace (z, a and δ of every layer) hold, at least 1024, at most n."""
+    per_row = np.dtype(dtype).itemsize * (sizes[0] + sizes[-1] + 4 * sum(sizes[1:]))
+    return int(max(1, min(n, max(1024, budget // per_row))))
+
+
+def evaluate(K, params, X, Y, loss_code, chunk, work=None):
+    """Summed data loss and correct count over every row (no update); ``work`` (a
+    DeviceWorkspace of at least ``chunk`` rows) is reused if given."""
     n = X.shape[0]
-    work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], chunk, params.theta.dtype)
+    if work is None:
+        work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], chunk, params.theta.dtype)
+    else:
+        work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
+        work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
     for start in range(0, n, chunk):
         rows = min(chunk, n - start)
         x, y = X[start:start + rows], Y[start:start + rows]

@@ -14,6 +14,7 @@ import pytest
 import fastbp
 from fastbp import reference, spec
 from fastbp.kernels import cuda_config
+from fastbp.kernels import rng as rng_module
 from fastbp.layout import make_layout, weight_views
 
 pytestmark = [
@@ -48,7 +49,17 @@ def one_hot(rng, rows, k, dtype):
 
 # --- forward, delta, gradient ---------------------------------------------------------
 
-VARIANTS = ["wide", "narrow"]  # register-blocked GEMMs and their one-output-per-thread variant
+VARIANTS = ["wide", "narrow"]
+
+
+def NO_DROPOUT():
+    """(keep, threshold, counters, layer) of a layer without dropout."""
+    return 1.0, rng_module.keep_threshold(1.0), dev(np.zeros(3, dtype=np.int64)), 0
+
+
+def dropout_args(keep, step, seed, epoch, layer):
+    """(keep, threshold, counters, layer) and the reference's mask for them."""
+    return keep, rng_module.keep_threshold(keep), dev(np.array([step, seed, epoch], dtype=np.int64)), layer  # register-blocked GEMMs and their one-output-per-thread variant
 
 
 def gemm_kernels(dtype, variant):
@@ -73,7 +84,8 @@ def test_forward_layer(dtype, shape, activation, variant):
     K = gemm_kernels(dtype, variant)
     z, a = cuda.device_array((rows, fan_out), dtype), cuda.device_array((rows, fan_out), dtype)
     code = spec.ACTIVATIONS[activation]
-    K.forward_layer[kc.tiles(rows, fan_out, K.config)](dev(a_prev), dev(weights), dev(bias), code, rows, z, a)
+    K.forward_layer[kc.tiles(rows, fan_out, K.config)](dev(a_prev), dev(weights), dev(bias), code, rows, z, a,
+                                                       *NO_DROPOUT())
     if code == spec.SOFTMAX:
         K.softmax_rows[kc.line(rows, K.config)](z, rows, a)
     z_ref = a_prev.astype(np.float64) @ weights + bias
@@ -97,8 +109,43 @@ def test_backprop_delta(dtype, shape, activation, variant):
     K = gemm_kernels(dtype, variant)
     out = cuda.device_array((rows, fan_in), dtype)
     K.backprop_delta[kc.tiles(rows, fan_in, K.config)](dev(delta), dev(weights), dev(z), dev(a),
-                                                       spec.ACTIVATIONS[activation], rows, out)
+                                                       spec.ACTIVATIONS[activation], rows, out, *NO_DROPOUT())
     expected = (delta.astype(np.float64) @ weights.T) * reference.activation_derivative(z, a, activation)
+    close(out.copy_to_host(), expected, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # uint64 hashing in the simulator
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_dropout_forward_and_delta(dtype, activation, variant):
+    """forward_layer drops with the reference's counter-based mask (reference.batch_masks:
+    seed 7, epoch 2, step 5, hidden layer 1, keep 0.6), and backprop_delta into that layer
+    multiplies by the same mask, with f' at the undropped activation."""
+    rows, fan_in, fan_out = 9, 5, 7
+    rng = np.random.default_rng(14)
+    a_prev = rng.standard_normal((rows, fan_in)).astype(dtype)
+    weights = rng.standard_normal((fan_in, fan_out)).astype(dtype)
+    bias = rng.standard_normal(fan_out).astype(dtype)
+    mask = reference.batch_masks(7, 2, 5, [fan_in, 3, fan_out], [0.0, 0.4], np.dtype(dtype).type, rows)[1]
+    assert 0 < (mask == 0).sum() < mask.size
+    K = gemm_kernels(dtype, variant)
+    code = spec.ACTIVATIONS[activation]
+    z, a = cuda.device_array((rows, fan_out), dtype), cuda.device_array((rows, fan_out), dtype)
+    K.forward_layer[kc.tiles(rows, fan_out, K.config)](dev(a_prev), dev(weights), dev(bias), code, rows, z, a,
+                                                       *dropout_args(0.6, 5, 7, 2, 1))
+    z_ref = a_prev.astype(np.float64) @ weights + bias
+    close(a.copy_to_host(), reference.dropout(reference.activate(z_ref, activation), mask), dtype)
+    # δ into the dropped layer: (δ·Wᵀ) ⊙ mask ⊙ f'(z) at the undropped f(z)
+    fan_next = 4
+    delta = rng.standard_normal((rows, fan_next)).astype(dtype)
+    w_next = rng.standard_normal((fan_out, fan_next)).astype(dtype)
+    out = cuda.device_array((rows, fan_out), dtype)
+    K.backprop_delta[kc.tiles(rows, fan_out, K.config)](dev(delta), dev(w_next), z, a, code, rows, out,
+                                                        *dropout_args(0.6, 5, 7, 2, 1))
+    undropped = reference.activate(z_ref, activation)
+    expected = (delta.astype(np.float64) @ w_next.T) * mask * reference.activation_derivative(z_ref, undropped,
+                                                                                              activation)
     close(out.copy_to_host(), expected, dtype)
 
 
@@ -198,12 +245,10 @@ def test_update_params(dtype, optimizer, l1, l2, clip_norm, clip_value):
         slices = [first, chunk - first] if splits == 2 else [chunk]
         parts.buffer[at:at + splits * size].copy_to_device(np.concatenate(slices).astype(dtype))
     params.hyper.copy_to_device(hyper)
+    params.counters.copy_to_device(np.array([t, 0, 0]))
     work = kc.DeviceWorkspace(sizes, 2, dtype)
     rows = 11
-    reductions, (update, before, after) = kc.update_launches(K, params, parts, work, rows,
-                                                             reduce=bool(clip_norm or l1 or l2))
-    kc.launch(reductions)
-    update(*before, OPTIMIZERS[optimizer], params.hyper, t, *after)
+    kc.launch(kc.update_launches(K, params, parts, work, rows, bool(clip_norm or l1 or l2), OPTIMIZERS[optimizer]))
 
     # the reference: lists of arrays, in float64
     ref = theta.astype(np.float64)
@@ -249,7 +294,9 @@ def test_gather_batch(dtype):
     start, rows = 16, 7  # the partial last batch of a batch size of 8
     K = kc.kernels(dtype)
     x, y = dev(np.full((8, 5), 99, dtype=dtype)), dev(np.full((8, 3), 99, dtype=dtype))
-    K.gather_batch[kc.line(rows * 8, K.config)](dev(X), dev(Y), dev(perm), start, rows, x, y)
+    counters = dev(np.array([4, 0, 0], dtype=np.int64))
+    K.gather_batch[kc.line(rows * 8, K.config)](dev(X), dev(Y), dev(perm), start, rows, x, y, counters)
+    assert counters.copy_to_host()[0] == 5   # the step count advanced once
     for out, source in ((x.copy_to_host(), X), (y.copy_to_host(), Y)):
         np.testing.assert_array_equal(out[:rows], source[perm[start:start + rows]])
         np.testing.assert_array_equal(out[rows:], 99)  # rows past the batch untouched
@@ -291,6 +338,24 @@ def test_loss_and_gradient(dtype, hidden, output, loss):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_gradients_and_gradcheck_on_the_device(dtype):
+    """flat_gradient / gradients / gradcheck with device="cuda" (9 rows: split-K
+    slices summed by sum_gradient) equal the CPU's, L1/L2 included."""
+    net = network([4, 6, 5, 3], "tanh", "softmax", dtype)
+    rng = np.random.default_rng(17)
+    X, y = rng.standard_normal((9, 4)).astype(dtype), rng.integers(0, 3, 9)
+    value, grad = net.flat_gradient(X, y, l1=1e-3, l2=1e-2, device="cuda")
+    value_cpu, grad_cpu = net.flat_gradient(X, y, l1=1e-3, l2=1e-2)
+    close(value, value_cpu, dtype)
+    close(grad, grad_cpu, dtype)
+    for (dW, db), (dW_cpu, db_cpu) in zip(net.gradients(X, y, device="cuda"), net.gradients(X, y)):
+        close(dW, dW_cpu, dtype)
+        close(db, db_cpu, dtype)
+    report = fastbp.gradcheck(net, X, y, device="cuda", n_samples=12)
+    assert report.passed, report
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_and_evaluate_match_reference(dtype):
     net = network([4, 6, 3], "tanh", "softmax", dtype)
     rng = np.random.default_rng(8)
@@ -315,7 +380,7 @@ FITS = [
     ([4, 5, 2], "relu", "sigmoid", "binary_cross_entropy", fastbp.Nesterov(0.05), dict(l1=1e-3, clip_value=0.1),
      13, 5),
     ([3, 4, 1], "leaky_relu", "identity", "mse", fastbp.RMSprop(0.01), dict(schedule="step"), 13, 5),
-    ([6, 9, 3], "sigmoid", "softmax", "mse", fastbp.Momentum(0.1), {}, 23, 10),
+    ([6, 9, 3], "sigmoid", "softmax", "mse", fastbp.Momentum(0.1), dict(checkpoint=1), 23, 10),
     ([3, 5, 2], "identity", "sigmoid", "binary_cross_entropy", fastbp.SGD(0.1), dict(shuffle=False), 23, 10),
 ]
 
@@ -337,6 +402,8 @@ def test_fit_matches_cpu(dtype, case, monkeypatch):
     h_cpu = on_cpu.fit(X, y, **kwargs)
     close(on_gpu.theta, on_cpu.theta, dtype)
     close(h_gpu.loss, h_cpu.loss, dtype)
+    close(np.array(h_gpu.grad_norm), np.array(h_cpu.grad_norm), dtype)        # per-layer diagnostics
+    close(np.array(h_gpu.update_ratio), np.array(h_cpu.update_ratio), dtype)
     np.testing.assert_array_equal(h_gpu.accuracy, h_cpu.accuracy)
     assert h_gpu.lr == h_cpu.lr and h_gpu.epochs == h_cpu.epochs == 2
     for name in ("state1", "state2", "step"):
@@ -347,6 +414,97 @@ def test_fit_matches_cpu(dtype, case, monkeypatch):
     on_gpu.fit(X, y, device="cuda", warm_start=True, **{**kwargs, "epochs": 1})
     on_cpu.fit(X, y, warm_start=True, **{**kwargs, "epochs": 1})
     close(on_gpu.theta, on_cpu.theta, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # uint64 hashing in the simulator
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_fit_matches_reference(dtype):
+    """Two epochs with dropout on both hidden layers (several batches, the last partial,
+    a second epoch: the masks follow (seed, global epoch, step, layer, row, unit)) equal
+    the reference's masked gradients (``reference.batch_masks``, the counter-based masks)
+    and Adam steps."""
+    from fastbp.training import epoch_permutation
+    sizes, dropout, n, batch, seed, lr = [5, 7, 6, 3], [0.3, 0.5], 13, 5, 11, 0.01
+    net = fastbp.MLP(sizes, activation="tanh", output="softmax", dtype=dtype, seed=3, dropout=dropout)
+    rng = np.random.default_rng(15)
+    X = rng.standard_normal((n, sizes[0])).astype(dtype)
+    y = rng.integers(0, 3, n)
+    W, b = (list(v) for v in weight_views(net.theta.astype(np.float64).copy(), net.layout))
+    history = net.fit(X, y, optimizer=fastbp.Adam(lr), epochs=2, batch_size=batch, seed=seed, device="cuda")
+    state = reference.new_optimizer_state([*W, *b])
+    Y = np.eye(3)[y]
+    for epoch in range(2):
+        perm = epoch_permutation(seed, epoch, n)
+        total, correct = 0.0, 0
+        for start in range(0, n, batch):
+            idx = perm[start:start + batch]
+            state["t"] += 1
+            masks = reference.batch_masks(seed, epoch, state["t"], sizes, dropout, np.float64, len(idx))
+            value, dWs, dbs = reference.gradients(W, b, net.layer_activations, X[idx].astype(np.float64), Y[idx],
+                                                  "cross_entropy", masks=masks)
+            acts = reference.forward(W, b, net.layer_activations, X[idx].astype(np.float64), masks)[1]
+            total += len(idx) * value
+            correct += reference.correct_count(acts[-1], Y[idx], "softmax")
+            reference.optimizer_step("adam", [*W, *b], [*dWs, *dbs], state, lr, state["t"])
+        close(history.loss[epoch], total / n, dtype)
+        assert history.accuracy[epoch] == correct / n
+    close(net.theta, _flat([*W, *b], net.layout, net.n_params), dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # uint64 hashing in the simulator
+@pytest.mark.skipif(hasattr(__import__("fastbp.kernels.cpu", fromlist=["draw_mask"]), "draw_mask"),
+                    reason="the CPU kernels still draw dropout masks from np.random (issue 9 moves them "
+                           "to kernels/rng.py)")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_fit_matches_cpu(dtype):
+    """The same fit with dropout on both devices: the same parameters to float rounding."""
+    rng = np.random.default_rng(16)
+    X = rng.standard_normal((13, 5)).astype(dtype)
+    y = rng.integers(0, 3, 13)
+    nets = [fastbp.MLP([5, 7, 6, 3], activation="relu", dtype=dtype, seed=3, dropout=[0.3, 0.5]) for _ in range(2)]
+    kwargs = dict(optimizer=fastbp.Adam(0.01), epochs=2, batch_size=5, seed=11, clip_norm=1.0)
+    h_gpu = nets[0].fit(X, y, device="cuda", **kwargs)
+    h_cpu = nets[1].fit(X, y, **kwargs)
+    close(nets[0].theta, nets[1].theta, dtype)
+    close(h_gpu.loss, h_cpu.loss, dtype)
+
+
+def test_validation_runs_on_the_device(monkeypatch):
+    """validation_data during a device fit is evaluated on the device θ (the CPU
+    evaluate is never called) and gives the CPU fit's val_loss / val_accuracy."""
+    from fastbp import cpu_training
+    rng = np.random.default_rng(18)
+    X, y = rng.standard_normal((12, 4)), rng.integers(0, 3, 12)
+    Xv, yv = rng.standard_normal((7, 4)), rng.integers(0, 3, 7)
+    nets = [network([4, 5, 3], "tanh", "softmax", "float64", seed=2) for _ in range(2)]
+    kwargs = dict(optimizer=fastbp.Adam(0.01), epochs=2, batch_size=5, validation_data=(Xv, yv))
+    h_cpu = nets[1].fit(X, y, **kwargs)
+
+    def no_cpu_evaluate(*args, **kw):
+        raise AssertionError("validation of a device fit ran on the CPU")
+
+    monkeypatch.setattr(cpu_training, "evaluate", no_cpu_evaluate)
+    h_gpu = nets[0].fit(X, y, device="cuda", **kwargs)
+    close(h_gpu.val_loss, h_cpu.val_loss, "float64")
+    assert h_gpu.val_accuracy == h_cpu.val_accuracy
+
+
+def test_evaluate_in_chunks_with_a_reused_workspace():
+    net = network([4, 6, 3], "relu", "softmax", "float64")
+    rng = np.random.default_rng(19)
+    X, Y = rng.standard_normal((11, 4)), one_hot(rng, 11, 3, "float64")
+    K = kc.kernels("float64")
+    params = kc.DeviceParameters(net.theta, net.layout, net.codes, training=False)
+    work = kc.DeviceWorkspace(net.sizes, 4, "float64")
+    first = kc.evaluate(K, params, dev(X), dev(Y), spec.CROSS_ENTROPY, 4, work)
+    again = kc.evaluate(K, params, dev(X), dev(Y), spec.CROSS_ENTROPY, 4, work)   # sums start from 0 again
+    W, b = (list(v) for v in weight_views(net.theta, net.layout))
+    zs, acts = reference.forward(W, b, net.layer_activations, X)
+    expected = reference.sample_losses(zs[-1], acts[-1], Y, "cross_entropy", "softmax").sum()
+    close(first[0], expected, "float64")
+    assert first == again and first[1] == reference.correct_count(acts[-1], Y, "softmax")
+    assert kc.inference_chunk([4, 6, 3], 10 ** 7, "float64") >= 1024
+    assert kc.inference_chunk([4, 6, 3], 11, "float64") == 11
 
 
 def test_fit_callbacks_see_device_parameters_and_can_stop():
@@ -366,6 +524,7 @@ def test_fit_callbacks_see_device_parameters_and_can_stop():
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the simulator computes in NumPy
+@pytest.mark.filterwarnings("ignore::fastbp.GradientWarning")  # the diverging epoch's gradient is inf
 def test_divergence_restores_previous_epoch():
     net = network([3, 4, 1], "relu", "identity", "float64")
     X = np.ones((4, 3)) * 1e150
@@ -394,9 +553,9 @@ def test_train_epoch_allocates_and_reads_back_nothing(monkeypatch):
     for name in ("device_array", "device_array_like", "to_device", "pinned_array", "mapped_array"):
         monkeypatch.setattr(kc.cuda, name, forbidden)
     monkeypatch.setattr(array_type, "copy_to_host", forbidden)
-    step = kc.train_epoch(plan, rng.permutation(13).astype(np.int64), 0)
+    kc.train_batches(plan, rng.permutation(13).astype(np.int64), 0, plan.n_batches)
     monkeypatch.undo()
-    assert step == 3
+    assert params.counters.copy_to_host()[0] == 3   # the step count advanced on the device
     assert plan.work.counts.copy_to_host()[1] == 0
     assert np.isfinite(plan.work.sums.copy_to_host()[0])
 
@@ -435,7 +594,7 @@ def test_launches_per_training_step(monkeypatch):
         params.hyper.copy_to_device(HYPER)
         plan = kc.EpochPlan(K, params, dev(X), dev(Y), 5, spec.CROSS_ENTROPY, spec.OPT_ADAM, reduce=reduce)
         calls.clear()
-        kc.train_epoch(plan, np.arange(10), 0)
+        kc.train_batches(plan, np.arange(10), 0, plan.n_batches)
         assert len(calls) == 2 * per_step + 1, calls   # + the epoch's non-finite check
         assert calls.count("forward_layer") == 6 and "softmax_rows" not in calls
 
