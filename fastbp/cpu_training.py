@@ -85,11 +85,6 @@ def hyper_bundle(optimizer, lr=None, l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0
                  float(clip_norm), float(clip_value))
 
 
-def dropout_seed(seed, epoch):
-    """Seed of Numba's generator for the dropout masks of (global) epoch ``epoch``."""
-    return int(np.random.default_rng([seed, epoch, 1]).integers(0, 2 ** 31 - 1))
-
-
 def optimizer_bundle(net, state, code):
     return Optimizer(state.grad, state.state1, state.state2, state.step, int(code),
                      np.zeros((len(net.sizes) - 1, 2), dtype=np.float64))
@@ -124,7 +119,7 @@ class CpuEngine:
             self.optimizer.diagnostics[...] = 0
         dropout = self.dropout
         if dropout is not None:
-            dropout = dropout._replace(seed=dropout_seed(self.seed, epoch), epoch=int(epoch))
+            dropout = dropout._replace(seed=self.seed, epoch=int(epoch))
         cpu.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
                           Data(self.X, self.Y, perm), int(first), int(stop), dropout, self.batchnorm,
                           self.checkpoint)

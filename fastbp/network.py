@@ -62,8 +62,9 @@ class MLP:
     dropout : float or sequence of float
         Inverted-dropout rate p in [0, 1) after each hidden layer (one number for all,
         or one per hidden layer); active in ``fit`` only, never in predict / evaluate /
-        gradients / gradcheck. Masks are drawn inside the compiled epoch from a seed
-        derived from (fit seed, epoch), so a seed reproduces a run. Combines with
+        gradients / gradcheck. Each mask is a counter-based hash of (fit seed, epoch,
+        optimizer step, layer, row, unit) (``kernels/rng.py``), so a seed reproduces a
+        run and split training equals straight. Combines with
         batchnorm and checkpointing; per hidden layer the order is affine →
         batchnorm → activation → dropout.
     batchnorm : bool

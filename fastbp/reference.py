@@ -257,7 +257,7 @@ def batch_masks(seed, epoch, step, sizes, dropout, dtype=np.float64, rows=None):
             continue
         keep = 1 - p
         kept = rng.keep_mask(seed, epoch, step, l, rows, sizes[l + 1], keep)
-        masks.append(np.where(kept, dtype(1) / dtype(keep), dtype(0)).astype(dtype))
+        masks.append(np.where(kept, 1.0 / keep, 0.0).astype(dtype))  # 1/keep rounded once, as the kernels
     return masks
 
 

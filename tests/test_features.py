@@ -553,7 +553,7 @@ def test_dropout_keeps_the_expected_activation_and_drops_the_right_fraction():
     X = np.random.default_rng(1).normal(size=(500, 10))
     work, _ = cpu_training.workspace(net, 500)
     dropout = cpu_training.dropout_bundle(net, 500)
-    cpu.forward_step(cpu_training.network_bundle(net), work, 0, X, dropout, None, False)
+    cpu.forward_step(cpu_training.network_bundle(net), work, 0, X, dropout, None, 1, False)
     kept = work.acts[:500 * 400].reshape(500, 400)
     dropped = dropout.dacts[:500 * 400].reshape(500, 400)
     assert (dropped == 0).mean() == pytest.approx(0.3, abs=0.01)

@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit
 
 from .. import spec
+from . import rng
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
     spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
@@ -497,14 +498,13 @@ def bn_statistics(u, mean, inv_std, running_mean, running_var, eps, momentum, mo
             mean[j] = running_mean[j]
             inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
         return
-    for j in range(cols):
-        mean[j] = 0.0
-        inv_std[j] = 0.0
+    mean[:] = 0.0
     for i in range(rows):
         for j in range(cols):
             mean[j] += u[i, j]
     for j in range(cols):
         mean[j] /= rows
+        inv_std[j] = 0.0  # Σ (u − μ)² first
     for i in range(rows):
         for j in range(cols):
             d = u[i, j] - mean[j]
@@ -559,14 +559,21 @@ def bn_backward(delta, xhat, gamma, inv_std, dgamma, dbeta):
 # --- dropout ----------------------------------------------------------------------------------
 
 
+stream_key = _jit(rng.stream_key)
+keep_unit = _jit(rng.keep_unit)
+keep_threshold = _jit(rng.keep_threshold)
+
+
 @_jit
-def draw_mask(mask, keep):
-    """mask[i, j] = 1/keep with probability keep, else 0 (inverted dropout)."""
+def draw_mask(mask, keep, key):
+    """mask[i, j] = 1/keep where ``rng.keep_unit`` keeps unit (i, j) of the batch's layer
+    ``key`` (probability keep), else 0 (inverted dropout)."""
     inv = 1.0 / keep
+    threshold = keep_threshold(keep)
     rows, cols = mask.shape
     for i in range(rows):
         for j in range(cols):
-            mask[i, j] = inv if np.random.random() < keep else 0.0
+            mask[i, j] = inv if keep_unit(key, i, j, threshold) else 0.0
 
 
 @_jit
@@ -585,11 +592,11 @@ def apply_mask(a, mask, out):
 
 
 @_jit
-def forward_step(net, work, l, a_in, dropout, batchnorm, replay):
+def forward_step(net, work, l, a_in, dropout, batchnorm, step, replay):
     """Layer l on the rows of ``a_in``: z and a = f(z) (with BN, z is y = γ x̂ + β) into
-    the workspace; returns what layer l + 1 reads (the dropped activations with dropout).
-    ``replay`` (checkpointing's recomputation) reuses the masks drawn and leaves the
-    running statistics alone."""
+    the workspace; returns what layer l + 1 reads (the dropped activations with dropout,
+    masks of optimizer step ``step``). ``replay`` (checkpointing's recomputation) reuses
+    the masks drawn and leaves the running statistics alone."""
     layout = net.layout
     rows, cols = a_in.shape[0], layout[l, 1]
     offset = work.offsets[l, 0]
@@ -611,7 +618,7 @@ def forward_step(net, work, l, a_in, dropout, batchnorm, replay):
         if l < layout.shape[0] - 1 and dropout.keep[l] < 1:
             mask = rows_view(dropout.masks, work.offsets[l, 1], rows, cols)
             if not replay:
-                draw_mask(mask, dropout.keep[l])
+                draw_mask(mask, dropout.keep[l], stream_key(dropout.seed, dropout.epoch, step, l))
             dropped = rows_view(dropout.dacts, work.offsets[l, 1], rows, cols)
             apply_mask(a, mask, dropped)
             return dropped
@@ -702,14 +709,14 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
     if checkpoint is None:
         a = x
         for l in range(n_layers):
-            a = forward_step(net, work, l, a, dropout, batchnorm, False)
+            a = forward_step(net, work, l, a, dropout, batchnorm, opt.step[0], False)
     else:
         n_seg = checkpoint.starts.shape[0] - 1
         for g in range(n_seg):
             start, stop = checkpoint.starts[g], checkpoint.starts[g + 1]
             a = segment_input(x, net, work, checkpoint, dropout, start)
             for l in range(start, stop):
-                a = forward_step(net, work, l, a, dropout, batchnorm, False)
+                a = forward_step(net, work, l, a, dropout, batchnorm, opt.step[0], False)
             if g < n_seg - 1:
                 cols, kept = net.layout[stop - 1, 1], checkpoint.kept_offsets[stop - 1]
                 z, a_kept = cached_layer(work, stop - 1, rows, cols)
@@ -729,7 +736,7 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
             if g < n_seg - 1:  # the last segment is still in the workspace from the forward pass
                 a = segment_input(x, net, work, checkpoint, dropout, start)
                 for l in range(start, stop):
-                    a = forward_step(net, work, l, a, dropout, batchnorm, True)
+                    a = forward_step(net, work, l, a, dropout, batchnorm, opt.step[0], True)
             for l in range(stop - 1, start - 1, -1):
                 if l == 0:
                     prev = (x, x)
@@ -771,8 +778,6 @@ def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, 
     if first == 0:
         work.sums[0] = 0.0
         work.counts[0] = 0
-        if dropout is not None:
-            np.random.seed(dropout.seed)
     small_batches_fuse = hyper.clip_norm <= 0 and dropout is None and batchnorm is None
     for b in range(first, stop):
         start = b * bmax
@@ -811,7 +816,7 @@ def evaluate(net, work, X, Y, batchnorm, out):
         rows = min(work.bmax, n - start)
         a = X[start:start + rows]
         for l in range(n_layers):
-            a = forward_step(net, work, l, a, None, batchnorm, False)
+            a = forward_step(net, work, l, a, None, batchnorm, 0, False)
         if out is not None:
             out[start:start + rows] = a
         if Y is not None:

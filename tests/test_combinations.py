@@ -1,0 +1,97 @@
+"""Every training mode combines: dropout, batch normalization and gradient checkpointing
+together or apart, with every optimizer, clipping, L1/L2, float32/float64 and full / mini /
+single-row batches — checked against the NumPy reference (``reference.train_epoch_modes``,
+the same counter-based dropout masks), and checkpointed runs bitwise equal to plain ones.
+
+A covering grid (every pair of options appears, plus full stacks with every optimizer), tiny
+shapes, two epochs: the compile cost of each mode combination dominates."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import reference
+
+from helpers import assert_close, make_data
+
+SIZES = [5, 9, 7, 3]
+N = 17  # odd: batches of 6 leave a partial last batch
+OPT = {"sgd": fastbp.SGD(0.1), "momentum": fastbp.Momentum(0.05), "nesterov": fastbp.Nesterov(0.05),
+       "rmsprop": fastbp.RMSprop(0.01), "adam": fastbp.Adam(0.01)}
+EXTRAS = [{}, {"l1": 1e-3, "l2": 1e-2}, {"clip_norm": 0.1}, {"clip_value": 0.02}]
+
+
+def _cases():
+    cases = []
+    modes = list(itertools.product([None, [0.3, 0.0]], [False, True], [None, 1]))
+    for i, (dropout, batchnorm, checkpoint) in enumerate(modes):
+        cases.append((dropout, batchnorm, checkpoint, list(OPT)[i % 5], [None, 6, 1][i % 3],
+                      ["float64", "float32"][i % 2], EXTRAS[i % 4]))
+    for i, opt in enumerate(OPT):  # full stacks
+        cases.append(([0.2, 0.4], True, True, opt, [6, 1, None][i % 3], ["float64", "float32"][i % 2],
+                      EXTRAS[(i + 1) % 4]))
+    return cases
+
+
+CASES = _cases()
+
+
+def _fit(dropout, batchnorm, checkpoint, opt, batch_size, dtype, extras, epochs=2, activation="tanh"):
+    net = fastbp.MLP(SIZES, activation=activation, seed=4, dtype=dtype, dropout=dropout or 0.0,
+                     batchnorm=batchnorm)
+    X, Y = make_data(N, SIZES, "softmax", dtype, seed=7)
+    history = net.fit(X, Y, optimizer=OPT[opt], epochs=epochs, batch_size=batch_size, seed=3,
+                      checkpoint=checkpoint, gradient_warnings=False, **extras)
+    return net, history, X, Y
+
+
+@pytest.mark.parametrize("dropout,batchnorm,checkpoint,opt,batch_size,dtype,extras", CASES)
+def test_combination_matches_reference(dropout, batchnorm, checkpoint, opt, batch_size, dtype, extras):
+    fresh = fastbp.MLP(SIZES, activation="tanh", seed=4, dtype=dtype, dropout=dropout or 0.0,
+                       batchnorm=batchnorm)
+    weights = [W.astype(np.float64) for W in fresh.weights]
+    biases = [b.astype(np.float64) for b in fresh.biases]
+    gammas = [None if g is None else g.astype(np.float64) for g in fresh.gammas]
+    net, history, X, Y = _fit(dropout, batchnorm, checkpoint, opt, batch_size, dtype, extras)
+    params = [p for W, b, g in zip(weights, biases, gammas) for p in (W, b, *([] if g is None else [g]))]
+    state = reference.new_optimizer_state(params)
+    running = [[np.zeros(n), np.ones(n)] if g is not None else None for n, g in zip(SIZES[1:], gammas)]
+    c = OPT[opt].constants()
+    losses = []
+    for epoch in range(2):
+        perm = fastbp.training.epoch_permutation(3, epoch, N)
+        loss, _ = reference.train_epoch_modes(
+            weights, biases, gammas, net.layer_activations, X.astype(np.float64), Y.astype(np.float64), perm,
+            batch_size or N, "cross_entropy", opt, state, OPT[opt].lr, dropout=dropout, seed=3, epoch=epoch,
+            running=running, momentum_bn=net.bn_momentum, eps_bn=1e-5, momentum=c["momentum"],
+            beta2=c["beta2"], eps=c["eps"], **extras)
+        losses.append(loss)
+    assert_close(net.theta, np.concatenate([p.ravel() for p in params]), dtype, "parameters")
+    assert_close(history.loss, losses, dtype, "loss")
+    if batchnorm:
+        total = sum(SIZES[1:])
+        for l, (mean, var) in enumerate(r for r in running if r is not None):
+            lo = sum(SIZES[1:l + 1])
+            assert_close(net.bn_running[lo:lo + SIZES[l + 1]], mean, dtype, "running mean")
+            assert_close(net.bn_running[total + lo:total + lo + SIZES[l + 1]], var, dtype, "running var")
+
+
+@pytest.mark.parametrize("dropout,batchnorm,checkpoint,opt,batch_size,dtype,extras",
+                         [c for c in CASES if c[2]])
+def test_checkpointed_equals_plain_bitwise(dropout, batchnorm, checkpoint, opt, batch_size, dtype, extras):
+    ckpt, h_ckpt, _, _ = _fit(dropout, batchnorm, checkpoint, opt, batch_size, dtype, extras)
+    plain, h_plain, _, _ = _fit(dropout, batchnorm, None, opt, batch_size, dtype, extras)
+    np.testing.assert_array_equal(ckpt.theta, plain.theta)
+    np.testing.assert_array_equal(ckpt.bn_running, plain.bn_running)
+    np.testing.assert_array_equal(ckpt.fit_state.state1, plain.fit_state.state1)
+    assert h_ckpt.loss == h_plain.loss
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])  # smooth: no kinks, no exactly-zero β gradients
+def test_batchnorm_gradcheck(activation):
+    net = fastbp.MLP([4, 7, 6, 3], activation=activation, seed=1, dtype="float64", batchnorm=True)
+    X, Y = make_data(9, [4, 7, 6, 3], "softmax", np.float64, seed=2)
+    report = fastbp.gradcheck(net, X, Y, l1=0.0, l2=1e-2)
+    assert report.passed and report.max_error < 1e-6, report
