@@ -243,11 +243,6 @@ def run_parity(report, dry_run, deadline):
                     continue
                 finally:
                     cc.config = base_config
-                if "dropout" in net_kwargs and cpu_masks_differ():
-                    report.append("parity", "cases", {
-                        "case": key, "status": "ran on cuda; not compared: the CPU kernels still draw dropout "
-                                               "masks from np.random (tests/cuda compare with the reference)"})
-                    continue
                 h_cpu = nets[1].fit(X, y, **fit_kwargs)
                 d_theta = rel_diff(nets[0].theta, nets[1].theta)
                 d_loss = rel_diff(h_gpu.loss, h_cpu.loss)
@@ -264,12 +259,6 @@ def run_parity(report, dry_run, deadline):
                 say(f"parity {key}: θ {d_theta:.2e}, loss {d_loss:.2e}, forward {d_forward:.2e} "
                     f"({'ok' if ok else 'MISMATCH'})")
     report.set("parity", "all_ok", all_ok)
-
-
-def cpu_masks_differ():
-    """True while the CPU kernels draw dropout masks from np.random instead of kernels/rng.py."""
-    from fastbp.kernels import cpu
-    return hasattr(cpu, "draw_mask")
 
 
 def _replace(config, **changes):

@@ -452,9 +452,6 @@ def test_dropout_fit_matches_reference(dtype):
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # uint64 hashing in the simulator
-@pytest.mark.skipif(hasattr(__import__("fastbp.kernels.cpu", fromlist=["draw_mask"]), "draw_mask"),
-                    reason="the CPU kernels still draw dropout masks from np.random (issue 9 moves them "
-                           "to kernels/rng.py)")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dropout_fit_matches_cpu(dtype):
     """The same fit with dropout on both devices: the same parameters to float rounding."""
