@@ -44,6 +44,29 @@ def test_a_killed_test_run_is_counted_from_its_log(tmp_path):
     assert result["failures_detail"][0]["test"] == "tests/cuda/test_a.py::test_y"
 
 
+def test_torch_compile_worker_times_only_after_the_go_file(tmp_path):
+    """The torch.compile worker compiles during the other sections and times only once
+    the parent writes OUTDIR/torch_compile.go; its JSON lines land in the report."""
+    import sys
+    import time
+    gpu_check = load_gpu_check()
+    worker = ("import json, pathlib, sys, time\n"
+              "out = pathlib.Path(sys.argv[1])\n"
+              "started = time.time()\n"
+              "while not (out / 'torch_compile.go').exists(): time.sleep(0.05)\n"
+              "(out / 'torch_compile.jsonl').write_text(json.dumps({'width': 64, 'batch': 16384, "
+              "'torch_compile': 1.0, 'waited': time.time() - started}) + '\\n')\n")
+    child = gpu_check.Child([sys.executable, "-c", worker, str(tmp_path)], tmp_path / "torch_compile.log", 60)
+    time.sleep(0.5)
+    assert not (tmp_path / "torch_compile.jsonl").exists()   # still waiting for the go
+    report = gpu_check.Report(tmp_path)
+    gpu_check.finish_torch_compile(report, child, tmp_path, time.perf_counter() + 30)
+    result = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["speed"]["torch_compile"]
+    assert result["returncode"] == 0 and not result["timed_out"]
+    assert result["rows"][0]["torch_compile"] == 1.0 and result["rows"][0]["waited"] >= 0.4
+    assert "| 64 | 16384 |" not in gpu_check.format_table(report.data)   # no speed rows: no table
+
+
 @pytest.mark.cudasim
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"),
                     reason="the dry run is for the simulator (on a GPU run gpu_check.py itself)")
