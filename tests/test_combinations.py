@@ -95,3 +95,15 @@ def test_batchnorm_gradcheck(activation):
     X, Y = make_data(9, [4, 7, 6, 3], "softmax", np.float64, seed=2)
     report = fastbp.gradcheck(net, X, Y, l1=0.0, l2=1e-2)
     assert report.passed and report.max_error < 1e-6, report
+
+
+def test_compiled_functions_take_at_most_ten_arguments():
+    """Bundles keep the kernels' argument lists short (no 36-argument drivers)."""
+    import ast
+    import inspect
+
+    from fastbp.kernels import cpu
+    tree = ast.parse(inspect.getsource(cpu))
+    counts = {node.name: len(node.args.args) for node in tree.body
+              if isinstance(node, ast.FunctionDef) and node.decorator_list}
+    assert counts and max(counts.values()) <= 10, counts
