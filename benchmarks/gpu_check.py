@@ -207,7 +207,9 @@ def parity_cases(dry_run):
     return [
         ("adam-clip-l2", dict(activation="tanh"), dict(base, clip_norm=0.5, l2=1e-3), n, sizes),
         *([] if dry_run else
-          [("momentum-relu", dict(activation="relu"), dict(base, optimizer=fastbp.Momentum(0.05)), n, sizes)]),
+          [("momentum-relu", dict(activation="relu"), dict(base, optimizer=fastbp.Momentum(0.05)), n, sizes),
+           # batches of 512 rows: split-K weight gradients (2 slices of 256), a partial last batch
+           ("split-k", dict(activation="relu"), dict(base, batch_size=512, clip_norm=1.0), 1100, sizes)]),
         ("dropout", dict(activation="relu", dropout=0.2), base, n, sizes),
         ("batchnorm", dict(activation="relu", batchnorm=True), base, n, sizes),
         ("checkpoint", dict(activation="tanh"), dict(base, checkpoint=1), n, sizes),
@@ -542,7 +544,7 @@ def format_table(data):
         tc = speed.get("torch_compile")
         if isinstance(tc, dict):
             compiled = {(r["width"], r["batch"]): r["torch_compile"] for r in tc.get("rows", [])}
-        lines.append("\n## training samples/s, float32, [w, w, w, w, 10], Adam, softmax-CE\n")
+        lines.append(f"\n## training samples/s, float32, [w, w, w, w, {CLASSES}], Adam, softmax-CE\n")
         lines.append("| width | batch | fastbp cuda | torch eager | torch.compile | fastbp cpu | cuda/torch | cuda/cpu |")
         lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
 
