@@ -4,6 +4,11 @@ Three layers: ``fastbp.reference`` (the NumPy oracle), ``fastbp.kernels`` (compi
 CPU and CUDA kernels) and the API below (``MLP``, optimizers, schedules, gradcheck).
 """
 
+import time as _time
+
+#: perf_counter() when fastbp started loading (``fastbp train`` counts its start-up from here)
+_START = _time.perf_counter()
+
 from . import callbacks
 from .callbacks import Callback, EarlyStopping, GradientMonitor, GradientWarning, ReduceOnPlateau
 from .cuda_training import cuda_available

@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 
 MONITORS = ("loss", "val_loss")
+#: the patience of ``fit(early_stopping=True)`` and of ``EarlyStopping()``
+DEFAULT_PATIENCE = 5
 
 
 def _check_monitor(monitor, allow_auto=False):
@@ -81,21 +83,25 @@ class EarlyStopping(Callback):
     epoch are copied back at the end (the optimizer moments are not rewound: a later
     ``warm_start`` continues from the last epoch's moments; BN running statistics are
     restored with the parameters). Sets
-    ``history.best_epoch`` (0-based, within the fit).
+    ``history.best_epoch`` (0-based, within the fit). With ``verbose`` it prints one
+    line when it stops a fit: the epoch it stopped after and the epoch restored.
     """
 
-    def __init__(self, patience=5, monitor="auto", min_delta=0.0, restore_best=True):
+    def __init__(self, patience=DEFAULT_PATIENCE, monitor="auto", min_delta=0.0, restore_best=True,
+                 verbose=False):
         self.patience = _check_patience(patience)
         self.monitor = _check_monitor(monitor, allow_auto=True)
         self.min_delta = _check_number("min_delta", min_delta, 0.0)
         if not isinstance(restore_best, (bool, np.bool_)):
             raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
         self.restore_best = bool(restore_best)
+        self.verbose = bool(verbose)
 
     def on_train_begin(self, net, fit):
         self._key = _monitored(fit, self.monitor, "EarlyStopping")
         self._best = math.inf
         self._best_epoch = None
+        self._stopped_epoch = None
         self._wait = 0
         self._best_params = np.empty_like(net.theta) if self.restore_best else None
         self._best_running = np.empty_like(net.bn_running) if self.restore_best else None
@@ -109,18 +115,34 @@ class EarlyStopping(Callback):
                 np.copyto(self._best_running, net.bn_running)
             return False
         self._wait += 1
-        return self._wait >= self.patience
+        if self._wait >= self.patience:
+            self._stopped_epoch = epoch
+            return True
+        return False
 
     def on_train_end(self, net, history):
         history.best_epoch = self._best_epoch
-        if self._best_params is not None and self._best_epoch is not None \
-                and self._best_epoch != history.epochs - 1:
+        restored = self._best_params is not None and self._best_epoch is not None \
+            and self._best_epoch != history.epochs - 1
+        if restored:
             np.copyto(net.theta, self._best_params)
             np.copyto(net.bn_running, self._best_running)
+        if self.verbose and (self._stopped_epoch is not None or restored):
+            print(self.message(restored))
+
+    def message(self, restored):
+        """The one line said at the end of a fit this callback stopped, or whose best
+        epoch it restored (epochs 1-based)."""
+        best = f"best {self._key} {self._best:.4g} at epoch {self._best_epoch + 1}"
+        kept = f"restored epoch {self._best_epoch + 1}'s parameters" if restored else "kept the last parameters"
+        if self._stopped_epoch is None:
+            return f"early stopping: ran every epoch; {best}, {kept}"
+        return (f"early stopping: no {self._key} improvement for {self.patience} epochs, stopped after "
+                f"epoch {self._stopped_epoch + 1}; {best}, {kept}")
 
     def __repr__(self):
         return (f"EarlyStopping(patience={self.patience}, monitor={self.monitor!r}, "
-                f"min_delta={self.min_delta}, restore_best={self.restore_best})")
+                f"min_delta={self.min_delta}, restore_best={self.restore_best}, verbose={self.verbose})")
 
 
 class ReduceOnPlateau(Callback):
@@ -174,6 +196,11 @@ class GradientWarning(RuntimeWarning):
     """A layer's gradient vanished or exploded during training."""
 
 
+EXPLODING_HINT = ("; large gradients usually come from unscaled inputs: standardise the features "
+                  "(sklearn.preprocessing.StandardScaler, or net.standardizer = "
+                  "fastbp.data.Standardizer.fit(X)), or lower the learning rate / set clip_norm")
+
+
 class GradientMonitor:
     """Per-epoch check of ``history.grad_norm`` (mean over the epoch's batches of each
     layer's regularised-gradient L2 norm, measured in the update kernel).
@@ -212,8 +239,9 @@ class GradientMonitor:
             if (l, kind) in self.reported:
                 continue
             self.reported.add((l, kind))
+            hint = EXPLODING_HINT if kind == "exploding" else ""
             warnings.warn(f"{kind} gradient in layer {l + 1} (W{l + 1}/b{l + 1}) at epoch {epoch + 1}: "
-                          f"{detail}", GradientWarning, stacklevel=4)
+                          f"{detail}{hint}", GradientWarning, stacklevel=4)
 
     def __repr__(self):
         return f"GradientMonitor(vanishing={self.vanishing:g}, exploding={self.exploding:g})"

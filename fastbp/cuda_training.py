@@ -33,7 +33,7 @@ def _unavailable_reason():
     try:
         from numba import cuda
     except ImportError as exc:  # pragma: no cover - numba-cuda is a dependency of fastbp[cuda]
-        return f"numba.cuda cannot be imported ({exc}); install fastbp[cuda]"
+        return f'numba.cuda cannot be imported ({exc}); pip install "fastbp[cuda]"'
     try:
         if cuda.is_available():
             return None
@@ -42,7 +42,9 @@ def _unavailable_reason():
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM", "")
     return ("no CUDA GPU is usable (numba.cuda.is_available() is False: no NVIDIA driver or device)"
             + (" and NUMBA_ENABLE_CUDASIM was set only after numba was imported" if sim not in ("", "0")
-               else "; set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the CUDA simulator"))
+               else "; on a machine with an NVIDIA GPU, pip install \"fastbp[cuda]\" and use device='cuda' "
+               "(NUMBA_ENABLE_CUDASIM=1 runs Numba's CUDA simulator instead: a testing tool, thousands of "
+               "times slower than the CPU)"))
 
 
 def check_device(device):

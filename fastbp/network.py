@@ -1,10 +1,14 @@
 """``fastbp.MLP``: the network spec, its flat parameters, fit / predict / evaluate, save / load."""
 
+import functools
 import numbers
+import os
+import threading
+import warnings
 
 import numpy as np
 
-from . import cpu_training, cuda_training, spec
+from . import cpu_training, cuda_training, persist, spec
 from .init import init_weights, resolve_init
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
@@ -37,6 +41,59 @@ def _check_verbose(verbose):
             raise ImportError("verbose=1 shows a tqdm progress bar; install it with "
                               "pip install 'fastbp[progress]' (or pip install tqdm), or use verbose=2") from exc
     return verbose if isinstance(verbose, str) else int(verbose)
+
+
+def _field(header, key, kind):
+    """A header field of a model file, of type ``kind``."""
+    value = header.get(key)
+    if not isinstance(value, kind):
+        raise TypeError(f"header field {key!r} missing or not {kind.__name__}")
+    return value
+
+
+def _dtype_name(dtype):
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return None
+
+
+def _one_fit_at_a_time(fit):
+    """``fit`` holding the network's lock: a second fit of the same network while one
+    runs (another thread, or a callback) raises RuntimeError instead of mixing both.
+    Different networks train in parallel (the kernels release the GIL)."""
+    @functools.wraps(fit)
+    def locked(self, *args, **kwargs):
+        lock = self.__dict__.setdefault("_fit_lock", threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError("this network is already being fitted (by another thread, or fit was called "
+                               "from one of its own callbacks); fit one network from one thread at a time, "
+                               "or fit a copy (net.copy())")
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return locked
+
+
+def _column_names(X):
+    """A DataFrame's column names as strings (None for arrays or non-string names)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not all(isinstance(c, str) for c in columns):
+        return None
+    return list(columns)
+
+
+def _column_mismatch(names, fitted):
+    """One line saying how a DataFrame's columns differ from the fitted ones."""
+    if sorted(names) == sorted(fitted):
+        first = next(i for i, (a, b) in enumerate(zip(names, fitted)) if a != b)
+        return (f"X has the fitted columns in another order (column {first} is {names[first]!r}, "
+                f"fitted {fitted[first]!r}); pass X[net.feature_names]")
+    missing = [c for c in fitted if c not in names]
+    extra = [c for c in names if c not in fitted]
+    return (f"X's columns differ from those the network was fitted on: missing {missing}, "
+            f"unexpected {extra}")
 
 
 DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}
@@ -78,17 +135,44 @@ class MLP:
 
     ``weights[l]`` has shape (fan_in, fan_out) and ``z = a @ W + b`` with samples
     as rows; ``weights`` and ``biases`` are views into the flat vector ``theta``.
+
+    Scale your features: fastbp trains on X as given. Features on large or unequal
+    scales (an unscaled DataFrame) make training noisy or make gradients explode;
+    standardise them first, e.g. ``sklearn.preprocessing.StandardScaler`` in a
+    ``Pipeline(StandardScaler(), fastbp.sklearn.MLPClassifier())``, or set
+    ``net.standardizer = fastbp.data.Standardizer.fit(X)`` to have fit, predict and
+    evaluate apply it and ``save`` / ONNX export keep it (``fastbp train`` does that
+    by default).
+
+    Kept by :meth:`save` beside the parameters: ``feature_names`` (the columns of the
+    DataFrame fitted on; predicting on a DataFrame whose columns differ or come in
+    another order is an error), ``classes`` (the label of each output unit, e.g. the
+    strings of ``fastbp train``; ``classes[net.predict(X)]`` gives labels) and
+    ``standardizer``. Class labels must be integers 0..k-1 here; for string labels
+    encode them (``sklearn.preprocessing.LabelEncoder``) or use ``fastbp.sklearn``.
     """
+
+    #: column names of the DataFrame the network was fitted on (None: unknown)
+    feature_names = None
+    #: the label of each output unit's class (None: the unit's index is the label)
+    classes = None
+    #: a ``fastbp.data.Standardizer`` applied to X by fit / predict / evaluate, or None
+    standardizer = None
 
     def __init__(self, sizes, activation="relu", output="softmax", init="he", seed=0, dtype="float32",
                  dropout=0.0, batchnorm=False, bn_momentum=0.9):
-        sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
-        if not isinstance(sizes, list) or len(sizes) < 2:
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"sizes must be a sequence of layer widths [n_inputs, hidden..., n_outputs], "
+                            f"got {sizes!r}")
+        sizes = list(sizes)
+        if len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output width, got {sizes!r}")
         for s in sizes:
             check_int("every layer size", s, 1)
         self.sizes = [int(s) for s in sizes]
         n_hidden = len(self.sizes) - 2
+        if not isinstance(activation, str) and not hasattr(activation, "__iter__"):
+            raise TypeError(f"activation must be a name or one name per hidden layer, got {activation!r}")
         hidden = [activation] * n_hidden if isinstance(activation, str) else list(activation)
         if len(hidden) != n_hidden:
             raise ValueError(f"{len(hidden)} hidden activations given for {n_hidden} hidden layers")
@@ -105,9 +189,14 @@ class MLP:
             raise ValueError("a softmax output needs at least 2 units; use output='sigmoid' for one")
         self.init = resolve_init(init)
         self.seed = check_int("seed", seed, 0)
-        if str(np.dtype(dtype)) not in ("float32", "float64"):
+        if dtype is None or _dtype_name(dtype) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(dtype)
+        dropout = 0.0 if dropout is None else dropout
+        if not isinstance(dropout, numbers.Real) and not hasattr(dropout, "__iter__"):
+            raise TypeError(f"dropout must be None, a rate or one rate per hidden layer, got {dropout!r}")
+        if n_hidden == 0 and isinstance(dropout, numbers.Real) and dropout != 0:
+            raise ValueError(f"dropout={dropout!r} needs a hidden layer; this network has none")
         rates = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
         if len(rates) != n_hidden:
             raise ValueError(f"{len(rates)} dropout rates given for {n_hidden} hidden layers")
@@ -130,9 +219,7 @@ class MLP:
         self.bn_running = np.concatenate([np.zeros(total), np.ones(total)]) if self.batchnorm else np.zeros(0)
         self.codes = np.array([spec.ACTIVATIONS[a] for a in self.layer_activations], dtype=np.int64)
         self.theta = np.zeros(self.n_params, dtype=self.dtype)
-        self.weights, self.biases = weight_views(self.theta, self.layout)
-        self.gammas = [self.theta[g:g + n] if g >= 0 else None
-                       for g, n in zip(self.bn_goff, self.sizes[1:])] if self.batchnorm else [None] * len(bn_flags)
+        self._make_views()
         for gamma in self.gammas:
             if gamma is not None:
                 gamma[...] = 1
@@ -171,41 +258,90 @@ class MLP:
         return loss, spec.resolve_loss(loss, self.output)
 
     def _targets(self, y, n, loss_code):
-        return check_targets(y, n, self.output, self.n_outputs, self.dtype, loss_code != spec.MSE)
+        try:
+            return check_targets(y, n, self.output, self.n_outputs, self.dtype, loss_code != spec.MSE)
+        except TypeError as exc:
+            if np.asarray(y).dtype.kind not in "OUS":
+                raise
+            raise TypeError(f"{exc}: fastbp.MLP takes integer class labels 0..k-1; encode string labels "
+                            "(sklearn.preprocessing.LabelEncoder, keeping net.classes = encoder.classes_) "
+                            "or use fastbp.sklearn.MLPClassifier, which takes them as they are") from None
 
+    @_one_fit_at_a_time
     def fit(self, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, shuffle=True,
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
             validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
-            checkpoint=None):
+            checkpoint=None, validation_shuffle=False):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
-        ``batch_size=None`` (or >= n) is full-batch, 1 is SGD; a partial last batch is
-        trained on. ``optimizer`` is a fastbp optimizer or its name (default Adam(1e-3)).
-        ``schedule`` is None, a name (constant/step/exponential/invscaling), a
-        ``fastbp.optimizers.Schedule`` or any ``f(epoch, lr0)``. ``l1``/``l2`` penalise
-        weights (not biases) and are included in the reported loss. ``clip_norm`` clips
-        the global gradient norm, then ``clip_value`` each element. ``callbacks`` are
-        ``f(net, epoch, history)`` called after each epoch; returning True stops training.
-        ``warm_start`` continues from the optimizer state of the previous fit (or of
-        :meth:`load`), and from its epoch count: epoch e's shuffle is
-        ``default_rng([seed, e]).permutation(n)`` and the schedule sees e, so 5 + 5
-        warm-started epochs equal 10 straight ones, shuffled or not.
+        Calling ``fit`` again continues from the trained weights (like Keras, unlike
+        scikit-learn's ``fit``); build a new ``MLP`` to start afresh. ``warm_start``
+        is about the optimizer: it also keeps the optimizer state and epoch count.
 
-        ``validation_data=(Xv, yv)`` or ``validation_split=f`` (the *last* fraction f
-        of the rows, taken before any shuffling; shuffle first if the rows are
-        ordered) is evaluated after each epoch into ``history.val_loss`` /
-        ``val_accuracy``. ``early_stopping=patience`` stops after that many epochs
-        without improvement of ``val_loss`` (``loss`` without validation data) and,
-        with ``restore_best``, puts back the best epoch's parameters (see
-        ``fastbp.callbacks.EarlyStopping``). ``gradient_warnings`` (True, False or a
-        ``fastbp.callbacks.GradientMonitor``) warns on vanishing / exploding layer
-        gradients. ``verbose``: 0 quiet, 1 a tqdm progress bar when stderr is a
-        terminal, ``"bar"`` the bar always, 2 one line per epoch. ``checkpoint=k``
-        (gradient checkpointing) keeps the activations of every k-th layer only and
-        recomputes the others during the backward pass (``True``: k = ⌈√layers⌉);
-        same gradients bit for bit, less memory, one extra forward pass of compute.
-        Combines with dropout and batchnorm.
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Features, used as given (see the class docstring on scaling), or
+            standardised by ``net.standardizer`` when set. A DataFrame's column
+            names are kept in ``feature_names``.
+        y : array-like
+            Softmax: integer labels 0..k-1 (or one-hot rows); sigmoid: 0/1 labels;
+            identity: values (n,) or (n, k).
+        loss : str, optional
+            Default: cross_entropy (softmax), binary_cross_entropy (sigmoid), mse.
+        optimizer : fastbp optimizer or name, optional
+            Default ``Adam(1e-3)``.
+        epochs : int
+            Passes over the training rows.
+        batch_size : int or None
+            Rows per update; None (or >= n) is full-batch, 1 is SGD. A partial last
+            batch is trained on.
+        shuffle : bool
+            Reshuffle the rows every epoch.
+        l1, l2 : float
+            Penalties on the weights (not the biases), included in the reported loss.
+        clip_norm, clip_value : float or None
+            Clip the global gradient norm, then each element.
+        schedule : None, str, Schedule or callable
+            constant / step / exponential / invscaling, a
+            ``fastbp.optimizers.Schedule`` or any ``f(epoch, lr0)``.
+        seed : int, optional
+            Seeds shuffling and dropout (default: the network's seed).
+        callbacks : sequence
+            ``f(net, epoch, history)`` or ``fastbp.callbacks.Callback`` objects, run
+            after each epoch; returning True stops training.
+        verbose : 0, 1, 2 or "bar"
+            0 quiet; 1 progress: a tqdm bar in a terminal, in Jupyter a widget bar
+            (with ipywidgets) or one line per epoch, nothing in logs and pipes;
+            ``"bar"`` the tqdm bar always; 2 one line per epoch.
+        warm_start : bool
+            Continue from the optimizer state and epoch count of the previous fit
+            (or of :meth:`load`): epoch e's shuffle is ``default_rng([seed, e])`` and
+            the schedule sees e, so 5 + 5 warm-started epochs equal 10 straight ones.
+        device : "cpu" or "cuda"
+        validation_data : (X_val, y_val), optional
+            Evaluated after every epoch into ``history.val_loss`` / ``val_accuracy``.
+        validation_split : float in (0, 1), optional
+            Hold out this fraction of the rows for validation: the *last* rows, or
+            random ones with ``validation_shuffle``. Warns when a classifier's
+            validation rows hold one class only.
+        validation_shuffle : False, True or "stratify"
+            How ``validation_split`` picks its rows: the last ones (False), random
+            rows (True), or random rows in each class's proportion ("stratify").
+        early_stopping : int, True or None
+            Stop after this many epochs without improvement of ``val_loss`` (``loss``
+            without validation data); True means a patience of
+            ``fastbp.callbacks.DEFAULT_PATIENCE``. Says so in one line when verbose.
+        restore_best : bool
+            With early stopping, put back the best epoch's parameters.
+        gradient_warnings : bool or GradientMonitor
+            Warn on vanishing / exploding layer gradients.
+        checkpoint : None, True or int
+            Gradient checkpointing: keep the activations of every k-th layer only and
+            recompute the others in the backward pass (True: k = ⌈√layers⌉); same
+            gradients bit for bit, less memory, one extra forward pass of compute.
+            Combines with dropout and batchnorm.
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged. If training is interrupted (Ctrl-C) or anything raises mid-fit (a
@@ -215,6 +351,7 @@ class MLP:
         the fit. An epoch interrupted in its batches is undone; one whose callbacks
         raise counts as completed.
         """
+        X, validation_data, feature_names = self._fit_input(X, validation_data)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
@@ -231,15 +368,28 @@ class MLP:
         clip_value = check_positive_or_none("clip_value", clip_value)
         schedule = get_schedule(schedule)
         seed = self.seed if seed is None else check_int("seed", seed, 0)
+        callbacks = [] if callbacks is None else callbacks
+        if callable(callbacks) or not hasattr(callbacks, "__iter__"):
+            raise TypeError(f"callbacks must be a list of callables (or None), got {callbacks!r}")
         callbacks = list(callbacks)
         if not all(callable(cb) for cb in callbacks):
             raise TypeError("every callback must be callable")
-        X, Y, validation = self._validation(X, Y, validation_data, validation_split, loss_code)
-        callbacks += self._early_stopping(early_stopping, restore_best)
+        if not isinstance(warm_start, (bool, np.bool_)):
+            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
+        if self.batchnorm and batch_size == 1:
+            raise ValueError("batchnorm needs batches of at least 2 rows (one row normalises to x̂ = 0); "
+                             "use batch_size >= 2")
+        X, Y, validation = self._validation(X, Y, validation_data, validation_split, loss_code,
+                                            validation_shuffle, seed)
+        callbacks += self._early_stopping(early_stopping, restore_best, verbose)
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
         checkpoint = self._check_checkpoint(checkpoint)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
+        if warm_start and self.fit_state is not None and not keep_state:
+            warnings.warn(f"warm_start with a different optimizer ({optimizer!r}, was {self.fit_optimizer!r}): "
+                          "the parameters are kept, the optimizer state starts over", RuntimeWarning,
+                          stacklevel=3)
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
         if device == "cuda" and self.batchnorm:
             raise ValueError("batchnorm runs on the CPU only; fit with device='cpu'")
@@ -262,9 +412,12 @@ class MLP:
             # fit has completed an epoch (the interrupted one is undone by run_epochs)
             if completed or state.epochs_done > epochs_before:
                 self.loss, self.fit_state, self.fit_optimizer = loss, state, optimizer
+                if feature_names is not None:
+                    self.feature_names = feature_names
         return history
 
-    def _validation(self, X, Y, validation_data, validation_split, loss_code):
+    def _validation(self, X, Y, validation_data, validation_split, loss_code, validation_shuffle=False,
+                    seed=0):
         """(X, Y, validation) with validation None or a converted (Xv, Yv) pair."""
         if validation_data is not None and validation_split is not None:
             raise ValueError("pass validation_data or validation_split, not both")
@@ -284,7 +437,44 @@ class MLP:
         if n_val < 1 or n_val >= n:
             raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
                              f"{n - n_val} for training and {n_val} for validation; both need one")
-        return X[:n - n_val], Y[:n - n_val], (X[n - n_val:], Y[n - n_val:])
+        if validation_shuffle is False:
+            X, Y, validation = X[:n - n_val], Y[:n - n_val], (X[n - n_val:], Y[n - n_val:])
+        else:
+            val_rows = self._validation_rows(Y, n_val, validation_shuffle, seed)
+            train_rows = np.setdiff1d(np.arange(n), val_rows)
+            X, Y, validation = X[train_rows], Y[train_rows], (X[val_rows], Y[val_rows])
+        self._warn_one_class(validation[1], validation_split, validation_shuffle)
+        return X, Y, validation
+
+    def _validation_rows(self, Y, n_val, how, seed):
+        """Sorted indices of ``n_val`` validation rows: random (``how=True``) or drawn
+        per class in proportion (``"stratify"``), from ``default_rng([seed, 2])``."""
+        if how is not True and how != "stratify":
+            raise ValueError(f"validation_shuffle must be False, True or 'stratify', got {how!r}")
+        rng = np.random.default_rng([seed, 2])
+        if how is True:
+            return np.sort(rng.permutation(Y.shape[0])[:n_val])
+        if self.output == "identity":
+            raise ValueError("validation_shuffle='stratify' needs class labels; this network regresses")
+        from sklearn.model_selection import train_test_split
+        _, val_rows = train_test_split(np.arange(Y.shape[0]), test_size=n_val, stratify=self._row_classes(Y),
+                                       random_state=int(rng.integers(2 ** 31 - 1)))
+        return np.sort(val_rows)
+
+    def _row_classes(self, Y):
+        """Class of each row of converted targets (multi-unit sigmoid: the 0/1 pattern)."""
+        if self.output == "softmax":
+            return Y.argmax(axis=1)
+        return (Y > 0.5) @ (1 << np.arange(Y.shape[1]))
+
+    def _warn_one_class(self, Yv, validation_split, how):
+        import warnings
+        if self.output == "identity" or np.unique(self._row_classes(Yv)).size > 1:
+            return
+        rows = "the last" if how is False else "the"
+        warnings.warn(f"validation_split={validation_split} took {rows} {Yv.shape[0]} rows, which hold one "
+                      "class only, so val_loss / val_accuracy say little; pass validation_shuffle='stratify' "
+                      "(or shuffle the rows first)", UserWarning, stacklevel=4)
 
     def _check_checkpoint(self, checkpoint):
         if checkpoint is None or checkpoint is False:
@@ -295,16 +485,36 @@ class MLP:
         return checkpoint if checkpoint is True else int(checkpoint)
 
     @staticmethod
-    def _early_stopping(early_stopping, restore_best):
-        from .callbacks import EarlyStopping
+    def _early_stopping(early_stopping, restore_best, verbose=0):
+        from .callbacks import DEFAULT_PATIENCE, EarlyStopping
         if not isinstance(restore_best, (bool, np.bool_)):
             raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
-        if early_stopping is None:
+        if early_stopping is None or early_stopping is False:
             return []
+        if early_stopping is True:
+            early_stopping = DEFAULT_PATIENCE
         if isinstance(early_stopping, bool) or not isinstance(early_stopping, numbers.Integral) \
                 or early_stopping < 1:
-            raise ValueError(f"early_stopping must be None or a patience (integer >= 1), got {early_stopping!r}")
-        return [EarlyStopping(int(early_stopping), restore_best=bool(restore_best))]
+            raise ValueError(f"early_stopping must be None, True or a patience (integer >= 1), "
+                             f"got {early_stopping!r}")
+        return [EarlyStopping(int(early_stopping), restore_best=bool(restore_best), verbose=bool(verbose))]
+
+    # --- input metadata: feature names and standardisation ----------------------------
+
+    def _input(self, X):
+        """X with the stored standardisation applied, after checking a DataFrame's
+        column names against ``feature_names``."""
+        names = _column_names(X)
+        if names is not None and self.feature_names is not None and names != list(self.feature_names):
+            raise ValueError(_column_mismatch(names, list(self.feature_names)))
+        return X if self.standardizer is None else self.standardizer.transform(X, self.dtype)
+
+    def _fit_input(self, X, validation_data):
+        """(X, validation_data, column names of X or None) as fit uses them."""
+        X_in = self._input(X)
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            validation_data = (self._input(validation_data[0]), validation_data[1])
+        return X_in, validation_data, _column_names(X)
 
     # --- save / load --------------------------------------------------------------------
 
@@ -312,16 +522,50 @@ class MLP:
         """Write the network to one ``.npz`` file at ``path`` (exactly that name):
         parameters, optimizer state and epoch count (if fitted) and a JSON header.
         No pickle; written atomically. See ``fastbp.persist``."""
-        from . import persist
         persist.save(self, path)
 
     @classmethod
     def load(cls, path):
         """A network read from a file written by :meth:`save`; ``fit(..., warm_start=True)``
         with the same optimizer continues training exactly where it stopped. A
-        malformed or truncated file raises ``ValueError`` naming it."""
-        from . import persist
-        return persist.load(path)
+        malformed or truncated file raises ``ValueError`` naming it (see
+        ``fastbp.persist`` for what is checked before anything is allocated)."""
+        header, arrays = persist.load(path)
+        with persist.file_errors(os.fspath(path)):
+            net = cls(header["sizes"], activation=_field(header, "activations", list),
+                      output=_field(header, "output", str), init=_field(header, "init", str),
+                      seed=_field(header, "seed", int), dtype=header["dtype"],
+                      dropout=header.get("dropout", 0.0), batchnorm=header.get("batchnorm", False),
+                      bn_momentum=header.get("bn_momentum", 0.9))
+            loss = header.get("loss")
+            if loss is not None:
+                net._loss_code(loss)
+            net.loss = loss
+        net.theta[...] = arrays["theta"]
+        if net.batchnorm:
+            net.bn_running[...] = arrays["bn_running"]
+        if "optimizer" in arrays:
+            state = FitState(net.n_params, net.dtype)
+            state.state1[...], state.state2[...] = arrays["state1"], arrays["state2"]
+            state.step[...] = arrays["step"]
+            state.epochs_done, state.lr_scale = header["epochs_done"], float(header["lr_scale"])
+            net.fit_state, net.fit_optimizer = state, arrays["optimizer"]
+        meta = arrays.get("metadata", {})
+        net.feature_names = meta.get("feature_names")
+        net.classes = None if meta.get("classes") is None else np.array(meta["classes"])
+        if "standardizer" in arrays:
+            from .data import Standardizer
+            with persist.file_errors(os.fspath(path)):
+                net.standardizer = Standardizer(*arrays["standardizer"])
+        return net
+
+    def to_onnx(self, path=None, dtype=None):
+        """The network as an ONNX model (``onnx.ModelProto``), written to ``path`` when
+        given: Gemm + activation per layer, batchnorm folded, dropout left out, the
+        ``standardizer`` included; ``dtype`` defaults to the network's. Needs
+        ``pip install 'fastbp[onnx]'``. See ``fastbp.onnx``."""
+        from . import onnx as fastbp_onnx
+        return fastbp_onnx.to_model(self, dtype) if path is None else fastbp_onnx.export(self, path, dtype)
 
     # --- inference --------------------------------------------------------------------
 
@@ -329,6 +573,7 @@ class MLP:
         """Output activations a^L for every row of X (compiled, in chunks; on the GPU
         with ``device="cuda"``)."""
         device = cuda_training.check_device(device)
+        X = self._input(X)
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
         if device == "cuda":
@@ -366,6 +611,7 @@ class MLP:
         """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers)."""
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
+        X = self._input(X)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         chunk = min(PREDICT_CHUNK, X.shape[0])
@@ -408,6 +654,23 @@ class MLP:
 
     # --- copies -----------------------------------------------------------------------
 
+    #: attributes rebuilt rather than copied by pickle / copy.deepcopy: the views into
+    #: ``theta``, the fit lock and scratch caches
+    _TRANSIENT = ("weights", "biases", "gammas", "_fit_lock", "_full_batch_work")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._make_views()
+
+    def _make_views(self):
+        """``weights``, ``biases`` and ``gammas`` (None without batchnorm) as views of ``theta``."""
+        self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.gammas = [self.theta[g:g + n] if g >= 0 else None for g, n in zip(self.bn_goff, self.sizes[1:])] \
+            if self.batchnorm else [None] * (len(self.sizes) - 1)
+
     def copy(self, dtype=None):
         """An independent network with the same architecture and parameters."""
         other = MLP(self.sizes, self.activations, self.output, self.init, self.seed,
@@ -416,4 +679,5 @@ class MLP:
         other.theta[...] = self.theta
         other.bn_running[...] = self.bn_running
         other.loss = self.loss
+        other.feature_names, other.classes, other.standardizer = self.feature_names, self.classes, self.standardizer
         return other

@@ -1,7 +1,11 @@
 """Learning curves of a :class:`fastbp.History` with matplotlib (an optional
 dependency: ``pip install 'fastbp[plot]'``). Draws on the Agg canvas directly, so no
-GUI backend is needed and pyplot's global state is left alone."""
+GUI backend is needed and pyplot's global state is left alone. The figures show
+themselves in Jupyter (``_repr_png_``) without ``%matplotlib inline``, and so does a
+History."""
 
+import functools
+import io
 import os
 
 import numpy as np
@@ -15,7 +19,29 @@ def _matplotlib():
     except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
         raise ImportError("History.plot needs matplotlib; install it with "
                           "pip install 'fastbp[plot]' (or pip install matplotlib)") from exc
-    return Figure, FigureCanvasAgg, MaxNLocator
+    return _inline_figure_class(Figure), FigureCanvasAgg, MaxNLocator
+
+
+@functools.cache
+def _inline_figure_class(Figure):
+    """A matplotlib Figure that Jupyter renders as a PNG without any backend magic."""
+    class InlineFigure(Figure):
+        def _repr_png_(self):
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=80)
+            return buffer.getvalue()
+    return InlineFigure
+
+
+def history_png(history):
+    """PNG bytes of ``plot_history(history)``; None for an empty History or without
+    matplotlib (Jupyter then falls back to the text repr)."""
+    if history.epochs == 0:
+        return None
+    try:
+        return plot_history(history)._repr_png_()
+    except ImportError:
+        return None
 
 
 def plot_history(history, path=None, title=None):

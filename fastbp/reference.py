@@ -20,7 +20,16 @@ Losses (per batch, ℓ = mean over the B samples of the per-sample loss):
 * ``mse``: per sample ``(1/k) Σ_j (a_j − y_j)²`` — the mean of the squared errors
   over samples and outputs;
 * ``binary_cross_entropy``: ``−Σ_j [y_j log p_j + (1 − y_j) log(1 − p_j)]``;
-* ``cross_entropy``: ``−Σ_j y_j log p_j`` with p = softmax(z).
+* ``cross_entropy``: ``−Σ_j y_j log p_j`` with p = softmax(z);
+* ``poisson`` (output ``exp``, a = e^z): the half Poisson deviance
+  ``Σ_j [a_j − y_j z_j + y_j log y_j − y_j]`` (0 log 0 = 0), zero at a = y; its
+  output delta is a − y, as for the cross-entropies.
+
+Sample weights w (optional, one per row) make a batch's data loss the weighted mean
+``Σ_i w_i ℓ_i / Σ_i w_i`` and divide its L1/L2 penalty by the batch's mean weight
+``m = Σ_i w_i / B``: the objective is ``(Σ_i w_i ℓ_i + B·penalty) / Σ_i w_i``. A weight
+acts like a repeat count with the penalty kept per B rows (scikit-learn's α / Σ w);
+unit weights change nothing.
 
 Regularisation adds ``l1 Σ|W| + (l2/2) Σ W²`` over the weights (not the biases)
 to the objective, hence ``l1·sign(W) + l2·W`` to the weight gradients. Clipping
@@ -49,6 +58,8 @@ def activate(z, name):
     if name == "softmax":
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+    if name == "exp":
+        return np.exp(z)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -64,6 +75,8 @@ def activation_derivative(z, a, name):
         return (z > 0).astype(z.dtype)
     if name == "leaky_relu":
         return np.where(z > 0, 1, spec.LEAKY_SLOPE).astype(z.dtype)
+    if name == "exp":
+        return a
     raise ValueError(f"activation {name!r} has no elementwise derivative")
 
 
@@ -116,14 +129,17 @@ def sample_losses(z, a, Y, loss, output):
     if code == spec.BINARY_CROSS_ENTROPY:
         # -[y log σ(z) + (1-y) log(1-σ(z))] = max(z,0) - z y + log(1 + e^{-|z|})
         return (np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)
+    if code == spec.POISSON:
+        y_log_y = np.where(Y > 0, Y * np.log(np.where(Y > 0, Y, 1)), 0)
+        return (a - Y * z + y_log_y - Y).sum(axis=1)
     return -(Y * _log_softmax(z)).sum(axis=1)
 
 
 def output_delta(z, a, Y, loss, output):
     """δ^L = ∂ℓ_i/∂z^L for each sample (rows)."""
     code = spec.resolve_loss(loss, output)
-    if code in (spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY):
-        return a - Y  # the activation derivative cancels against the loss
+    if code in (spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY, spec.POISSON):
+        return a - Y  # the activation derivative cancels against the loss (canonical link)
     k = Y.shape[1]
     grad_a = 2.0 * (a - Y) / k  # ∂ℓ_i/∂a^L
     if output == "softmax":  # Jacobian of softmax: diag(p) - p pᵀ
@@ -134,7 +150,7 @@ def output_delta(z, a, Y, loss, output):
 # --- backward pass ------------------------------------------------------------
 
 
-def backward(weights, activations, zs, acts, Y, loss, masks=None):
+def backward(weights, activations, zs, acts, Y, loss, masks=None, row_scale=None):
     """Backpropagation: returns ``(dWs, dbs)``, the batch-mean data-loss gradients.
 
     With dropout ``masks`` (as given to :func:`forward`), a hidden delta is
@@ -144,6 +160,8 @@ def backward(weights, activations, zs, acts, Y, loss, masks=None):
     L = len(weights)
     dWs, dbs = [None] * L, [None] * L
     delta = output_delta(zs[-1], acts[-1], Y, loss, activations[-1])
+    if row_scale is not None:  # sample weights: δ_i ← δ_i · w_i / mean(w)
+        delta = delta * row_scale[:, None]
     for l in range(L - 1, -1, -1):
         dWs[l] = acts[l].T @ delta / B
         dbs[l] = delta.sum(axis=0) / B
@@ -158,12 +176,20 @@ def backward(weights, activations, zs, acts, Y, loss, masks=None):
     return dWs, dbs
 
 
-def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0, masks=None):
+def gradients(weights, biases, activations, X, Y, loss, l1=0.0, l2=0.0, masks=None, sample_weight=None):
     """Loss (data + penalty) and gradients of the objective for one batch (with
-    optional dropout ``masks``, one per hidden layer)."""
+    optional dropout ``masks``, one per hidden layer, and ``sample_weight``, one per
+    row: see the module docstring)."""
     zs, acts = forward(weights, biases, activations, X, masks)
-    data_loss = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1]).mean()
-    dWs, dbs = backward(weights, activations, zs, acts, Y, loss, masks)
+    losses = sample_losses(zs[-1], acts[-1], Y, loss, activations[-1])
+    if sample_weight is None:
+        data_loss, mean_weight = losses.mean(), 1.0
+        dWs, dbs = backward(weights, activations, zs, acts, Y, loss, masks)
+    else:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        data_loss, mean_weight = (w * losses).sum() / w.sum(), w.mean()
+        dWs, dbs = backward(weights, activations, zs, acts, Y, loss, masks, row_scale=w / mean_weight)
+    l1, l2 = l1 / mean_weight, l2 / mean_weight  # the penalty per B rows
     dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
     return data_loss + penalty(weights, l1, l2), dWs, dbs
 
@@ -383,30 +409,43 @@ def correct_count(a, Y, output):
 
 
 def train_epoch(weights, biases, activations, X, Y, perm, batch_size, loss, optimizer,
-                state, lr, l1=0.0, l2=0.0, clip_norm=None, clip_value=None, **opt_hyper):
+                state, lr, l1=0.0, l2=0.0, clip_norm=None, clip_value=None, sample_weight=None,
+                **opt_hyper):
     """Train one epoch over ``X[perm]`` in batches of ``batch_size`` (the last may be
     partial and is trained on). Updates weights, biases and state in place.
+    ``sample_weight`` (one per row of X, gathered through ``perm``) weighs each batch's
+    objective as the module docstring says.
 
-    Returns ``(mean_loss, correct)``: the sample-weighted mean over batches of the
-    objective (data loss + penalty, before each batch's update) and the number of
-    correctly classified training samples seen during the epoch.
+    Returns ``(mean_loss, correct)``: the mean over batches of the objective (data
+    loss + penalty, before each batch's update), weighted by each batch's total
+    sample weight (its size without weights), and the number of correctly
+    classified training samples seen during the epoch.
     """
     n = X.shape[0]
-    total, correct = 0.0, 0
+    total, weight_total, correct = 0.0, 0.0, 0
     params = [*weights, *biases]
     for start in range(0, n, batch_size):
         idx = perm[start:start + batch_size]
         Xb, Yb = X[idx], Y[idx]
         zs, acts = forward(weights, biases, activations, Xb)
-        batch_loss = sample_losses(zs[-1], acts[-1], Yb, loss, activations[-1]).mean()
-        total += len(idx) * (batch_loss + penalty(weights, l1, l2))
+        losses = sample_losses(zs[-1], acts[-1], Yb, loss, activations[-1])
+        if sample_weight is None:
+            wsum, mean_weight, row_scale = len(idx), 1.0, None
+            batch_loss = losses.mean()
+        else:
+            wb = np.asarray(sample_weight, dtype=np.float64)[idx]
+            wsum, mean_weight = wb.sum(), wb.mean()
+            batch_loss, row_scale = (wb * losses).sum() / wsum, wb / mean_weight
+        l1_batch, l2_batch = l1 / mean_weight, l2 / mean_weight  # the penalty per B rows
+        total += wsum * (batch_loss + penalty(weights, l1_batch, l2_batch))
+        weight_total += wsum
         correct += correct_count(acts[-1], Yb, activations[-1])
-        dWs, dbs = backward(weights, activations, zs, acts, Yb, loss)
-        dWs = [dW + regularisation_gradient(W, l1, l2) for dW, W in zip(dWs, weights)]
+        dWs, dbs = backward(weights, activations, zs, acts, Yb, loss, row_scale=row_scale)
+        dWs = [dW + regularisation_gradient(W, l1_batch, l2_batch) for dW, W in zip(dWs, weights)]
         grads = clip([*dWs, *dbs], clip_norm, clip_value)
         state["t"] += 1
         optimizer_step(optimizer, params, grads, state, lr, state["t"], **opt_hyper)
-    return total / n, correct
+    return total / weight_total, correct
 
 
 def predict(weights, biases, activations, X):

@@ -31,8 +31,19 @@ How scikit-learn's objective maps onto fastbp's (documented deviations last):
   ``check_random_state(random_state)``), so both libraries start from the same
   parameters; mini-batch shuffling uses fastbp's generator, seeded from the same
   ``random_state``.
+* ``sample_weight`` (``fit`` and ``partial_fit``): sklearn's batch objective is
+  ``Σ w·loss / Σ w + 0.5·alpha·‖W‖²/Σ w``; equal weights c are therefore training
+  with ``alpha / c``, which is what fastbp does. The early-stopping split takes the
+  weights along (same split as sklearn) and the validation score is weighted.
+* A diverging fit raises sklearn's ``ValueError("Solver produced non-finite
+  parameter weights...")``; ``n_iter_``, ``loss_`` (NaN) and ``loss_curve_``
+  include the diverging epoch, as in sklearn.
+* ``coefs_`` / ``intercepts_`` (and the other public fitted attributes) may be set
+  by hand: predict, ``partial_fit`` and ``warm_start`` continue from them.
+* The estimators never emit ``fastbp.GradientWarning``.
 
-Deviations:
+Deviations (besides scikit-learn's private internals -- ``_forward_pass``,
+``_loss_grad_lbfgs``, ``_optimizer`` -- which fastbp does not have):
 
 * The partial last batch of an epoch uses ``l2 = alpha/(s·B)`` with the full batch
   size B (fastbp keeps one l2 per fit); sklearn divides by that batch's own size.
@@ -45,17 +56,25 @@ Deviations:
   ``0.5·Σ_outputs``; sklearn reports ``0.5·mean_outputs`` while following the
   same gradient (identical for one output). ``lbfgs`` therefore optimises a
   value and gradient that match (sklearn's disagree by the factor n_outputs).
-* Sparse input is accepted and densified. ``fit(sample_weight=...)`` (sklearn >= 1.7)
-  and ``MLPRegressor(loss="poisson")`` are not supported yet.
-* A diverging epoch (non-finite loss) is rolled back by fastbp with a
-  ``RuntimeWarning`` and training stops; sklearn would raise at the end of fit.
+* Sparse input is accepted and densified.
+* ``sample_weight`` with unequal (or non-positive) weights raises
+  ``NotImplementedError``: it needs per-sample weights inside fastbp's compiled
+  epoch, which ``fastbp.reference`` defines but the kernels do not have yet.
+* ``MLPRegressor(loss="poisson")`` (exp output, half Poisson deviance) raises
+  ``NotImplementedError`` for the same reason; the estimator code is in place and
+  runs once the kernels implement the exp output (``spec.OUTPUT_ACTIVATIONS``).
+* After a diverging fit the parameters are the last finite ones (fastbp rolls the
+  diverging epoch back), where sklearn leaves non-finite ones.
+* A class too small to stratify the early-stopping split is named by its original
+  label (sklearn names its binarized form, e.g. ``['True']``).
 * ``dropout`` (a rate or one per hidden layer; sgd/adam only) and ``batchnorm`` are
   passed to ``fastbp.MLP``: inverted dropout during training, batch normalization
   after each hidden layer (γ lives in the network's parameters, not in ``coefs_``).
 
-fastbp extras: ``device`` (only ``"cpu"`` for now) and ``dtype`` (None: float32
-input trains in float32, anything else in float64, as sklearn does; or force
-"float32"/"float64"). ``lbfgs`` always optimises in float64 and casts back.
+fastbp extras: ``device`` (``"cpu"``; ``fastbp.MLP.fit`` takes ``device="cuda"``, the
+estimators do not yet) and ``dtype`` (None: float32 input trains in float32, anything
+else in float64, as sklearn does; or force "float32"/"float64"). ``lbfgs`` always
+optimises in float64 and casts back.
 """
 
 import numbers
@@ -73,13 +92,14 @@ from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import (_check_partial_fit_first_call, check_classification_targets,
                                       type_of_target, unique_labels)
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 try:
     from sklearn.utils.validation import validate_data
 except ImportError as error:  # scikit-learn < 1.6
     raise ImportError("fastbp.sklearn needs scikit-learn >= 1.6") from error
 
+from fastbp import spec
 from fastbp.network import MLP
 from fastbp.optimizers import SGD, Adam, Momentum, Nesterov
 from fastbp.training import FitState
@@ -88,8 +108,8 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _HIDDEN = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
-_OUTPUT = {"identity": "identity", "logistic": "sigmoid", "softmax": "softmax"}
-_LOSS = {"identity": "mse", "logistic": "binary_cross_entropy", "softmax": "cross_entropy"}
+_OUTPUT = {"identity": "identity", "logistic": "sigmoid", "softmax": "softmax", "exp": "exp"}
+_LOSS = {"identity": "mse", "logistic": "binary_cross_entropy", "softmax": "cross_entropy", "exp": "poisson"}
 _MIN_ADAPTIVE_LR = 1e-6
 
 
@@ -134,6 +154,18 @@ def _hidden_sizes(value):
         if size <= 0:
             raise ValueError(f"hidden_layer_sizes must be > 0, got {value!r}.")
     return [int(s) for s in sizes]
+
+
+class _SklearnMomentum(Momentum):
+    """fastbp's momentum rule with scikit-learn's range for the momentum, [0, 1]."""
+
+    bounds = {**Momentum.bounds, "momentum": (0.0, 1.0, False, False)}
+
+
+class _SklearnNesterov(Nesterov):
+    """fastbp's Nesterov rule with scikit-learn's range for the momentum, [0, 1]."""
+
+    bounds = {**Nesterov.bounds, "momentum": (0.0, 1.0, False, False)}
 
 
 class _LiveRate:
@@ -218,8 +250,8 @@ class _BaseMLP(BaseEstimator):
             _check_integer("n_iter_no_change", self.n_iter_no_change, 1)
         _check_integer("max_fun", self.max_fun, 1)
         if self.device != "cpu":
-            raise ValueError(f"device must be 'cpu' (fastbp's CUDA backend is not available yet), "
-                             f"got {self.device!r}.")
+            raise ValueError(f"device must be 'cpu': the estimators train on the CPU (fastbp.MLP.fit "
+                             f"takes device='cuda'), got {self.device!r}.")
         if self.dropout is not None:
             rates = [self.dropout] if isinstance(self.dropout, numbers.Real) else self.dropout
             try:
@@ -266,7 +298,12 @@ class _BaseMLP(BaseEstimator):
 
     def _synced_net(self):
         """The network, with coefs_ / intercepts_ copied in (they are usually views of
-        its parameters already; this covers users who assign new arrays)."""
+        its parameters already; this covers users who assign new arrays). Without one
+        (coefs_ / intercepts_ and the other fitted attributes set by hand, as
+        scikit-learn allows) it is built from their shapes first."""
+        adopted = "_net" not in self.__dict__
+        if adopted:
+            self._adopt_fitted_attributes()
         net = self._net
         for name, views, values in (("coefs_", net.weights, self.coefs_),
                                     ("intercepts_", net.biases, self.intercepts_)):
@@ -278,7 +315,34 @@ class _BaseMLP(BaseEstimator):
                                      f"fitted network has {view.shape}")
                 if value is not view:
                     np.copyto(view, value, casting="same_kind")
+        if adopted:
+            self._expose(net)
         return net
+
+    def _adopt_fitted_attributes(self):
+        """Build the network behind hand-set coefs_ / intercepts_ (and, where missing,
+        the bookkeeping attributes scikit-learn derives from them)."""
+        coefs = list(self.coefs_)
+        if not coefs or len(self.intercepts_) != len(coefs):
+            raise ValueError(f"coefs_ and intercepts_ must be lists of the same length >= 1, got "
+                             f"{len(coefs)} and {len(self.intercepts_)}")
+        layer_units = [np.shape(c)[0] for c in coefs] + [np.shape(coefs[-1])[1]]
+        dtype = np.asarray(coefs[0]).dtype
+        dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        self.n_outputs_ = layer_units[-1]
+        self.n_layers_ = len(layer_units)
+        if self._is_classifier() and "_label_binarizer" not in self.__dict__ and hasattr(self, "classes_"):
+            self._label_binarizer = LabelBinarizer()
+            multilabel = getattr(self, "out_activation_", None) == "logistic" and self.n_outputs_ > 1
+            self._label_binarizer.fit(np.eye(self.n_outputs_, dtype=int) if multilabel else self.classes_)
+        if not hasattr(self, "out_activation_"):
+            self.out_activation_ = self._output_activation()
+        for name in ("n_iter_", "t_"):
+            if not hasattr(self, name):
+                setattr(self, name, 0)
+        self._net_spec = (layer_units, self.activation, self.out_activation_, dtype.name, self.dropout,
+                          bool(self.batchnorm))
+        self._net = self._new_net(*self._net_spec)
 
     def _initialize(self, layer_units, dtype, rs):
         """First fit: architecture, sklearn's Glorot-uniform initial weights drawn from
@@ -351,17 +415,20 @@ class _BaseMLP(BaseEstimator):
         """s: sklearn's objective = s × fastbp's (see the module docstring)."""
         return 1.0
 
-    def _fit(self, X, y, incremental=False):
+    def _fit(self, X, y, sample_weight=None, incremental=False):
         self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         hidden = _hidden_sizes(self.hidden_layer_sizes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        if not first_pass:
+            self._synced_net()  # builds the network behind hand-set fitted attributes
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         if first_pass:
             dtype = np.dtype(self.dtype) if self.dtype is not None else X.dtype
         else:
-            dtype = self._net.dtype
+            dtype = self._synced_net().dtype
+        weight, sample_weight = self._uniform_weight(sample_weight, X)
         X = self._as_kernel_array(X, dtype)
         Y = np.ascontiguousarray(Y.reshape(Y.shape[0], -1), dtype=dtype)
         layer_units = [X.shape[1], *hidden, Y.shape[1]]
@@ -378,13 +445,30 @@ class _BaseMLP(BaseEstimator):
                              "refit with warm_start=False")
         net = self._synced_net()
         if self.solver in _STOCHASTIC_SOLVERS:
-            self._fit_stochastic(net, X, Y, rs, incremental)
+            self._fit_stochastic(net, X, Y, rs, incremental, weight, sample_weight)
         else:
-            self._fit_lbfgs(net, X, Y)
+            self._fit_lbfgs(net, X, Y, weight)
         if not np.isfinite(net.theta).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may"
                              " contain large values and need to be preprocessed.")
         return self
+
+    @staticmethod
+    def _uniform_weight(sample_weight, X):
+        """(c, checked weights) for sample weights that are all equal to c > 0 (or None:
+        c = 1). scikit-learn's objective per batch is Σ w·loss / Σ w + α‖W‖²/(2 Σ w), so
+        equal weights c are training with alpha / c. Unequal weights need per-sample
+        weights inside the compiled epoch, which fastbp's kernels do not have yet."""
+        if sample_weight is None:
+            return 1.0, None
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        weight = float(sample_weight[0])
+        if not (weight > 0 and np.all(sample_weight == weight)):
+            raise NotImplementedError("fastbp's estimators accept sample_weight only when every weight is "
+                                      "the same number > 0 (that is training with alpha / weight); "
+                                      "unequal weights need per-sample weights in fastbp's compiled "
+                                      "kernels, which they do not have yet")
+        return weight, sample_weight
 
     def _lr_scale(self):
         """Factor from sklearn's learning rate to fastbp's: s for SGD, whose step is
@@ -398,11 +482,32 @@ class _BaseMLP(BaseEstimator):
         lr = self.learning_rate_init * self._lr_scale()
         if self.momentum == 0:
             return SGD(lr)
-        optimizer = (Nesterov if self.nesterovs_momentum else Momentum)(lr, 0.0)
-        optimizer.momentum = float(self.momentum)  # sklearn allows momentum=1, fastbp's check not
-        return optimizer
+        return (_SklearnNesterov if self.nesterovs_momentum else _SklearnMomentum)(lr, self.momentum)
 
-    def _fit_stochastic(self, net, X, Y, rs, incremental):
+    def _split(self, X, Y, sample_weight, rs):
+        """scikit-learn's early-stopping split (stratified for single-output classifiers);
+        a class too small to stratify is named by its original label."""
+        stratify = Y if self._is_classifier() and self.n_outputs_ == 1 else None
+        arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
+        try:
+            parts = train_test_split(*arrays, random_state=rs, test_size=self.validation_fraction,
+                                     stratify=stratify)
+        except ValueError as exc:
+            if stratify is None or "least populated class" not in str(exc):
+                raise
+            labels, counts = np.unique(self._decode(Y), return_counts=True)
+            raise ValueError(f"The least populated classes in y have only 1 member, which is too few. "
+                             f"The minimum number of groups for any class cannot be less than 2. Classes "
+                             f"with too few members are: {[str(c) for c in labels[counts < 2]]}") from None
+        X_train, X_val, Y_train, Y_val = parts[:4]
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                             "or the size of your dataset.")
+        sw_val = parts[5] if sample_weight is not None else None
+        return np.ascontiguousarray(X_train), np.ascontiguousarray(Y_train), np.ascontiguousarray(X_val), \
+            self._decode(Y_val), sw_val
+
+    def _fit_stochastic(self, net, X, Y, rs, incremental, weight=1.0, sample_weight=None):
         early_stopping = self.early_stopping
         if not hasattr(self, "loss_curve_") or \
                 (early_stopping and getattr(self, "validation_scores_", None) is None):
@@ -410,17 +515,9 @@ class _BaseMLP(BaseEstimator):
             # (sklearn raises AttributeError / TypeError in these cases)
             self._init_stochastic_records()
         if early_stopping:
-            stratify = Y if self._is_classifier() and self.n_outputs_ == 1 else None
-            X_train, X_val, Y_train, Y_val = train_test_split(
-                X, Y, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
-            if X_val.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase 'validation_fraction' "
-                                 "or the size of your dataset.")
-            X_train, Y_train = np.ascontiguousarray(X_train), np.ascontiguousarray(Y_train)
-            X_val = np.ascontiguousarray(X_val)
-            y_val = self._decode(Y_val)
+            X_train, Y_train, X_val, y_val, sw_val = self._split(X, Y, sample_weight, rs)
         else:
-            X_train, Y_train, X_val, y_val = X, Y, None, None
+            X_train, Y_train, X_val, y_val, sw_val = X, Y, None, None, None
         n_samples = X_train.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
@@ -442,7 +539,7 @@ class _BaseMLP(BaseEstimator):
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-            self._update_no_improvement_count(net_, X_val, y_val)
+            self._update_no_improvement_count(net_, X_val, y_val, sw_val)
             if self.solver == "sgd" and self.learning_rate == "invscaling":
                 self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
             if self._no_improvement_count > self.n_iter_no_change:
@@ -463,11 +560,25 @@ class _BaseMLP(BaseEstimator):
             return False
 
         self.n_iter_ = 0
-        net.fit(X_train, Y_train, loss=_LOSS[self.out_activation_], optimizer=self._make_optimizer(),
-                epochs=1 if incremental else self.max_iter, batch_size=batch_size,
-                shuffle=bool(self.shuffle), l2=self.alpha / (scale * batch_size),
-                schedule=_LiveRate(self, self._lr_scale()), seed=int(rs.randint(np.iinfo(np.int32).max)),
-                callbacks=[end_of_epoch], verbose=0, warm_start=not new_optimizer)
+        epochs = 1 if incremental else self.max_iter
+        with warnings.catch_warnings():  # divergence is reported as scikit-learn does, below
+            warnings.filterwarnings("ignore", message="training diverged", category=RuntimeWarning)
+            warnings.filterwarnings("ignore", message="warm_start with a different optimizer",
+                                    category=RuntimeWarning)  # a changed hyper-parameter: sklearn is silent
+            history = net.fit(X_train, Y_train, loss=_LOSS[self.out_activation_],
+                              optimizer=self._make_optimizer(), epochs=epochs, batch_size=batch_size,
+                              shuffle=bool(self.shuffle), l2=self.alpha / (weight * scale * batch_size),
+                              schedule=_LiveRate(self, self._lr_scale()),
+                              seed=int(rs.randint(np.iinfo(np.int32).max)), callbacks=[end_of_epoch],
+                              verbose=0, warm_start=not new_optimizer, gradient_warnings=False)
+        if history.stopped_early and not stopped and history.epochs < epochs:
+            # fastbp rolled the diverging epoch back; scikit-learn records it and raises
+            self.n_iter_ += 1
+            self.t_ += n_samples
+            self.loss_ = float("nan")
+            self.loss_curve_.append(self.loss_)
+            raise ValueError("Solver produced non-finite parameter weights. The input data may"
+                             " contain large values and need to be preprocessed.")
         if not incremental and not stopped and self.n_iter_ == self.max_iter:
             warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
                           "optimization hasn't converged yet." % self.max_iter, ConvergenceWarning,
@@ -475,9 +586,9 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             net.theta[...] = self._best_theta
 
-    def _update_no_improvement_count(self, net, X_val, y_val):
+    def _update_no_improvement_count(self, net, X_val, y_val, sw_val=None):
         if self.early_stopping:
-            score = self._score_output(net.forward(X_val), y_val)
+            score = self._score_output(net.forward(X_val), y_val, sw_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print("Validation score: %f" % score)
@@ -496,13 +607,13 @@ class _BaseMLP(BaseEstimator):
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def _fit_lbfgs(self, net, X, Y):
+    def _fit_lbfgs(self, net, X, Y, weight=1.0):
         """Full-batch L-BFGS-B over the flat parameter vector, in float64."""
         net64 = net if net.dtype == np.float64 else net.copy(dtype="float64")
         X64 = np.ascontiguousarray(X, dtype=np.float64)
         Y64 = np.ascontiguousarray(Y, dtype=np.float64)
         scale = self._loss_scale()
-        l2 = self.alpha / (scale * X.shape[0])
+        l2 = self.alpha / (weight * scale * X.shape[0])
         loss = _LOSS[self.out_activation_]
 
         def value_and_grad(theta):
@@ -524,9 +635,10 @@ class _BaseMLP(BaseEstimator):
         self.loss_ = float(result.fun)
         net.theta[...] = result.x
 
-    def fit(self, X, y):
-        """Fit the model to data matrix X and target(s) y; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y; returns self.
+        ``sample_weight``: see :meth:`_uniform_weight` (equal weights only, for now)."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     def _check_solver(self):
         if self.solver not in _STOCHASTIC_SOLVERS:
@@ -589,13 +701,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _decode(self, Y):
         return self._label_binarizer.inverse_transform(Y)
 
-    def _score_output(self, out, y):
+    def _score_output(self, out, y, sample_weight=None):
         if not np.isfinite(out).all():
             return np.nan
-        return accuracy_score(y, self._decode(out.ravel() if self.n_outputs_ == 1 else out))
+        return accuracy_score(y, self._decode(out.ravel() if self.n_outputs_ == 1 else out),
+                              sample_weight=sample_weight)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), continuing from the current state. ``classes``
         (all labels that will ever be seen) is required on the first call."""
         self._check_params()
@@ -605,7 +718,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
         """Class labels (label-indicator rows for multi-label)."""
@@ -636,7 +749,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     A drop-in for ``sklearn.neural_network.MLPRegressor`` (squared error, one or
     several outputs); see :class:`MLPClassifier` and the module docstring.
-    ``loss="poisson"`` is not supported yet.
+    ``loss="poisson"`` raises NotImplementedError until the compiled kernels have
+    the exp output (the module docstring says why).
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
@@ -653,40 +767,45 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.loss = loss
 
     def _check_params(self):
-        if self.loss == "poisson":
-            raise NotImplementedError("loss='poisson' is not implemented in fastbp yet; "
-                                      "use loss='squared_error'.")
-        _check_option("loss", self.loss, {"squared_error"})
+        _check_option("loss", self.loss, {"squared_error", "poisson"})
+        if self.loss == "poisson" and "exp" not in spec.OUTPUT_ACTIVATIONS:
+            raise NotImplementedError("loss='poisson' (exp output, half Poisson deviance) is in fastbp's "
+                                      "reference but not yet in its compiled kernels; use "
+                                      "loss='squared_error'.")
         super()._check_params()
 
     def _is_classifier(self):
         return False
 
     def _output_activation(self):
-        return "identity"
+        return "exp" if self.loss == "poisson" else "identity"
 
     def _loss_scale(self):
-        return self.n_outputs_ / 2.0
+        """squared error: n_outputs / 2 (see the module docstring); poisson: 1, fastbp's
+        loss is scikit-learn's half Poisson deviance summed over the outputs."""
+        return 1.0 if self.out_activation_ == "exp" else self.n_outputs_ / 2.0
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
                              y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError("loss='poisson' requires y >= 0.")
         return X, y
 
     def _decode(self, Y):
         return Y.ravel() if Y.ndim == 2 and Y.shape[1] == 1 else Y
 
-    def _score_output(self, out, y):
+    def _score_output(self, out, y, sample_weight=None):
         if not np.isfinite(out).all():
             return np.nan
-        return r2_score(y, self._decode(out))
+        return r2_score(y, self._decode(out), sample_weight=sample_weight)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current state."""
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
         """Predicted values, (n,) for one output, else (n, n_outputs)."""

@@ -13,6 +13,7 @@ TANH = 2
 RELU = 3
 LEAKY_RELU = 4
 SOFTMAX = 5  # output layer only
+EXP = 6  # output layer only (Poisson regression); reference only, see OUTPUT_ACTIVATIONS
 
 ACTIVATIONS = {
     "identity": IDENTITY,
@@ -23,11 +24,15 @@ ACTIVATIONS = {
     "relu": RELU,
     "leaky_relu": LEAKY_RELU,
     "softmax": SOFTMAX,
+    "exp": EXP,
 }
 HIDDEN_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
+#: the output activations the compiled kernels implement (and fastbp.MLP accepts); the
+#: reference also has "exp" (with the poisson loss), which joins this list once the
+#: CPU and CUDA kernels implement it
 OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "softmax")
 ACTIVATION_NAMES = {IDENTITY: "identity", SIGMOID: "sigmoid", TANH: "tanh",
-                    RELU: "relu", LEAKY_RELU: "leaky_relu", SOFTMAX: "softmax"}
+                    RELU: "relu", LEAKY_RELU: "leaky_relu", SOFTMAX: "softmax", EXP: "exp"}
 
 #: slope of leaky ReLU for z < 0
 LEAKY_SLOPE = 0.01
@@ -36,6 +41,7 @@ LEAKY_SLOPE = 0.01
 MSE = 0
 BINARY_CROSS_ENTROPY = 1
 CROSS_ENTROPY = 2
+POISSON = 3  # half Poisson deviance, with the exp output (reference only, see OUTPUT_ACTIVATIONS)
 
 LOSSES = {
     "mse": MSE,
@@ -45,9 +51,10 @@ LOSSES = {
     "cross_entropy": CROSS_ENTROPY,
     "categorical_cross_entropy": CROSS_ENTROPY,
     "log_loss": CROSS_ENTROPY,
+    "poisson": POISSON,
 }
 LOSS_NAMES = {MSE: "mse", BINARY_CROSS_ENTROPY: "binary_cross_entropy",
-              CROSS_ENTROPY: "cross_entropy"}
+              CROSS_ENTROPY: "cross_entropy", POISSON: "poisson"}
 
 # --- optimizers --------------------------------------------------------------
 OPT_SGD = 0
@@ -78,7 +85,8 @@ def resolve_loss(loss, output):
       the full activation Jacobian is used, which is legal but trains slowly);
     * ``cross_entropy`` with softmax, or with sigmoid where it means the
       binary cross-entropy of each output unit;
-    * ``binary_cross_entropy`` with sigmoid.
+    * ``binary_cross_entropy`` with sigmoid;
+    * ``poisson`` with exp.
     """
     if not isinstance(loss, str):
         raise TypeError(f"loss must be a string, got {type(loss).__name__}")
@@ -92,6 +100,9 @@ def resolve_loss(loss, output):
         raise ValueError(f"loss {loss!r} needs a softmax (or sigmoid) output layer, not {output!r}")
     if code == BINARY_CROSS_ENTROPY and output != "sigmoid":
         raise ValueError(f"loss {loss!r} needs a sigmoid output layer, not {output!r}")
+    if (code == POISSON) != (output == "exp"):
+        raise ValueError(f"loss {loss!r} with output {output!r}: the poisson loss goes with the exp "
+                         "output, and the exp output with the poisson loss")
     return code
 
 # --- batch normalization ---------------------------------------------------------

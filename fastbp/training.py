@@ -94,6 +94,11 @@ class History:
         from .plotting import plot_history  # matplotlib is optional: imported on use
         return plot_history(self, path, title)
 
+    def _repr_png_(self):
+        """Jupyter shows a History as its learning curves (None without matplotlib)."""
+        from .plotting import history_png
+        return history_png(self)
+
     def __repr__(self):
         last = f", last loss {self.loss[-1]:.4g}" if self.loss else ""
         return f"History({self.epochs} epochs{last})"
@@ -108,14 +113,50 @@ def epoch_permutation(seed, epoch, n):
 
 
 def _progress_bar(verbose, epochs, n_batches):
-    """A tqdm bar over the fit's batches for ``verbose=1`` (shown only when stderr is a
-    terminal) or ``verbose="bar"`` (always); None otherwise."""
+    """Progress over the fit's batches for ``verbose=1``: a tqdm bar when stderr is a terminal; in a Jupyter
+    kernel the notebook widget bar (``tqdm.notebook``, with ipywidgets installed) or,
+    without a widget frontend, one printed line per epoch; nothing otherwise (logs,
+    pipes). ``verbose="bar"``: a ``tqdm.auto`` bar always. None for other levels."""
     if verbose not in (1, "bar"):
         return None
     if verbose == 1 and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
+        if not _in_jupyter_kernel():
+            return None
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook draws with it)
+            from tqdm.notebook import tqdm as notebook_tqdm
+        except ImportError:
+            return _EpochLines(epochs, n_batches)
+        return notebook_tqdm(total=epochs * n_batches, unit="batch", leave=True)
     from tqdm.auto import tqdm
     return tqdm(total=epochs * n_batches, unit="batch", file=sys.stderr, leave=True)
+
+
+def _in_jupyter_kernel():
+    """True inside an IPython kernel (Jupyter, VS Code notebooks), whose stderr is no TTY."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class _EpochLines:
+    """The progress-bar calls ``run_epochs`` makes, answered with one printed line per
+    epoch (for notebooks without a widget frontend)."""
+
+    def __init__(self, epochs, n_batches):
+        self.epochs, self.n_batches, self.batches, self.logs = epochs, n_batches, 0, {}
+
+    def set_postfix(self, logs, refresh=False):
+        """Called after each epoch: print its line."""
+        self.logs = dict(logs)
+        logs = "  ".join(f"{k} {v}" for k, v in self.logs.items())
+        print(f"epoch {-(-self.batches // self.n_batches):>4}/{self.epochs}  {logs}", flush=True)
+
+    def update(self, n=1):
+        self.batches += n
+
+    def close(self):
+        pass
 
 
 def next_chunk(chunk, done, seconds):
@@ -199,7 +240,7 @@ def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedul
                 engine.restore()
                 warnings.warn(f"training diverged in epoch {epoch + 1} (non-finite loss or parameters); "
                               "parameters restored to the end of the previous epoch. Lower the learning "
-                              "rate or use clip_norm.", RuntimeWarning, stacklevel=3)
+                              "rate or use clip_norm.", RuntimeWarning, stacklevel=4)
                 history.stopped_early = True
                 break
             state.epochs_done += 1

@@ -7,15 +7,44 @@ import numbers
 import numpy as np
 
 
-def check_features(X, n_features, dtype, name="X"):
-    """X as a C-contiguous 2-D array of ``dtype``; shape, dtype and finiteness checked."""
-    if X is None:
+def _numeric_array(values, name):
+    """``values`` as an ndarray of real numbers (bool included); sparse and complex refused."""
+    if values is None:
         raise TypeError(f"{name} is None")
-    arr = np.asarray(X)
+    if _is_sparse(values):
+        shape = getattr(values, "shape", None)
+        raise TypeError(f"{name} is a sparse matrix ({type(values).__name__}, shape {shape}); fastbp "
+                        f"trains on dense arrays: pass {name}.toarray() if it fits in memory")
+    arr = np.asarray(values)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
         raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+    return arr
+
+
+def _is_sparse(values):
+    """True for scipy.sparse matrices and arrays (checked without importing scipy)."""
+    return type(values).__module__.startswith("scipy.sparse")
+
+
+def _cast_finite(arr, dtype, name):
+    """``arr`` as a C-contiguous array of ``dtype``, every entry finite *after* the cast
+    (a float64 value beyond float32's range is reported as overflowing)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, naming the entry
+        converted = np.ascontiguousarray(arr, dtype=dtype)
+    if not _all_finite(converted):
+        index = tuple(np.argwhere(~np.isfinite(converted))[0])
+        where = f"row {index[0]}, column {index[1]}" if len(index) == 2 else f"entry {index[0]}"
+        overflow = np.isfinite(arr[index]) if np.issubdtype(arr.dtype, np.floating) else True
+        raise ValueError(f"{name} contains NaN or inf (first at {where})"
+                         + (f"; the value {float(arr[index])!r} overflows {np.dtype(dtype)}" if overflow else ""))
+    return converted
+
+
+def check_features(X, n_features, dtype, name="X"):
+    """X as a C-contiguous 2-D array of ``dtype``; shape, dtype and finiteness checked."""
+    arr = _numeric_array(X, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
                          + ("; reshape a single sample with X.reshape(1, -1)" if arr.ndim == 1 else ""))
@@ -23,20 +52,13 @@ def check_features(X, n_features, dtype, name="X"):
         raise ValueError(f"{name} is empty: shape {arr.shape}")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
-    with np.errstate(over="ignore", invalid="ignore"):  # reported below, naming the entry
-        converted = np.ascontiguousarray(arr, dtype=dtype)
-    if not _all_finite(converted):
-        row, col = np.argwhere(~np.isfinite(converted))[0]
-        overflow = np.isfinite(arr[row, col]) if np.issubdtype(arr.dtype, np.floating) else True
-        raise ValueError(f"{name} contains NaN or inf (first at row {row}, column {col})"
-                         + (f"; the value {float(arr[row, col])!r} overflows {np.dtype(dtype)}" if overflow else ""))
-    return converted
+    return _cast_finite(arr, dtype, name)
 
 
 def _all_finite(arr, chunk_bytes=1 << 22):
     """np.isfinite(arr).all() in row chunks: the boolean temporary stays ~4 MB instead
     of one byte per value of X (which would be the peak memory of a large fit)."""
-    rows = max(1, chunk_bytes // max(1, arr.shape[1]))
+    rows = max(1, chunk_bytes // max(1, arr.shape[1] if arr.ndim == 2 else 1))
     return all(np.isfinite(arr[i:i + rows]).all() for i in range(0, arr.shape[0], rows))
 
 
@@ -49,11 +71,7 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
       one-hot for several, or a (n, k) matrix of values in [0, 1];
     * identity: values (n,) for one output, or (n, k).
     """
-    if y is None:
-        raise TypeError("y is None")
-    arr = np.asarray(y)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"y must hold numbers, got dtype {arr.dtype}")
+    arr = _numeric_array(y, "y")
     if arr.ndim not in (1, 2):
         raise ValueError(f"y must be 1-D labels or a 2-D (n_samples, n_outputs) array, got shape {arr.shape}")
     if arr.shape[0] != n_samples:
@@ -65,7 +83,7 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
     if arr.ndim == 1 and output == "identity":
         if n_outputs != 1:
             raise ValueError(f"y is 1-D but the network has {n_outputs} outputs; pass a (n, {n_outputs}) array")
-        return np.ascontiguousarray(arr.reshape(-1, 1), dtype=dtype)
+        return _cast_finite(arr.reshape(-1, 1), dtype, "y")
     if arr.ndim == 1:
         if output == "sigmoid" and n_outputs == 1:
             labels = arr.astype(np.float64)
@@ -81,7 +99,7 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
         onehot = np.zeros((n_samples, n_outputs), dtype=dtype)
         onehot[np.arange(n_samples), labels] = 1
         return onehot
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = _cast_finite(arr, dtype, "y")
     if classification_loss and (arr.min() < 0 or (output == "sigmoid" and arr.max() > 1)):
         raise ValueError("cross-entropy targets must lie in [0, 1]")
     return arr

@@ -30,6 +30,17 @@ from fastbp.sklearn import MLPClassifier, MLPRegressor
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
+_UNEQUAL_WEIGHTS = ("unequal sample_weight needs per-sample weights in fastbp's compiled kernels "
+                    "(issue 11; the reference has them)")
+
+
+def _expected_failed_checks(estimator):
+    """The scikit-learn checks that fit with unequal sample weights, refused for now."""
+    return {name: _UNEQUAL_WEIGHTS for name in (
+        "check_sample_weights_not_overwritten", "check_sample_weight_equivalence_on_dense_data",
+        "check_sample_weight_equivalence_on_sparse_data", "check_classifiers_one_label_sample_weights")}
+
+
 @parametrize_with_checks([
     MLPClassifier(max_iter=100, random_state=0),
     MLPRegressor(max_iter=100, random_state=0),
@@ -38,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
     MLPClassifier(solver="sgd", learning_rate="adaptive", max_iter=100, random_state=0),
     MLPRegressor(solver="sgd", learning_rate="invscaling", learning_rate_init=0.01, max_iter=100,
                  random_state=0),
-])
+], expected_failed_checks=_expected_failed_checks)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
