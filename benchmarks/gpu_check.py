@@ -145,8 +145,11 @@ def start_tests(outdir, dry_run, timeout):
     xml = Path(outdir) / "cuda_tests.xml"
     # -v: one line per test, so a run cut short by the timeout still says what passed;
     # the PTX gate needs no GPU (CI runs it) and would spend minutes compiling here
+    # whole fits against CPU fits ("slow": each CPU mode compiles for tens of seconds on a
+    # cold cache) are the parity section's job here
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", f"--junitxml={xml}",
-           "--ignore", str(ROOT / "tests" / "cuda" / "test_cuda_ptx.py"), str(ROOT / "tests" / "cuda")]
+           "-m", "not slow", "--ignore", str(ROOT / "tests" / "cuda" / "test_cuda_ptx.py"),
+           str(ROOT / "tests" / "cuda")]
     if dry_run:  # a few quick tests: the plumbing, not the suite
         cmd += ["-k", "gather_batch or count_nonfinite"]
     return Child(cmd, Path(outdir) / "cuda_tests.log", timeout, child_env(dry_run))
@@ -617,8 +620,11 @@ def build_parser():
     parser.add_argument("--cpu-rows", type=int, default=1 << 14, help="timed rows of fastbp-cpu per config")
     parser.add_argument("--no-cpu", action="store_true", help="skip fastbp-cpu in the speed table")
     parser.add_argument("--compile-batches", default="14", help="log2 batches timed with torch.compile")
-    parser.add_argument("--tests-timeout", type=float, default=170)
-    parser.add_argument("--sanitizer-timeout", type=float, default=150)
+    parser.add_argument("--tests-timeout", type=float, default=None,
+                        help="seconds for the device test run (default: the budget less --speed-reserve)")
+    parser.add_argument("--sanitizer-timeout", type=float, default=None, help="seconds per sanitizer tool (same default)")
+    parser.add_argument("--speed-reserve", type=float, default=100,
+                        help="seconds kept for the speed section, which starts when the tests end (default 100)")
     parser.add_argument("--sanitizer-fit", metavar="DTYPE", help=argparse.SUPPRESS)
     parser.add_argument("--torch-compile-worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -655,6 +661,11 @@ def main(argv=None):
         say("no CUDA device and no simulator: nothing to check")
         return 2
     sections = set(args.sections.split(","))
+    # the tests and sanitizers run beside the parity section; the speed section waits
+    # for them (clean timings), so they are cut off where the speed section must start
+    cutoff = max(30.0, args.budget - args.speed_reserve) if "speed" in sections else args.budget
+    args.tests_timeout = args.tests_timeout or cutoff
+    args.sanitizer_timeout = args.sanitizer_timeout or cutoff
     tests = start_tests(outdir, args.dry_run, args.tests_timeout) if "tests" in sections else None
     sanitizer = (start_sanitizer(outdir, args.dry_run, args.sanitizer_timeout) if "sanitizer" in sections
                  else None)
