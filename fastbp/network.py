@@ -12,6 +12,7 @@ from . import cpu_training, cuda_training, persist, spec
 from .init import init_weights, resolve_init
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
+from .threads import blas_threads, check_threads
 from .training import FitState, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
@@ -272,7 +273,7 @@ class MLP:
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
             validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
-            checkpoint=None, validation_shuffle=False):
+            checkpoint=None, validation_shuffle=False, threads=None):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         Calling ``fit`` again continues from the trained weights (like Keras, unlike
@@ -342,6 +343,9 @@ class MLP:
             recompute the others in the backward pass (True: k = ⌈√layers⌉); same
             gradients bit for bit, less memory, one extra forward pass of compute.
             Combines with dropout and batchnorm.
+        threads : int or None
+            BLAS threads of the kernels during the fit (default: chosen per network,
+            see ``fastbp.threads``; the user's own thread settings are restored after).
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged. If training is interrupted (Ctrl-C) or anything raises mid-fit (a
@@ -385,6 +389,7 @@ class MLP:
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
         checkpoint = self._check_checkpoint(checkpoint)
+        threads = check_threads(threads)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         if warm_start and self.fit_state is not None and not keep_state:
             warnings.warn(f"warm_start with a different optimizer ({optimizer!r}, was {self.fit_optimizer!r}): "
@@ -400,12 +405,13 @@ class MLP:
         epochs_before = state.epochs_done
         completed = False
         try:
-            history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
-                                 epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
-                                 callbacks=callbacks, verbose=verbose, state=state, validation=validation,
-                                 validate=getattr(engine, "validate", None)   # the GPU's, on device θ
-                                 or (lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code)),
-                                 gradient_monitor=monitor)
+            with blas_threads(self.sizes, batch_size, threads):
+                history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
+                                     epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
+                                     callbacks=callbacks, verbose=verbose, state=state, validation=validation,
+                                     validate=getattr(engine, "validate", None)   # the GPU's, on device θ
+                                     or (lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code)),
+                                     gradient_monitor=monitor)
             completed = True
         finally:
             # consistent after an exception too: the new optimizer and state once this
@@ -580,7 +586,8 @@ class MLP:
             if self.batchnorm:
                 raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             return cuda_training.forward(self, X, chunk)
-        return cpu_training.forward(self, X, chunk)
+        with blas_threads(self.sizes, chunk):
+            return cpu_training.forward(self, X, chunk)
 
     def _loss_sum(self, X, Y, loss_code, batch_stats=False):
         """(summed data loss, correct) over converted X, Y in chunks, without dropout;
