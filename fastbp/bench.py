@@ -636,11 +636,32 @@ def add_arguments(parser):
                         help="also show the development targets (ok/MISS), GFLOP/s and GEMM fractions")
     parser.add_argument("--from-json", metavar="FILE", default=None,
                         help="print the report of an earlier --json run instead of measuring")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: run the one-shot GPU check (benchmarks/gpu_check.py) instead")
+    parser.add_argument("--out", metavar="DIR", default="gpu_check",
+                        help="with --device cuda: the directory for its results (default gpu_check)")
     return parser
+
+
+def run_gpu_check(out, quick=False):
+    """``fastbp bench --device cuda``: ``benchmarks/gpu_check.py`` of the source tree
+    (tests, GPU-vs-CPU parity, compute-sanitizer, throughput) into ``out``;
+    ``quick`` runs its tiny ``--dry-run``."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    if not path.exists():
+        raise SystemExit(f"fastbp bench --device cuda runs {path}, which is part of the source tree only")
+    module_spec = importlib.util.spec_from_file_location("fastbp_gpu_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.main([str(out)] + (["--dry-run"] if quick else []))
 
 
 def run(args):
     """Run ``fastbp bench`` with parsed ``args``; returns the exit status."""
+    if getattr(args, "device", "cpu") == "cuda":
+        return run_gpu_check(args.out, args.quick)
     if args.from_json:
         with open(args.from_json) as f:
             print(format_report(json.load(f), targets=args.targets))

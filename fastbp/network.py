@@ -396,8 +396,8 @@ class MLP:
                           "the parameters are kept, the optimizer state starts over", RuntimeWarning,
                           stacklevel=3)
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        if device == "cuda" and (any(self.dropout) or self.batchnorm or checkpoint):
-            raise ValueError("dropout, batchnorm and checkpoint run on the CPU only; fit with device='cpu'")
+        if device == "cuda" and self.batchnorm:
+            raise ValueError("batchnorm runs on the CPU only; fit with device='cpu'")
         engine_class = cuda_training.CudaEngine if device == "cuda" else cpu_training.CpuEngine
         engine = engine_class(self, X, Y, state, batch_size=batch_size, optimizer=optimizer,
                               loss_code=loss_code, l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
@@ -409,7 +409,8 @@ class MLP:
                 history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
                                      epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
                                      callbacks=callbacks, verbose=verbose, state=state, validation=validation,
-                                     validate=lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code),
+                                     validate=getattr(engine, "validate", None)   # the GPU's, on device θ
+                                     or (lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code)),
                                      gradient_monitor=monitor)
             completed = True
         finally:
@@ -634,24 +635,28 @@ class MLP:
 
     # --- gradients --------------------------------------------------------------------
 
-    def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0):
+    def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu"):
         """(objective, flat gradient) over the full batch X, from the compiled backward
-        pass; the objective is the mean data loss plus the L1/L2 penalty."""
+        pass of ``device``; the objective is the mean data loss plus the L1/L2 penalty."""
+        device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        value, grad = cpu_training.loss_and_gradient(self, X, Y, loss_code)
+        if device == "cuda" and self.batchnorm:
+            raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
+        training = cuda_training if device == "cuda" else cpu_training
+        value, grad = training.loss_and_gradient(self, X, Y, loss_code)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W
                 value += l1 * np.abs(W).sum() + 0.5 * l2 * (W.astype(np.float64) ** 2).sum()
         return float(value), grad
 
-    def gradients(self, X, y, loss=None, l1=0.0, l2=0.0):
+    def gradients(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu"):
         """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).
         With batch normalization db is dβ; dγ is in :meth:`flat_gradient` at ``bn_goff[l]``."""
-        _, grad = self.flat_gradient(X, y, loss, l1, l2)
+        _, grad = self.flat_gradient(X, y, loss, l1, l2, device)
         return list(zip(*weight_views(grad, self.layout)))
 
     # --- copies -----------------------------------------------------------------------
