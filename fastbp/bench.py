@@ -306,6 +306,92 @@ def bench_config(config, quick=False, repeats=None, with_torch=None):
     return result
 
 
+#: the robustness row: epochs alone and alternating with a numpy GEMM; the worst
+#: alternating epoch must keep this fraction of the median alone (samples/s)
+ROBUSTNESS_EPOCHS = 6
+ROBUSTNESS_KEEP = 0.7
+#: the inference row: predict_proba over this many rows of the mnist-shaped network
+INFERENCE_ROWS = 100_000
+
+
+class NumpyGemm:
+    """A user's numpy work between two fits, as big as the data: the first layer's
+    product over every row, X (n × n_in) @ W (n_in × n_hidden), in numpy's own BLAS."""
+
+    name = "numpy-gemm"
+
+    def __init__(self, X, fan_out, seed=0):
+        self.X = X
+        self.W = np.random.default_rng(seed).standard_normal((X.shape[1], fan_out), dtype=X.dtype)
+        self.out = np.empty((X.shape[0], fan_out), dtype=X.dtype)
+
+    def __call__(self):
+        np.matmul(self.X, self.W, out=self.out)
+
+
+def robustness(config, quick=False, epochs=ROBUSTNESS_EPOCHS):
+    """fastbp epochs right after another epoch ("alone") and right after a numpy GEMM
+    of the data's size ("alternating"), interleaved (epoch, epoch, GEMM, epoch, ...)
+    so that drifting machine load hits both alike, no pauses: samples/s median alone,
+    median and worst alternating. Two BLAS pools that spin or oversubscribe the
+    cores show up as a worst alternating epoch far below the median alone."""
+    n = config.rows(quick)
+    fast = FastbpEpoch(config, n)
+    gemm = NumpyGemm(fast.X, config.sizes[1])
+    gemm()
+    fast()
+    alone, alternating = [], []
+    for _ in range(epochs):
+        for seconds in (alone, alternating):
+            t0 = time.perf_counter()
+            fast()
+            seconds.append(time.perf_counter() - t0)
+        gemm()
+    median_alone = n / statistics.median(alone)
+    worst = n / max(alternating)
+    return {"config": config.name, "description": config.description, "rows": n, "epochs": epochs,
+            "seconds_alone": alone, "seconds_alternating": alternating,
+            "median_alone": median_alone, "median_alternating": n / statistics.median(alternating),
+            "worst_alternating": worst, "worst_over_median_alone": worst / median_alone,
+            "keep_target": ROBUSTNESS_KEEP}
+
+
+class NumpyForward:
+    """A plain numpy forward pass (``reference.predict``) of the same network."""
+
+    name = "numpy"
+
+    def __init__(self, net, X):
+        self.net, self.X = net, X
+
+    def __call__(self):
+        return reference.predict(self.net.weights, self.net.biases, self.net.layer_activations, self.X)
+
+
+class FastbpPredict:
+    name = "fastbp"
+
+    def __init__(self, net, X):
+        self.net, self.X = net, X
+
+    def __call__(self):
+        return self.net.predict_proba(self.X)
+
+
+def inference(config, quick=False, repeats=None, rows=None):
+    """predict_proba of ``rows`` rows (default 100k; 10k quick) against a plain numpy
+    forward pass of the same network, interleaved: rows/s of each and their ratio."""
+    rows = rows or (INFERENCE_ROWS // 10 if quick else INFERENCE_ROWS)
+    repeats = repeats or (1 if quick else 5)
+    X, _ = synthetic(config.sizes, rows)
+    net = MLP(list(config.sizes), seed=0)
+    times = time_interleaved([FastbpPredict(net, X), NumpyForward(net, X)], repeats)
+    fast, plain = rows / statistics.median(times["fastbp"]), rows / statistics.median(times["numpy"])
+    return {"config": config.name, "description": config.description, "rows": rows, "repeats": repeats,
+            "seconds": times, "fastbp_rows_per_second": fast, "numpy_rows_per_second": plain,
+            "speedup": fast / plain, "target": 1.0}
+
+
 START_SCRIPT = r"""
 import contextlib, io, json, re, sys
 out = io.StringIO()
@@ -414,7 +500,7 @@ def _version(module):
 
 
 def run_suite(configs=None, quick=False, repeats=None, start=True, memory=True, with_torch=None,
-              progress=None):
+              progress=None, robust=True):
     """Everything ``fastbp bench`` reports, as a dict."""
     names = list(CONFIGS) if not configs else list(configs)
     say = progress or (lambda msg: None)
@@ -428,6 +514,11 @@ def run_suite(configs=None, quick=False, repeats=None, start=True, memory=True, 
     if start:
         say("cold / warm start ...")
         results["start"] = cold_warm_start()
+    if robust:
+        say("robustness (epochs alternating with a numpy GEMM) ...")
+        results["robustness"] = robustness(CONFIGS["mnist"], quick=quick)
+        say("inference (predict_proba vs a numpy forward pass) ...")
+        results["inference"] = inference(CONFIGS["mnist"], quick=quick)
     if memory:
         say("fit memory ...")
         config = CONFIGS["mnist"]
@@ -488,6 +579,19 @@ def format_report(results, targets=False):
         lines.append("target: the development goal for the speed-up (ok/MISS judges the median); GFLOP/s:")
         lines.append("fastbp's matrix-product FLOPs per second of fit; GEMM: numpy float32 2048x2048 rate")
         lines.append("measured in the same rounds as that configuration.")
+    if "robustness" in results:
+        r = results["robustness"]
+        lines.append("")
+        lines.append(f"robustness ({r['description']}, {r['epochs']} epochs each, samples/s): median alone "
+                     f"{r['median_alone']:,.0f}; alternating with a numpy GEMM: median "
+                     f"{r['median_alternating']:,.0f}, worst {r['worst_alternating']:,.0f} "
+                     f"= {r['worst_over_median_alone']:.0%} of alone  target >= {r['keep_target']:.0%}  "
+                     f"{_mark(r['worst_over_median_alone'] >= r['keep_target'])}")
+    if "inference" in results:
+        r = results["inference"]
+        lines.append(f"inference (predict_proba, {r['rows']:,} rows, {r['description'].split(',')[0]}, rows/s): "
+                     f"fastbp {r['fastbp_rows_per_second']:,.0f}, numpy forward {r['numpy_rows_per_second']:,.0f}"
+                     f" = {r['speedup']:.2f}x  target >= {r['target']:.1f}x  {_mark(r['speedup'] >= r['target'])}")
     if "start" in results:
         s = results["start"]
         lines.append("")
@@ -523,6 +627,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=None, help="timed epochs per contender")
     parser.add_argument("--no-start", action="store_true", help="skip the cold/warm start measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the fit memory measurement")
+    parser.add_argument("--no-robustness", action="store_true",
+                        help="skip the robustness (numpy GEMM alternating) and inference rows")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
     parser.add_argument("--threads", type=int, default=None,
                         help="limit the BLAS thread pools (threadpoolctl) to this many threads")
@@ -530,18 +636,40 @@ def add_arguments(parser):
                         help="also show the development targets (ok/MISS), GFLOP/s and GEMM fractions")
     parser.add_argument("--from-json", metavar="FILE", default=None,
                         help="print the report of an earlier --json run instead of measuring")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: run the one-shot GPU check (benchmarks/gpu_check.py) instead")
+    parser.add_argument("--out", metavar="DIR", default="gpu_check",
+                        help="with --device cuda: the directory for its results (default gpu_check)")
     return parser
+
+
+def run_gpu_check(out, quick=False):
+    """``fastbp bench --device cuda``: ``benchmarks/gpu_check.py`` of the source tree
+    (tests, GPU-vs-CPU parity, compute-sanitizer, throughput) into ``out``;
+    ``quick`` runs its tiny ``--dry-run``."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    if not path.exists():
+        raise SystemExit(f"fastbp bench --device cuda runs {path}, which is part of the source tree only")
+    module_spec = importlib.util.spec_from_file_location("fastbp_gpu_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.main([str(out)] + (["--dry-run"] if quick else []))
 
 
 def run(args):
     """Run ``fastbp bench`` with parsed ``args``; returns the exit status."""
+    if getattr(args, "device", "cpu") == "cuda":
+        return run_gpu_check(args.out, args.quick)
     if args.from_json:
         with open(args.from_json) as f:
             print(format_report(json.load(f), targets=args.targets))
         return 0
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     kwargs = dict(quick=args.quick, repeats=args.repeats, start=not args.no_start,
-                  memory=not args.no_memory, with_torch=False if args.no_torch else None, progress=progress)
+                  memory=not args.no_memory, robust=not args.no_robustness,
+                  with_torch=False if args.no_torch else None, progress=progress)
     if args.threads:
         blas_info()  # loads SciPy's BLAS so that threadpoolctl limits it too
         from threadpoolctl import threadpool_limits

@@ -58,11 +58,11 @@ def check_device(device):
     return device
 
 
-def _device_parameters(net, state=None):
+def _device_parameters(net, state=None, training=True):
     from .kernels import cuda as kc
     return kc.DeviceParameters(net.theta, net.layout, net.codes,
                                None if state is None else state.state1,
-                               None if state is None else state.state2)
+                               None if state is None else state.state2, net.keep, training)
 
 
 def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
@@ -86,14 +86,16 @@ class CudaEngine:
     arguments, permutations, schedule, History, divergence rule).
 
     X and Y go to the device once; θ, gradient and optimizer state stay there for the
-    fit; the permutation is uploaded and the loss sum, correct count and non-finite
-    count read back once per epoch (whole epochs only: ``chunked`` is False). Per-layer
-    gradient diagnostics are not computed on the GPU (History records NaN). Dropout,
-    batch normalization and checkpointing are CPU-only (``MLP.fit`` refuses them with
-    ``device="cuda"``).
+    fit; the permutation, the step counters and the hyper-parameters are uploaded and
+    the loss sum, correct count, non-finite count and per-layer gradient diagnostics
+    read back once per epoch (whole epochs only: ``chunked`` is False). Dropout masks
+    come from ``kernels/rng.py`` with (fit seed, global epoch, step, layer, row, unit),
+    as on the CPU. ``checkpoint`` is accepted and changes nothing on the GPU (every
+    activation is kept: the results are the same, the memory saving is CPU-only).
+    Batch normalization is CPU-only (``MLP.fit`` refuses it with ``device="cuda"``).
     """
 
-    computes_diagnostics = False
+    computes_diagnostics = True
     chunked = False
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
@@ -103,22 +105,32 @@ class CudaEngine:
         from .kernels import cuda as kc
         self.kc, self.net, self.state, self.optimizer = kc, net, state, optimizer
         self.constants = (l1, l2, clip_norm, clip_value)
-        self.params = _device_parameters(net, state)
-        reduce = bool(clip_norm > 0 or l1 or l2)
         self.bmax = min(batch_size, X.shape[0])
         self.n_batches = -(-X.shape[0] // self.bmax)
+        kc.check_free_memory(kc.fit_bytes(net.sizes, X.shape[0], Y.shape[1], self.bmax, net.theta.shape[0],
+                                          net.dtype, kc.cuda_config.config), "this fit")
+        self.params = _device_parameters(net, state)
+        reduce = bool(clip_norm > 0 or l1 or l2)
         self.plan = kc.EpochPlan(kc.kernels(net.dtype), self.params, cuda.to_device(X), cuda.to_device(Y),
-                                 self.bmax, loss_code, optimizer.code, reduce)
+                                 self.bmax, loss_code, optimizer.code, reduce, dropout=any(net.dropout))
         self._backup = [cuda.device_array_like(self.params.theta) for _ in range(3)]
         self.step = int(state.step[0])
+        self.seed = int(seed)
+        self.loss_code = loss_code
         self._finite = True
+        self._validation = None
 
     def _buffers(self):
         return self.params.theta, self.params.state1, self.params.state2
 
     def train_batches(self, perm, first, stop, epoch, lr):
-        self.params.hyper.copy_to_device(hyper_vector(self.optimizer, lr, *self.constants))
-        self.step = self.kc.train_epoch(self.plan, perm, self.step)
+        params = self.params
+        params.hyper.copy_to_device(hyper_vector(self.optimizer, lr, *self.constants))
+        params.counters.copy_to_device(np.array([self.step, self.seed, epoch], dtype=np.int64))
+        if first == 0:
+            params.diagnostics.copy_to_device(np.zeros((len(self.net.codes), 2)))
+        self.kc.train_batches(self.plan, perm, first, stop)
+        self.step += stop - first
         total = float(self.plan.work.sums.copy_to_host()[0])  # synchronises
         correct, nonfinite = (int(c) for c in self.plan.work.counts.copy_to_host())
         self._finite = not nonfinite
@@ -127,8 +139,20 @@ class CudaEngine:
     def finite(self):
         return self._finite
 
+    def validate(self, Xv, Yv):
+        """(summed data loss, correct count) of the current device θ on the validation
+        set, which goes to the device on the first call of the fit."""
+        from numba import cuda
+        kc = self.kc
+        if self._validation is None or self._validation[0] is not Xv:
+            chunk = kc.inference_chunk(self.net.sizes, Xv.shape[0], self.net.dtype)
+            work = kc.DeviceWorkspace(self.net.sizes, chunk, self.net.dtype)
+            self._validation = (Xv, cuda.to_device(Xv), cuda.to_device(Yv), chunk, work)
+        _, Xd, Yd, chunk, work = self._validation
+        return kc.evaluate(self.plan.K, self.params, Xd, Yd, self.loss_code, chunk, work)
+
     def diagnostics(self):
-        return None
+        return self.params.diagnostics.copy_to_host()
 
     def save_point(self):
         for backup, live in zip(self._backup, self._buffers()):
@@ -159,9 +183,10 @@ def forward(net, X, chunk):
     from numba import cuda
 
     from .kernels import cuda as kc
-    params = _device_parameters(net)
+    params = _device_parameters(net, training=False)
     out = cuda.device_array((X.shape[0], net.n_outputs), dtype=net.dtype)
-    kc.predict(kc.kernels(net.dtype), params, cuda.to_device(X), out, chunk)
+    kc.predict(kc.kernels(net.dtype), params, cuda.to_device(X), out,
+               max(chunk, kc.inference_chunk(net.sizes, X.shape[0], net.dtype)))
     return out.copy_to_host()
 
 
@@ -170,5 +195,15 @@ def evaluate(net, X, Y, loss_code, chunk):
     from numba import cuda
 
     from .kernels import cuda as kc
-    return kc.evaluate(kc.kernels(net.dtype), _device_parameters(net), cuda.to_device(X),
-                       cuda.to_device(Y), loss_code, chunk)
+    return kc.evaluate(kc.kernels(net.dtype), _device_parameters(net, training=False), cuda.to_device(X),
+                       cuda.to_device(Y), loss_code, max(chunk, kc.inference_chunk(net.sizes, X.shape[0], net.dtype)))
+
+
+def loss_and_gradient(net, X, Y, loss_code):
+    """(mean data loss, flat gradient) over the full batch X, Y computed on the device."""
+    from numba import cuda
+
+    from .kernels import cuda as kc
+    params = _device_parameters(net)
+    value = kc.loss_and_gradient(kc.kernels(net.dtype), params, cuda.to_device(X), cuda.to_device(Y), loss_code)
+    return value, params.grad.copy_to_host()

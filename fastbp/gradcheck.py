@@ -47,8 +47,9 @@ def _groups(layout, gammas=()):
 
 
 def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, l1=0.0, l2=0.0,
-              dtype="float64"):
-    """Compare the compiled gradient of ``net`` on (X, y) with central differences.
+              dtype="float64", device="cpu"):
+    """Compare the compiled gradient of ``net`` on (X, y) with central differences
+    (the analytic gradient from the ``device`` kernels, "cpu" or "cuda").
 
     ``n_samples`` checks a seeded random subset of that many parameters (None: all).
     Works on a copy in ``dtype`` (float64 recommended: in float32 the differences
@@ -65,7 +66,7 @@ def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, 
     loss, loss_code = probe._loss_code(probe.loss if loss is None else loss)
     Xc = check_features(X, probe.n_features, probe.dtype)
     Yc = probe._targets(y, Xc.shape[0], loss_code)
-    _, analytic = probe.flat_gradient(Xc, Yc, loss, l1, l2)
+    _, analytic = probe.flat_gradient(Xc, Yc, loss, l1, l2, device=device)
     theta = probe.theta
 
     def objective():  # one chunk: with batch normalization, the batch statistics of all of X

@@ -12,6 +12,7 @@ from . import cpu_training, cuda_training, persist, spec
 from .init import init_weights, resolve_init
 from .layout import gamma_offsets, make_layout, update_layout, weight_views
 from .optimizers import get_optimizer, get_schedule
+from .threads import blas_threads, check_threads
 from .training import FitState, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
                          check_targets)
@@ -278,7 +279,7 @@ class MLP:
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
             validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
-            checkpoint=None, validation_shuffle=False):
+            checkpoint=None, validation_shuffle=False, threads=None):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         Calling ``fit`` again continues from the trained weights (like Keras, unlike
@@ -348,6 +349,9 @@ class MLP:
             recompute the others in the backward pass (True: k = ⌈√layers⌉); same
             gradients bit for bit, less memory, one extra forward pass of compute.
             Combines with dropout and batchnorm.
+        threads : int or None
+            BLAS threads of the kernels during the fit (default: chosen per network,
+            see ``fastbp.threads``; the user's own thread settings are restored after).
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged. If training is interrupted (Ctrl-C) or anything raises mid-fit (a
@@ -392,14 +396,15 @@ class MLP:
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
         checkpoint = self._check_checkpoint(checkpoint)
+        threads = check_threads(threads)
         keep_state = warm_start and self.fit_state is not None and self.fit_optimizer == optimizer
         if warm_start and self.fit_state is not None and not keep_state:
             warnings.warn(f"warm_start with a different optimizer ({optimizer!r}, was {self.fit_optimizer!r}): "
                           "the parameters are kept, the optimizer state starts over", RuntimeWarning,
                           stacklevel=3)
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        if device == "cuda" and (any(self.dropout) or self.batchnorm or checkpoint):
-            raise ValueError("dropout, batchnorm and checkpoint run on the CPU only; fit with device='cpu'")
+        if device == "cuda" and self.batchnorm:
+            raise ValueError("batchnorm runs on the CPU only; fit with device='cpu'")
         engine_class = cuda_training.CudaEngine if device == "cuda" else cpu_training.CpuEngine
         engine = engine_class(self, X, Y, state, batch_size=batch_size, optimizer=optimizer,
                               loss_code=loss_code, l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
@@ -407,11 +412,13 @@ class MLP:
         epochs_before = state.epochs_done
         completed = False
         try:
-            history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
-                                 epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
-                                 callbacks=callbacks, verbose=verbose, state=state, validation=validation,
-                                 validate=lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code),
-                                 gradient_monitor=monitor)
+            with blas_threads(self.sizes, batch_size, threads):
+                history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
+                                     epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
+                                     callbacks=callbacks, verbose=verbose, state=state, validation=validation,
+                                     validate=getattr(engine, "validate", None)   # the GPU's, on device θ
+                                     or (lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code)),
+                                     gradient_monitor=monitor)
             completed = True
         finally:
             # consistent after an exception too: the new optimizer and state once this
@@ -587,7 +594,8 @@ class MLP:
             if self.batchnorm:
                 raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             return cuda_training.forward(self, X, chunk)
-        return cpu_training.forward(self, X, chunk)
+        with blas_threads(self.sizes, chunk):
+            return cpu_training.forward(self, X, chunk)
 
     def _loss_sum(self, X, Y, loss_code, batch_stats=False):
         """(summed data loss, correct) over converted X, Y in chunks, without dropout;
@@ -636,24 +644,29 @@ class MLP:
 
     # --- gradients --------------------------------------------------------------------
 
-    def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0):
+    def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu"):
         """(objective, flat gradient) over the full batch X, from the compiled backward
-        pass; the objective is the mean data loss plus the L1/L2 penalty."""
+        pass of ``device``; the objective is the mean data loss plus the L1/L2 penalty."""
+        self._refuse_cpu_only_output(device)
+        device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        value, grad = cpu_training.loss_and_gradient(self, X, Y, loss_code)
+        if device == "cuda" and self.batchnorm:
+            raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
+        training = cuda_training if device == "cuda" else cpu_training
+        value, grad = training.loss_and_gradient(self, X, Y, loss_code)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W
                 value += l1 * np.abs(W).sum() + 0.5 * l2 * (W.astype(np.float64) ** 2).sum()
         return float(value), grad
 
-    def gradients(self, X, y, loss=None, l1=0.0, l2=0.0):
+    def gradients(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu"):
         """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).
         With batch normalization db is dβ; dγ is in :meth:`flat_gradient` at ``bn_goff[l]``."""
-        _, grad = self.flat_gradient(X, y, loss, l1, l2)
+        _, grad = self.flat_gradient(X, y, loss, l1, l2, device)
         return list(zip(*weight_views(grad, self.layout)))
 
     # --- copies -----------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_bench_cli_quick_json(capsys):
     """``fastbp bench`` end to end on one configuration, JSON output."""
     import json
     assert bench.main(["--json", "--quick", "--config", "small", "--no-start", "--no-memory",
-                       "--no-torch"]) == 0
+                       "--no-torch", "--no-robustness"]) == 0
     out = json.loads(capsys.readouterr().out)
     (result,) = out["configs"]
     assert result["config"] == "small" and result["speedup"] > 0

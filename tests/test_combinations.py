@@ -125,3 +125,15 @@ def test_batchnorm_single_row_batch_gradient_is_exact():
     assert not db[0].any() and db[1].any()
     for ours, theirs in zip([db[1], dW[2], db[2]], [dbs[1], dWs[2], dbs[2]]):
         assert_close(ours, theirs, np.float64)
+
+
+def test_compiled_functions_take_at_most_ten_arguments():
+    """Bundles keep the kernels' argument lists short (no 36-argument drivers)."""
+    import ast
+    import inspect
+
+    from fastbp.kernels import cpu
+    tree = ast.parse(inspect.getsource(cpu))
+    counts = {node.name: len(node.args.args) for node in tree.body
+              if isinstance(node, ast.FunctionDef) and node.decorator_list}
+    assert counts and max(counts.values()) <= 10, counts

@@ -209,7 +209,9 @@ def test_grid_search_with_the_joblib_dask_backend(client):
     with joblib.parallel_config(backend="dask"), distributed.get_task_stream(client) as stream:
         on_dask = make().fit(X, y)
     here = make().fit(X, y)
-    assert len(stream.data) >= 8  # 4 candidates x 2 folds ran as tasks on the cluster
+    # the 4 candidates x 2 folds ran on the cluster; joblib's auto-batching may pack several
+    # fits into one task (6 tasks seen once), so count tasks, not fits
+    assert len(stream.data) >= 2
     np.testing.assert_allclose(on_dask.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"])
     assert on_dask.best_params_ == here.best_params_
 

@@ -45,7 +45,7 @@ def test_exp_output_on_cuda_is_refused_clearly():
     net = fastbp.MLP(SIZES, output="exp", seed=1)
     X, Y = make_data(9, SIZES, "exp", np.float32)
     for call in (lambda: net.fit(X, Y, device="cuda"), lambda: net.forward(X, device="cuda"),
-                 lambda: net.evaluate(X, Y, device="cuda")):
+                 lambda: net.evaluate(X, Y, device="cuda"), lambda: net.flat_gradient(X, Y, device="cuda")):
         with pytest.raises(ValueError, match="exp output .* CPU only"):
             call()
 

@@ -3,25 +3,29 @@
 Kernels (one launch each):
 
 * :func:`forward_layer` — z = a·W + b and a = f(z): a shared-memory tiled,
-  register-blocked GEMM whose epilogue adds the bias and applies the activation (softmax needs a whole row, so
-  a softmax output layer takes one more launch, :func:`softmax_rows`);
+  register-blocked GEMM whose epilogue adds the bias and applies the activation (softmax needs a
+  whole row: in training and evaluation :func:`output_delta` computes it, for inference
+  :func:`softmax_rows` does);
 * :func:`backprop_delta` — δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}): tiled GEMM against
   the transposed weights with the derivative in the epilogue;
-* :func:`weight_gradient` — dW = a^{l-1ᵀ}·δ^l (tiled over the batch) with db = Σ δ^l
-  reduced by the same blocks that own the first weight rows;
-* :func:`output_delta` — loss, δ^L (1/B folded in, as on the CPU) and the
-  :func:`correct_count` of each row, one thread per row; the loss and hit counts are
-  reduced per block in shared memory and added atomically to per-epoch totals that
-  stay on the device;
-* :func:`clip_partials` / :func:`finish_update` / :func:`update_params` — the global
-  norm of the regularised gradient and the L1/L2 penalty (grid-stride reduction,
-  then one block), then one elementwise pass doing L1/L2, clipping by norm and by
-  value and the SGD / momentum / Nesterov / RMSprop / Adam rule;
-* :func:`gather_rows` — a batch gathered through the device permutation;
+* :func:`weight_gradient` — dW = a^{l-1ᵀ}·δ^l with db = Σ δ^l reduced by the same
+  blocks that own the first weight rows, split-K: the batch is cut into slices, each
+  reduced by its own blocks into its own partial gradient (:class:`GradientParts`),
+  so a small layer over a long batch still fills the GPU;
+* :func:`output_delta` — softmax (for a softmax output), loss, δ^L (1/B folded in, as
+  on the CPU) and the :func:`correct_count` of each row, one thread per row; the loss
+  and hit counts are reduced per block in shared memory and added atomically to
+  per-epoch totals that stay on the device;
+* :func:`clip_partials` / :func:`update_params` — the global norm of the regularised
+  gradient and the L1/L2 penalty (grid-stride partial sums; every update block
+  finishes them itself), then one elementwise pass summing the split-K slices and
+  doing L1/L2, clipping by norm and by value and the SGD / momentum / Nesterov /
+  RMSprop / Adam rule; :func:`sum_gradient` sums the slices where no update follows;
+* :func:`gather_batch` — a batch of X and Y gathered through the device permutation;
 * :func:`count_nonfinite` — the per-epoch divergence check without copying θ back.
 
 The host-side functions of the same names as the CPU drivers (:func:`forward_pass`,
-:func:`backward_pass`, :func:`train_epoch`, :func:`loss_and_gradient`,
+:func:`backward_pass`, :func:`train_batches`, :func:`loss_and_gradient`,
 :func:`predict`, :func:`evaluate`) work on device buffers; ``fastbp.cuda_training``
 wraps them for ``MLP.fit/forward(..., device="cuda")``.
 
@@ -32,22 +36,25 @@ registers per SM; geometry from ``cuda_config``, defaults below):
   each thread a 4 × 4 micro-tile held in registers; per reduction step of 16 the
   block stages a 64 × 16 and a 16 × 64 operand tile in shared memory (8.5 KB in
   float32, 17 KB in float64) and every thread does 16 FMAs per 8 shared loads, 4× the
-  arithmetic intensity of one output per thread. Where that grid would be too small
-  to fill the GPU (< ``min_blocks`` = 2 per SM: narrow layers, small batches) the
-  narrow variant runs instead — the same code with 16 × 16 tiles and one output per
-  thread, 16× the blocks;
+  arithmetic intensity of one output per thread. Where that grid would leave the GPU
+  mostly idle (narrow layers, small batches) the narrow variant runs instead — the
+  same code with 16 × 16 tiles and one output per thread, 16× the blocks; :func:`gemm`
+  picks per launch by estimated waves × cost;
 * coalesced global memory traffic — every array is row-major with samples as rows,
   and consecutive threads always walk the contiguous (column) index of whatever a
   warp loads or stores: a, W, z, δ and dW are read and written along rows; the
   transposed operands (Wᵀ in backprop_delta, a_prevᵀ in weight_gradient) are read
   row-major and transposed on their way into shared memory, whose tiles are padded
-  by one column so those column writes are free of bank conflicts;
+  by one column; that removes the bank conflicts of some of those column writes but
+  not all (a review of the sm_90 code counted 5 of the 8 staging stores still
+  conflicting; not yet measured);
 * fused epilogues — bias + activation, and the activation derivative, are applied
   to the accumulators before the single store: z and a (or δ) make one trip to
   global memory; db is summed from the δ tiles weight_gradient loads anyway;
-* few launches and no host round trips — one launch per layer per phase
-  (forward, delta, gradient), one for the loss, one (or three with clipping /
-  L1 / L2) for the update; X and Y are copied to the device once per fit, the
+* few launches and no host round trips — 3L + 2 per training step of L layers:
+  one gather, one launch per layer per phase (forward, delta, gradient), one for
+  softmax + loss + δ^L, one for the update (two with clip_norm / L1 / L2); every
+  launch is configured once per fit (:func:`configure`); X and Y are copied to the device once per fit, the
   permutation once per epoch, and θ, the gradient and the optimizer state never
   leave the device during a fit; the epoch's loss, hit count and divergence flag
   are reduced on the device and read back once per epoch;
@@ -61,8 +68,7 @@ stack; occupancy 25 % for the register-blocked GEMMs, which trade occupancy for
 registers as SGEMMs do, 75–100 % for the narrow variants).
 
 Future work: measure and tune (tile / micro / depth, larger micro-tiles with
-vectorised shared loads), split-K for weight_gradient when the batch is long and the
-layer small, a warp per row instead of a thread per row in softmax_rows and
+vectorised shared loads, the waves × cost constants of :func:`gemm`), a warp per row instead of a thread per row in softmax_rows and
 output_delta for wide outputs (hundreds of classes: today each thread walks its row
 with a stride, uncoalesced), tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
 remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤
@@ -83,13 +89,14 @@ PTX report per kernel (registers, shared memory, spills, H100 occupancy):
 import functools
 import math
 import types
+import warnings
 
 import numba
 import numpy as np
 from numba import cuda
 
 from .. import spec
-from . import cuda_config
+from . import cuda_config, rng
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
     spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
@@ -102,8 +109,8 @@ H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
 LEAKY_SLOPE = spec.LEAKY_SLOPE
 
 #: kernel names in launch order of a training step (the PTX report compiles these)
-KERNEL_NAMES = ("gather_rows", "forward_layer", "softmax_rows", "output_delta", "weight_gradient",
-                "backprop_delta", "clip_partials", "finish_update", "update_params", "count_nonfinite")
+KERNEL_NAMES = ("gather_batch", "forward_layer", "softmax_rows", "output_delta", "weight_gradient",
+                "backprop_delta", "clip_partials", "update_params", "sum_gradient", "count_nonfinite")
 
 
 # --- kernel builds ------------------------------------------------------------------------
@@ -147,6 +154,20 @@ def build_kernels(dtype, cfg):
             return d * (DT(1) - a * a)
         return d
 
+    stream_key = device(rng.stream_key)
+    keep_unit = device(rng.keep_unit)
+
+    @device
+    def dropout_key(counters, layer):
+        """The mask key of hidden layer ``layer`` in the current step: counters holds
+        (step, seed, epoch) — see ``DeviceParameters.counters``."""
+        return stream_key(counters[1], counters[2], counters[0], layer)
+
+    @device
+    def dropout_factor(key, i, j, keep, threshold):
+        """1/keep where unit (i, j) of the batch is kept (``rng.keep_unit``), else 0."""
+        return DT(1) / DT(keep) if keep_unit(key, i, j, threshold) else DT(0)
+
     @device
     def sign(w):
         if w > 0:
@@ -164,6 +185,19 @@ def build_kernels(dtype, cfg):
         while half > 0:
             if tid < half:
                 buffer[tid] += buffer[tid + half]
+            cuda.syncthreads()
+            half //= 2
+
+    @device
+    def block_sum3(first, second, third, tid):
+        """:func:`block_sum` of three BLOCK-long shared arrays in one tree."""
+        cuda.syncthreads()
+        half = BLOCK // 2
+        while half > 0:
+            if tid < half:
+                first[tid] += first[tid + half]
+                second[tid] += second[tid + half]
+                third[tid] += third[tid + half]
             cuda.syncthreads()
             half //= 2
 
@@ -229,8 +263,10 @@ def build_kernels(dtype, cfg):
 
     # --- fused forward ------------------------------------------------------------------
 
-    def forward_layer(a_prev, weights, bias, code, rows, z, a):
-        """z = a_prev·W + b; a = f(z) for the first ``rows`` rows (softmax: z only).
+    def forward_layer(a_prev, weights, bias, code, rows, z, a, keep, threshold, counters, layer):
+        """z = a_prev·W + b; a = f(z) for the first ``rows`` rows (softmax: z only);
+        with ``keep`` < 1 (inverted dropout on this hidden layer) a = f(z)·mask, the
+        mask of ``rng.keep_unit`` for (seed, epoch, step) in ``counters`` and ``layer``.
         Grid (⌈rows/T⌉, ⌈fan_out/T⌉), block (S, S)."""
         left = cuda.shared.array((T, DP), DT)
         right = cuda.shared.array((D, TP), DT)
@@ -261,18 +297,28 @@ def build_kernels(dtype, cfg):
             return
         # a second sweep (over this thread's own, cached z) keeps the accumulator loop
         # above small enough to unroll, so acc stays in registers
+        dropping = keep < 1
+        key = dropout_key(counters, layer) if dropping else numba.uint64(0)
         for m in range(M):
             i = i0 + ty + m * S
             for n in range(M):
                 j = j0 + tx + n * S
                 if i < rows and j < cols:
-                    a[i, j] = activate(z[i, j], code)
+                    value = activate(z[i, j], code)
+                    if dropping:
+                        value *= dropout_factor(key, i, j, keep, threshold)
+                    a[i, j] = value
 
     def softmax_rows(z, rows, a):
-        """a = softmax(z) along each of the first ``rows`` rows, one thread per row."""
+        """a = softmax(z) along each of the first ``rows`` rows, one thread per row
+        (inference: training and evaluation fold it into output_delta)."""
         i = cuda.grid(1)
-        if i >= rows:
-            return
+        if i < rows:
+            softmax_row(z, i, a)
+
+    @device
+    def softmax_row(z, i, a):
+        """a[i] = softmax(z[i])."""
         cols = z.shape[1]
         m = z[i, 0]
         for j in range(1, cols):
@@ -288,9 +334,11 @@ def build_kernels(dtype, cfg):
 
     # --- fused delta propagation ----------------------------------------------------------
 
-    def backprop_delta(delta, weights, z, a, code, rows, delta_prev):
-        """δ_prev = (δ·Wᵀ) ⊙ f'(z). Grid (⌈rows/T⌉, ⌈fan_in/T⌉), block (S, S); W is
-        read row-major (coalesced) and transposed on its way into shared memory."""
+    def backprop_delta(delta, weights, z, a, code, rows, delta_prev, keep, threshold, counters, layer):
+        """δ_prev = (δ·Wᵀ) ⊙ f'(z), or (δ·Wᵀ) ⊙ mask ⊙ f'(z) where the previous layer
+        (hidden layer ``layer``) drops units (``keep`` < 1; the mask is drawn again,
+        and f' taken at the undropped f(z)). Grid (⌈rows/T⌉, ⌈fan_in/T⌉), block (S, S);
+        W is read row-major (coalesced) and transposed on its way into shared memory."""
         left = cuda.shared.array((T, DP), DT)
         right = cuda.shared.array((D, TP), DT)
         acc = cuda.local.array((M, M), DT)
@@ -310,17 +358,36 @@ def build_kernels(dtype, cfg):
             cuda.syncthreads()
             multiply_tiles(left, right, acc, tx, ty)
             cuda.syncthreads()
+        dropping = keep < 1
         for m in range(M):
             i = i0 + ty + m * S
             for n in range(M):
                 k = k0 + tx + n * S
                 if i < rows and k < fan_in:
-                    delta_prev[i, k] = times_derivative(acc[m, n], z[i, k], a[i, k], code)
+                    if dropping:
+                        delta_prev[i, k] = acc[m, n]
+                    else:
+                        delta_prev[i, k] = times_derivative(acc[m, n], z[i, k], a[i, k], code)
+        if not dropping:
+            return
+        # dropout in a second sweep over this thread's own outputs (as forward_layer's
+        # activation): the accumulator loop above stays small enough to unroll
+        key = dropout_key(counters, layer)
+        for m in range(M):
+            i = i0 + ty + m * S
+            for n in range(M):
+                k = k0 + tx + n * S
+                if i < rows and k < fan_in:
+                    delta_prev[i, k] = times_derivative(delta_prev[i, k] * dropout_factor(key, i, k, keep, threshold),
+                                                        z[i, k], activate(z[i, k], code), code)
 
     def weight_gradient(a_prev, delta, rows, dweights, dbias):
-        """dW = a_prevᵀ·δ and db = Σ_rows δ over the first ``rows`` rows. Grid
-        (⌈fan_in/T⌉, ⌈fan_out/T⌉), block (S, S); the blocks of the first fan_in tile
-        also sum db from the δ tiles they load anyway."""
+        """Split-K partial gradients over the first ``rows`` rows: slice s = blockIdx.z of
+        gridDim.z equal row slices gives dweights[s] = a_prev[slice]ᵀ·δ[slice] (flattened
+        fan_in × fan_out) and dbias[s] = Σ_slice δ. Grid (⌈fan_in/T⌉, ⌈fan_out/T⌉,
+        splits), block (S, S); the blocks of the first fan_in tile also sum db from the
+        δ tiles they load anyway. Every slice is written (zeros if empty); the update
+        sums the slices."""
         left = cuda.shared.array((T, DP), DT)
         right = cuda.shared.array((D, TP), DT)
         acc = cuda.local.array((M, M), DT)
@@ -330,16 +397,20 @@ def build_kernels(dtype, cfg):
         tid = ty * S + tx
         k0 = cuda.blockIdx.x * T
         j0 = cuda.blockIdx.y * T
-        fan_in = dweights.shape[0]
-        cols = dweights.shape[1]
+        split = cuda.blockIdx.z
+        chunk = (-(-rows // cuda.gridDim.z) + D - 1) // D * D
+        first = split * chunk
+        stop = min(rows, first + chunk)
+        fan_in = a_prev.shape[1]
+        cols = delta.shape[1]
         sums_bias = cuda.blockIdx.x == 0 and ty == 0
         for m in range(M):
             bias_acc[m] = DT(0)
             for n in range(M):
                 acc[m, n] = DT(0)
-        for i0 in range(0, rows, D):
-            load_tile(left, a_prev, i0, k0, rows, fan_in, tid, True)    # left[kk, ii] = a_prev[i0+ii, k0+kk]
-            load_tile(right, delta, i0, j0, rows, cols, tid, False)
+        for i0 in range(first, stop, D):
+            load_tile(left, a_prev, i0, k0, stop, fan_in, tid, True)    # left[kk, ii] = a_prev[i0+ii, k0+kk]
+            load_tile(right, delta, i0, j0, stop, cols, tid, False)
             cuda.syncthreads()
             multiply_tiles(left, right, acc, tx, ty)
             if sums_bias:
@@ -352,18 +423,20 @@ def build_kernels(dtype, cfg):
             for n in range(M):
                 j = j0 + tx + n * S
                 if k < fan_in and j < cols:
-                    dweights[k, j] = acc[m, n]
+                    dweights[split, k * cols + j] = acc[m, n]
         if sums_bias:
             for n in range(M):
                 j = j0 + tx + n * S
                 if j < cols:
-                    dbias[j] = bias_acc[n]
+                    dbias[split, j] = bias_acc[n]
 
     # --- loss and output delta --------------------------------------------------------------
 
     def output_delta(z, a, targets, out_code, loss_code, rows, inv_batch, delta, sums, counts):
         """δ^L (times ``inv_batch``) for the first ``rows`` rows, one thread per row;
-        adds the summed loss to sums[0] and the correct count to counts[0]."""
+        adds the summed loss to sums[0] and the correct count to counts[0]. A softmax
+        output is computed here (a = softmax(z), written to ``a``): the forward pass
+        of a training step or an evaluation stores the output layer's z only."""
         losses = cuda.shared.array(BLOCK, F64)
         hits = cuda.shared.array(BLOCK, I64)
         tid = cuda.threadIdx.x
@@ -373,6 +446,8 @@ def build_kernels(dtype, cfg):
         hit = 0
         if i < rows:
             scale = DT(inv_batch)
+            if out_code == SOFTMAX:
+                softmax_row(z, i, a)
             if loss_code == CE:
                 m = z[i, 0]
                 for j in range(1, cols):
@@ -415,7 +490,17 @@ def build_kernels(dtype, cfg):
 
     # --- fused weight update ----------------------------------------------------------------
 
-    def clip_partials(theta, grad, is_weight, hyper, partials):
+    @device
+    def summed_gradient(parts, table, b, q):
+        """Σ over the split-K slices of entry q of parameter block b (see ``GradientParts``)."""
+        size = table[b, 1]
+        at = table[b, 3] + q
+        g = parts[at]
+        for s in range(1, table[b, 2]):
+            g += parts[at + s * size]
+        return g
+
+    def clip_partials(theta, parts, table, hyper, partials):
         """Per-block partial sums of ‖grad + l1 sign(w) + l2 w‖² (partials[block]) and of
         the penalty l1|w| + l2 w²/2 over the weights (partials[n_blocks + block])."""
         squares = cuda.shared.array(BLOCK, F64)
@@ -425,13 +510,16 @@ def build_kernels(dtype, cfg):
         l2 = hyper[H_L2]
         sq = F64(0)
         pen = F64(0)
-        for p in range(cuda.grid(1), theta.shape[0], cuda.gridsize(1)):
-            w = F64(theta[p])
-            g = F64(grad[p])
-            if is_weight[p]:
-                g += l2 * w + l1 * F64(sign(theta[p]))
-                pen += l1 * abs(w) + 0.5 * l2 * w * w
-            sq += g * g
+        for b in range(table.shape[0]):
+            offset = table[b, 0]
+            is_weight = table[b, 4]
+            for q in range(cuda.grid(1), table[b, 1], cuda.gridsize(1)):
+                w = F64(theta[offset + q])
+                g = F64(summed_gradient(parts, table, b, q))
+                if is_weight:
+                    g += l2 * w + l1 * F64(sign(theta[offset + q]))
+                    pen += l1 * abs(w) + 0.5 * l2 * w * w
+                sq += g * g
         squares[tid] = sq
         penalties[tid] = pen
         block_sum(squares, tid)
@@ -440,36 +528,24 @@ def build_kernels(dtype, cfg):
             partials[cuda.blockIdx.x] = squares[0]
             partials[cuda.gridDim.x + cuda.blockIdx.x] = penalties[0]
 
-    def finish_update(partials, hyper, rows, scalars, sums):
-        """One block: scalars[0] = clip_norm / ‖g‖ if ‖g‖ > clip_norm else 1, and
-        sums[0] += rows · penalty (the CPU's ``total += rows * penalty``)."""
-        squares = cuda.shared.array(BLOCK, F64)
-        penalties = cuda.shared.array(BLOCK, F64)
-        tid = cuda.threadIdx.x
-        n_parts = partials.shape[0] // 2
-        sq = F64(0)
-        pen = F64(0)
-        for p in range(tid, n_parts, BLOCK):
-            sq += partials[p]
-            pen += partials[n_parts + p]
-        squares[tid] = sq
-        penalties[tid] = pen
-        block_sum(squares, tid)
-        block_sum(penalties, tid)
-        if tid == 0:
-            clip_norm = hyper[H_CLIP_NORM]
-            scale = F64(1)
-            if clip_norm > 0:
-                norm = math.sqrt(squares[0])
-                if norm > clip_norm:
-                    scale = clip_norm / norm
-            scalars[0] = scale
-            sums[0] += rows * penalties[0]
+    def update_params(theta, grad, parts, table, state1, state2, opt_code, hyper, counters, reduce, partials, rows,
+                      sums, layer_sums, diagnostics, done):
+        """One optimizer step at step count t = counters[0] (1-based), elementwise and in
+        place over the parameter blocks of ``table``: g = Σ split-K slices of ``parts``
+        (stored in ``grad``), (g + l1 sign(w) + l2 w)·scale, clamped to ±clip_value,
+        then the rule of ``reference.optimizer_step``. With ``reduce`` (clip_norm, l1 or
+        l2 on) every block first finishes the norm and penalty sums of clip_partials'
+        ``partials`` (the same sum in the same order in every block, so one scale for
+        all), and block 0 adds rows · penalty to sums[0] (the CPU's ``total += rows *
+        penalty``).
 
-    def update_params(theta, grad, state1, state2, is_weight, opt_code, hyper, t, scalars):
-        """One optimizer step at step count t (1-based), elementwise and in place:
-        g = (grad + l1 sign(w) + l2 w)·scalars[0], clamped to ±clip_value, then the
-        rule of ``reference.optimizer_step``."""
+        Diagnostics as on the CPU: per layer, Σ of the regularised gradient² (weights
+        and bias, before clipping), of the weight step² and of the weights² go to
+        ``layer_sums`` (per-block tree, then one atomic add); the last block to finish
+        (``done`` counts them) adds √(Σ g²) and √(Σ Δw² / Σ w²) to ``diagnostics``
+        and clears ``layer_sums`` and ``done`` for the next step."""
+        tid = cuda.threadIdx.x
+        t = counters[0]
         lr = DT(hyper[H_LR])
         mu = DT(hyper[H_MOMENTUM])
         beta2 = DT(hyper[H_BETA2])
@@ -479,50 +555,127 @@ def build_kernels(dtype, cfg):
         regularise = hyper[H_L1] != 0 or hyper[H_L2] != 0
         clip_value = DT(hyper[H_CLIP_VALUE])
         clamp = hyper[H_CLIP_VALUE] > 0
-        scale = DT(scalars[0])
         corr1 = DT(1 - hyper[H_MOMENTUM] ** t)
         corr2 = DT(1 - hyper[H_BETA2] ** t)
         one = DT(1)
-        for p in range(cuda.grid(1), theta.shape[0], cuda.gridsize(1)):
-            w = theta[p]
-            g = grad[p]
-            if regularise and is_weight[p]:
-                g = g + l1 * sign(w) + l2 * w
-            g = g * scale
-            if clamp:
-                g = min(max(g, -clip_value), clip_value)
-            if opt_code == OPT_SGD:
-                theta[p] = w - lr * g
-            elif opt_code == OPT_MOMENTUM:
-                v = mu * state1[p] - lr * g
-                state1[p] = v
-                theta[p] = w + v
-            elif opt_code == OPT_NESTEROV:
-                v = mu * state1[p] - lr * g
-                state1[p] = v
-                theta[p] = w + mu * v - lr * g
-            elif opt_code == OPT_RMSPROP:
-                s = mu * state1[p] + (one - mu) * g * g
-                state1[p] = s
-                theta[p] = w - lr * g / (math.sqrt(s) + eps)
-            else:  # OPT_ADAM
-                m = mu * state1[p] + (one - mu) * g
-                v = beta2 * state2[p] + (one - beta2) * g * g
-                state1[p] = m
-                state2[p] = v
-                theta[p] = w - lr * (m / corr1) / (math.sqrt(v / corr2) + eps)
+        scale = DT(1)
+        squares = cuda.shared.array(BLOCK, F64)
+        penalties = cuda.shared.array(BLOCK, F64)
+        weights_sq = cuda.shared.array(BLOCK, F64)
+        if reduce:
+            n_parts = partials.shape[0] // 2
+            sq = F64(0)
+            pen = F64(0)
+            for q in range(tid, n_parts, BLOCK):
+                sq += partials[q]
+                pen += partials[n_parts + q]
+            squares[tid] = sq
+            penalties[tid] = pen
+            block_sum(squares, tid)
+            block_sum(penalties, tid)
+            clip_norm = hyper[H_CLIP_NORM]
+            if clip_norm > 0:
+                norm = math.sqrt(squares[0])
+                if norm > clip_norm:
+                    scale = DT(clip_norm / norm)
+            if tid == 0 and cuda.blockIdx.x == 0:
+                sums[0] += rows * penalties[0]
+            cuda.syncthreads()   # every thread has read the sums before the arrays are reused
+        for b in range(table.shape[0]):
+            offset = table[b, 0]
+            is_weight = table[b, 4]
+            split = table[b, 2] > 1
+            grad_sq = F64(0)
+            step_sq = F64(0)
+            weight_sq = F64(0)
+            for q in range(cuda.grid(1), table[b, 1], cuda.gridsize(1)):
+                p = offset + q
+                w = theta[p]
+                g = summed_gradient(parts, table, b, q)
+                if split:
+                    grad[p] = g
+                if regularise and is_weight:
+                    g = g + l1 * sign(w) + l2 * w
+                grad_sq += F64(g) * F64(g)
+                g = g * scale
+                if clamp:
+                    g = min(max(g, -clip_value), clip_value)
+                if opt_code == OPT_SGD:
+                    new = w - lr * g
+                elif opt_code == OPT_MOMENTUM:
+                    v = mu * state1[p] - lr * g
+                    state1[p] = v
+                    new = w + v
+                elif opt_code == OPT_NESTEROV:
+                    v = mu * state1[p] - lr * g
+                    state1[p] = v
+                    new = w + mu * v - lr * g
+                elif opt_code == OPT_RMSPROP:
+                    s = mu * state1[p] + (one - mu) * g * g
+                    state1[p] = s
+                    new = w - lr * g / (math.sqrt(s) + eps)
+                else:  # OPT_ADAM
+                    m = mu * state1[p] + (one - mu) * g
+                    v = beta2 * state2[p] + (one - beta2) * g * g
+                    state1[p] = m
+                    state2[p] = v
+                    new = w - lr * (m / corr1) / (math.sqrt(v / corr2) + eps)
+                theta[p] = new
+                if is_weight:
+                    step_sq += F64(new - w) * F64(new - w)
+                    weight_sq += F64(w) * F64(w)
+            squares[tid] = grad_sq
+            penalties[tid] = step_sq
+            weights_sq[tid] = weight_sq
+            block_sum3(squares, penalties, weights_sq, tid)
+            if tid == 0:
+                layer = b // 2
+                cuda.atomic.add(layer_sums, 3 * layer, squares[0])
+                if is_weight:
+                    cuda.atomic.add(layer_sums, 3 * layer + 1, penalties[0])
+                    cuda.atomic.add(layer_sums, 3 * layer + 2, weights_sq[0])
+            cuda.syncthreads()
+        if tid == 0:
+            cuda.threadfence()
+            if cuda.atomic.add(done, 0, 1) == cuda.gridDim.x - 1:   # the last block
+                for layer in range(table.shape[0] // 2):
+                    # atomic reads (adding 0): the other blocks' sums, not a cached copy
+                    grad_total = cuda.atomic.add(layer_sums, 3 * layer, 0.0)
+                    step_total = cuda.atomic.add(layer_sums, 3 * layer + 1, 0.0)
+                    weight_total = cuda.atomic.add(layer_sums, 3 * layer + 2, 0.0)
+                    for k in range(3):
+                        layer_sums[3 * layer + k] = 0.0
+                    diagnostics[layer, 0] += math.sqrt(grad_total)
+                    if weight_total > 0:
+                        diagnostics[layer, 1] += math.sqrt(step_total / weight_total)
+                done[0] = 0
+
+    def sum_gradient(parts, table, grad):
+        """grad = Σ split-K slices of ``parts`` (a gradient without an update step)."""
+        for b in range(table.shape[0]):
+            for q in range(cuda.grid(1), table[b, 1], cuda.gridsize(1)):
+                grad[table[b, 0] + q] = summed_gradient(parts, table, b, q)
 
     # --- batches and checks -------------------------------------------------------------
 
-    def gather_rows(source, perm, start, rows, out):
-        """out[r] = source[perm[start + r]] for r < rows; one thread per element,
-        consecutive threads along a row (coalesced)."""
-        cols = source.shape[1]
+    def gather_batch(X, Y, perm, start, rows, x, y, counters):
+        """x[r] = X[perm[start + r]] and y[r] = Y[perm[start + r]] for r < rows (the
+        CPU's two gather_rows calls in one launch); one thread per element of a
+        (rows, X-width + Y-width) block, consecutive threads along a row (coalesced).
+        Starts the step: counters[0] (the step count) += 1."""
+        cx = X.shape[1]
+        width = cx + Y.shape[1]
         e = cuda.grid(1)
-        r = e // cols
+        if e == 0:
+            counters[0] += 1
+        r = e // width
         if r < rows:
-            j = e - r * cols
-            out[r, j] = source[perm[start + r], j]
+            j = e - r * width
+            source = perm[start + r]
+            if j < cx:
+                x[r, j] = X[source, j]
+            else:
+                y[r, j - cx] = Y[source, j - cx]
 
     def count_nonfinite(values, counts):
         """counts[1] += number of NaN/±inf entries of ``values`` (grid-stride)."""
@@ -548,22 +701,59 @@ def _compiled(dtype_name, cfg):
 
 def kernels(dtype):
     """The ``cuda.jit`` kernels for ``dtype`` built with the current ``cuda_config.config``;
-    ``.narrow`` holds the same kernels built for ``config.narrow()``."""
+    ``.narrow`` holds the same kernels built for ``config.narrow()``. Builds are cached
+    by the sizes baked into them only, so configs that differ only in launch-time
+    choices (``min_blocks``, ``reduce_blocks``) share them."""
     cfg = cuda_config.config
-    wide = _compiled(np.dtype(dtype).name, cfg)
-    wide.narrow = _compiled(np.dtype(dtype).name, cfg.narrow())
+    name = np.dtype(dtype).name
+
+    def with_config(c):
+        return types.SimpleNamespace(**{**vars(_compiled(name, c.baked())), "config": c})
+
+    wide = with_config(cfg)
+    wide.narrow = with_config(cfg.narrow())
     return wide
 
 
-def gemm(K, name, rows, cols):
-    """(kernel, grid, block) of GEMM kernel ``name`` over a rows × cols output: the
-    register-blocked wide variant, or the narrow one where the wide grid would have
-    fewer than ``min_blocks`` blocks."""
-    grid, block = tiles(rows, cols, K.config)
-    if grid[0] * grid[1] < K.config.min_blocks:
+#: resident blocks per SM and cost per output of the narrow GEMM relative to the wide
+#: one, for the waves × cost estimate of :func:`gemm`: from the ptxas report (wide 25 %
+#: occupancy, narrow 75–100 %; ``benchmarks/CUDA.md``) and the inner loops (wide: 16
+#: FMAs per 8 shared loads, narrow: 1 per 2). Estimates until measured on a GPU.
+WIDE_RESIDENT, NARROW_RESIDENT, NARROW_COST = 2, 6, 4
+
+
+def gemm_cost(rows, cols, splits, cfg, wide):
+    """Estimated time of a rows × cols GEMM output (× ``splits`` slices) in the wide or
+    narrow variant: waves of resident blocks × outputs per block × cost per output."""
+    geometry = cfg if wide else cfg.narrow()
+    (gx, gy, _), _ = tiles(rows, cols, geometry)
+    resident = cfg.sms * (WIDE_RESIDENT if wide else NARROW_RESIDENT)
+    waves = -(-(gx * gy * splits) // resident)
+    return waves * geometry.tile ** 2 * (1 if wide else NARROW_COST)
+
+
+def gemm(K, name, rows, cols, splits=1):
+    """(kernel, grid, block) of GEMM kernel ``name`` over a rows × cols output (and
+    ``splits`` split-K slices): the register-blocked wide variant or the narrow one,
+    whichever :func:`gemm_cost` estimates faster (or the one ``config.gemm`` forces)."""
+    cfg = K.config
+    choice = cfg.gemm
+    if choice == "auto":
+        wide = gemm_cost(rows, cols, splits, cfg, True) <= gemm_cost(rows, cols, splits, cfg, False)
+        choice = "wide" if wide else "narrow"
+    if choice == "narrow":
         K = K.narrow
-        grid, block = tiles(rows, cols, K.config)
+    grid, block = tiles(rows, cols, K.config, splits)
     return getattr(K, name), grid, block
+
+
+def splits_for(rows, fan_in, fan_out, cfg):
+    """Split-K slices of a layer's weight_gradient over ``rows`` rows: enough blocks for
+    one wave of the wide variant, slices of at least ``split_rows`` rows, at most
+    ``max_splits``."""
+    (gx, gy, _), _ = tiles(fan_in, fan_out, cfg)
+    want = -(-(cfg.sms * WIDE_RESIDENT) // (gx * gy))
+    return int(max(1, min(want, cfg.max_splits, rows // cfg.split_rows)))
 
 
 # --- launch geometry --------------------------------------------------------------------------
@@ -573,10 +763,10 @@ def _blocks(n, size):
     return max(1, -(-int(n) // size))
 
 
-def tiles(rows, cols, cfg):
-    """(grid, block) of a GEMM kernel over a rows × cols output."""
+def tiles(rows, cols, cfg, splits=1):
+    """(grid, block) of a GEMM kernel over a rows × cols output (× splits)."""
     edge = cfg.tile // cfg.micro
-    return (_blocks(rows, cfg.tile), _blocks(cols, cfg.tile)), (edge, edge)
+    return (_blocks(rows, cfg.tile), _blocks(cols, cfg.tile), int(splits)), (edge, edge)
 
 
 def line(n, cfg):
@@ -587,6 +777,23 @@ def line(n, cfg):
 def strided(n, cfg):
     """(grid, block) of a grid-stride kernel over n items (at most reduce_blocks blocks)."""
     return (min(cfg.reduce_blocks, _blocks(n, cfg.block)),), (cfg.block,)
+
+
+def configure(kernel, grid, block):
+    """``kernel[grid, block]``, made once per launch site of a fit so that a batch only
+    calls it. numba-cuda warns (NumbaPerformanceWarning) when it configures a grid of
+    fewer than 128 blocks; fastbp's small grids (narrow layers, small batches, the
+    update) are deliberate, so that warning is silenced here, once. The simulator
+    configures a kernel in place, so there the configuration is applied per call."""
+    if numba.config.ENABLE_CUDASIM:
+        return functools.partial(_simulated_launch, kernel, grid, block)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
+        return kernel[grid, block]
+
+
+def _simulated_launch(kernel, grid, block, *args):
+    kernel[grid, block](*args)
 
 
 # --- device buffers -----------------------------------------------------------------------------
@@ -613,7 +820,9 @@ class DeviceWorkspace:
         self.yb = cuda.device_array((bmax, sizes[-1]), dtype=dtype)
         zs = cuda.device_array(bmax * sum(widths), dtype=dtype)
         acts = cuda.device_array(bmax * sum(widths), dtype=dtype)
-        half = bmax * max(sizes)
+        # δ of layer l: ping-pong between two halves as in cpu.backward_pass; δ of the
+        # input is never formed, so the halves are as wide as the widest layer
+        half = bmax * max(widths)
         deltas = cuda.device_array(2 * half, dtype=dtype)
         self.zs, self.acts = [], []
         offset = 0
@@ -621,7 +830,6 @@ class DeviceWorkspace:
             self.zs.append(zs[offset:offset + bmax * width].reshape(bmax, width))
             self.acts.append(acts[offset:offset + bmax * width].reshape(bmax, width))
             offset += bmax * width
-        # δ of layer l: ping-pong between the two halves as in cpu.backward_pass
         n_layers = len(widths)
         self.deltas = [None] * n_layers
         for l in range(n_layers):
@@ -632,146 +840,225 @@ class DeviceWorkspace:
 
 
 class DeviceParameters:
-    """θ, gradient, optimizer state and hyper-parameters resident on the device."""
+    """θ, gradient, optimizer state and hyper-parameters resident on the device, with
+    the step counters (``counters``: int64 [step count, dropout seed, global epoch];
+    the gather kernel advances the step, so the batch's launches need no step
+    argument), the per-layer keep probabilities of dropout (``keep``, 1: off; the
+    output layer's always 1) and the gradient-diagnostics sums (``diagnostics``:
+    n_layers × [Σ ‖g‖, Σ ‖ΔW‖/‖W‖] over the epoch's steps, ``layer_sums`` / ``done``
+    the update's per-step scratch)."""
 
-    def __init__(self, theta, layout, codes, state1=None, state2=None):
+    def __init__(self, theta, layout, codes, state1=None, state2=None, keep=None, training=True):
+        """``training`` False: θ only (forward / evaluate need no gradient or state)."""
         dtype = theta.dtype
         self.layout = np.asarray(layout)
         self.codes = [int(c) for c in codes]
+        n_layers = len(self.codes)
+        self.keep = [1.0] * n_layers if keep is None else [float(k) for k in keep]
+        self.thresholds = [rng.keep_threshold(k) for k in self.keep]
+        self.counters = cuda.to_device(np.zeros(3, dtype=np.int64))
+        self.diagnostics = cuda.to_device(np.zeros((n_layers, 2), dtype=np.float64))
+        self.layer_sums = cuda.to_device(np.zeros(3 * n_layers, dtype=np.float64))
+        self.done = cuda.to_device(np.zeros(1, dtype=np.int64))
         self.theta = cuda.to_device(theta)
-        self.grad = cuda.device_array(theta.shape[0], dtype=dtype)
-        zeros = np.zeros_like(theta)
-        self.state1 = cuda.to_device(zeros if state1 is None else state1)
-        self.state2 = cuda.to_device(zeros if state2 is None else state2)
-        mask = np.zeros(theta.shape[0], dtype=np.uint8)
-        for fan_in, fan_out, w_off, _ in self.layout:
-            mask[w_off:w_off + fan_in * fan_out] = 1
-        self.is_weight = cuda.to_device(mask)
-        self.hyper = cuda.to_device(np.zeros(spec.N_HYPER, dtype=np.float64))
-        self.scalars = cuda.to_device(np.ones(1, dtype=np.float64))   # clip scale
         self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.hyper = cuda.to_device(np.zeros(spec.N_HYPER, dtype=np.float64))
+        if not training:
+            self.grad = self.state1 = self.state2 = self.dweights = self.dbiases = None
+            return
+        self.grad = cuda.device_array(theta.shape[0], dtype=dtype)
+        self.state1 = cuda.to_device(np.zeros_like(theta)) if state1 is None else cuda.to_device(state1)
+        self.state2 = cuda.to_device(np.zeros_like(theta)) if state2 is None else cuda.to_device(state2)
         self.dweights, self.dbiases = weight_views(self.grad, self.layout)
+
+
+class GradientParts:
+    """Where weight_gradient writes its split-K partial gradients. Per parameter block
+    (each layer's weights, then its biases) ``splits`` slices of the block's size, one
+    after the other; the update (or sum_gradient) adds the slices into ``grad``.
+    ``table`` has one int64 row per block: [offset in θ, size, splits, offset in
+    ``buffer``, is_weight]. With one slice everywhere the buffer is the gradient itself."""
+
+    def __init__(self, params, splits):
+        split_any = any(s > 1 for s in splits)
+        table, at = [], 0
+        for (fan_in, fan_out, w_off, b_off), s in zip(params.layout, splits):
+            for offset, size, is_weight in ((w_off, fan_in * fan_out, 1), (b_off, fan_out, 0)):
+                table.append((offset, size, s, at if split_any else offset, is_weight))
+                at += s * size
+        self.splits = list(splits)
+        self.buffer = cuda.device_array(at, dtype=params.grad.dtype) if split_any else params.grad
+        self.table = cuda.to_device(np.array(table, dtype=np.int64))
+        self.dweights, self.dbiases = [], []
+        for l, s in enumerate(splits):
+            (_, w_size, _, w_at, _), (_, b_size, _, b_at, _) = table[2 * l], table[2 * l + 1]
+            self.dweights.append(self.buffer[w_at:w_at + s * w_size].reshape(s, w_size))
+            self.dbiases.append(self.buffer[b_at:b_at + s * b_size].reshape(s, b_size))
+
+
+def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg):
+    """Device bytes a fit allocates: X and Y, the workspace, θ, gradient, two optimizer
+    states, three divergence backups and the split-K gradient slices."""
+    widths = [int(w) for w in sizes[1:]]
+    splits = [splits_for(batch_size, fan_in, fan_out, cfg) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+    parts = sum((s * (fan_in + 1) * fan_out) if s > 1 else 0
+                for s, fan_in, fan_out in zip(splits, sizes[:-1], sizes[1:]))
+    work = batch_size * (sizes[0] + sizes[-1] + 2 * sum(widths) + 2 * max(widths))
+    return np.dtype(dtype).itemsize * (n * (sizes[0] + y_width) + work + 7 * n_params + parts) + 8 * n
+
+
+def check_free_memory(needed, what):
+    """Raise MemoryError naming ``what`` if ``needed`` bytes exceed the device's free memory."""
+    free = cuda.current_context().get_memory_info()[0]
+    if needed > free:
+        raise MemoryError(f"{what} needs about {needed / 2**20:,.0f} MiB of GPU memory but {free / 2**20:,.0f} MiB "
+                          "are free; use a smaller batch_size or fewer rows, or fit on the CPU")
 
 
 # --- host drivers: launch sequences -------------------------------------------------------------
 #
-# The pass functions return lists of (kernel, grid, block, arguments); ``launch``
-# issues them. A fit builds the lists for its two batch shapes (full and last) once, so
-# a batch is a replay of prebuilt launches with no device allocation and no
-# synchronisation. (The launch configuration is applied at launch time: Numba's
-# simulator configures a kernel in place, so a configured kernel cannot be stored.)
+# The pass functions return lists of (configured kernel, arguments); ``launch`` issues
+# them. A fit builds the lists for its two batch shapes (full and last) once, so a
+# batch is a replay of prebuilt launches with no device allocation and no
+# synchronisation. Launches per training step of an L-layer network: 1 gather, L
+# forward, 1 output delta (softmax, loss, δ^L and hit count together), L weight
+# gradients (bias gradient included), L − 1 delta propagations, 1 update (plus 1
+# norm/penalty reduction with clip_norm, l1 or l2): 3L + 2.
 
 
 def launch(launches):
-    for kernel, grid, block, args in launches:
-        kernel[grid, block](*args)
+    for run, args in launches:
+        run(*args)
 
 
-def forward_pass(K, params, work, x, rows):
-    """Launches of the forward pass of ``rows`` rows of ``x`` into work.zs/work.acts."""
+def dropout_args(params, l, dropout):
+    """(keep, threshold, counters, layer) of layer l's forward_layer / of the
+    backprop_delta into it: keep 1 (off) unless ``dropout``."""
+    keep = params.keep[l] if dropout else 1.0
+    return keep, params.thresholds[l] if dropout else rng.keep_threshold(1.0), params.counters, l
+
+
+def forward_pass(K, params, work, x, rows, softmax=True, dropout=False):
+    """Launches of the forward pass of ``rows`` rows of ``x`` into work.zs/work.acts;
+    a softmax output layer stores z only unless ``softmax`` (output_delta computes
+    the softmax when the loss follows); ``dropout``: training, with params.keep."""
     cfg = K.config
     launches = []
     a_prev = x
     for l, code in enumerate(params.codes):
         z, a = work.zs[l], work.acts[l]
-        launches.append((*gemm(K, "forward_layer", rows, z.shape[1]),
-                         (a_prev, params.weights[l], params.biases[l], code, rows, z, a)))
-        if code == SOFTMAX:
-            grid, block = line(rows, cfg)
-            launches.append((K.softmax_rows, grid, block, (z, rows, a)))
+        kernel, grid, block = gemm(K, "forward_layer", rows, z.shape[1])
+        launches.append((configure(kernel, grid, block), (a_prev, params.weights[l], params.biases[l], code, rows,
+                                                          z, a, *dropout_args(params, l, dropout))))
+        if code == SOFTMAX and softmax:
+            launches.append((configure(K.softmax_rows, *line(rows, cfg)), (z, rows, a)))
         a_prev = a
     return launches
 
 
-def backward_pass(K, params, work, x, y, rows, loss_code):
-    """Launches of forward, loss and backward for ``rows`` rows of (x, y): the
-    batch-mean data-loss gradient lands in params.grad, the summed loss in
-    work.sums[0] and the correct count in work.counts[0]."""
-    cfg = K.config
-    launches = forward_pass(K, params, work, x, rows)
-    n_layers = len(params.codes)
-    out = n_layers - 1
-    grid, block = line(rows, cfg)
-    launches.append((K.output_delta, grid, block,
-                     (work.zs[out], work.acts[out], y, params.codes[out], loss_code, rows, 1.0 / rows,
-                      work.deltas[out], work.sums, work.counts)))
-    for l in range(out, -1, -1):
+def output_launch(K, params, work, y, rows, loss_code, inv_batch):
+    """The output_delta launch: softmax (if the output is softmax), loss sum, δ^L scaled
+    by ``inv_batch`` and hit count of ``rows`` rows."""
+    out = len(params.codes) - 1
+    return (configure(K.output_delta, *line(rows, K.config)),
+            (work.zs[out], work.acts[out], y, params.codes[out], loss_code, rows, inv_batch, work.deltas[out],
+             work.sums, work.counts))
+
+
+def backward_pass(K, params, parts, work, x, y, rows, loss_code, dropout=False):
+    """Launches of forward, loss and backward for ``rows`` rows of (x, y): the split-K
+    slices of the batch-mean data-loss gradient land in ``parts``, the summed loss in
+    work.sums[0] and the correct count in work.counts[0]; ``dropout``: training with
+    the masks of params.keep (a full-batch gradient is taken without)."""
+    launches = forward_pass(K, params, work, x, rows, softmax=False, dropout=dropout)
+    launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0 / rows))
+    for l in range(len(params.codes) - 1, -1, -1):
         a_prev = work.acts[l - 1] if l > 0 else x
         fan_in, fan_out = params.weights[l].shape
-        launches.append((*gemm(K, "weight_gradient", fan_in, fan_out),
-                         (a_prev, work.deltas[l], rows, params.dweights[l], params.dbiases[l])))
+        kernel, grid, block = gemm(K, "weight_gradient", fan_in, fan_out, parts.splits[l])
+        launches.append((configure(kernel, grid, block),
+                         (a_prev, work.deltas[l], rows, parts.dweights[l], parts.dbiases[l])))
         if l > 0:
-            launches.append((*gemm(K, "backprop_delta", rows, fan_in),
+            kernel, grid, block = gemm(K, "backprop_delta", rows, fan_in)
+            launches.append((configure(kernel, grid, block),
                              (work.deltas[l], params.weights[l], work.zs[l - 1], work.acts[l - 1],
-                              params.codes[l - 1], rows, work.deltas[l - 1])))
+                              params.codes[l - 1], rows, work.deltas[l - 1], *dropout_args(params, l - 1, dropout))))
     return launches
 
 
-def update_launches(K, params, work, rows, reduce):
-    """The norm/penalty reduction launches of one update (empty unless ``reduce``:
-    clip_norm, l1 or l2 set) and (kernel, grid, block) of the update (called with ``t``)."""
+def update_launches(K, params, parts, work, rows, reduce, opt_code):
+    """The launches of one update: the norm/penalty reduction if ``reduce`` (clip_norm,
+    l1 or l2 set), then update_params (step count and hyper-parameters on the device)."""
     cfg = K.config
-    n = params.theta.shape[0]
-    grid, block = strided(n, cfg)
-    launches = []
-    if reduce:
-        partials = cuda.device_array(2 * grid[0], dtype=np.float64)
-        launches = [(K.clip_partials, grid, block,
-                     (params.theta, params.grad, params.is_weight, params.hyper, partials)),
-                    (K.finish_update, 1, cfg.block, (partials, params.hyper, rows, params.scalars, work.sums))]
-    return launches, (K.update_params, grid, block)
+    grid, block = strided(params.theta.shape[0], cfg)
+    partials = cuda.device_array(2 * grid[0], dtype=np.float64)
+    reductions = [(configure(K.clip_partials, grid, block),
+                   (params.theta, parts.buffer, parts.table, params.hyper, partials))] if reduce else []
+    update = (configure(K.update_params, grid, block),
+              (params.theta, params.grad, parts.buffer, parts.table, params.state1, params.state2, opt_code,
+               params.hyper, params.counters, reduce, partials, rows, work.sums, params.layer_sums,
+               params.diagnostics, params.done))
+    return [*reductions, update]
 
 
 class EpochPlan:
     """The launch sequences of one fit: X, Y and the workspace on the device, the
-    prebuilt launches of a full and of the (possibly partial) last batch."""
+    split-K gradient slices and the prebuilt launches of a full and of the (possibly
+    partial) last batch; ``dropout``: train with the masks of params.keep."""
 
-    def __init__(self, K, params, X, Y, batch_size, loss_code, opt_code, reduce):
+    def __init__(self, K, params, X, Y, batch_size, loss_code, opt_code, reduce, dropout=False):
         self.K, self.params = K, params
         self.X, self.Y = X, Y
         self.n = n = X.shape[0]
         self.batch_size = batch_size
-        self.opt_code = opt_code
+        self.n_batches = -(-n // batch_size)
         self.work = work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]],
                                            batch_size, params.theta.dtype)
+        self.parts = parts = GradientParts(params, [splits_for(batch_size, *w.shape, K.config)
+                                                    for w in params.weights])
         self.perm = cuda.device_array(n, dtype=np.int64)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
-            steps = backward_pass(K, params, work, work.xb, work.yb, rows, loss_code)
-            reductions, update = update_launches(K, params, work, rows, reduce)
-            self.shapes[rows] = (line(rows * X.shape[1], K.config), line(rows * Y.shape[1], K.config),
-                                 steps + reductions, update)
-        self.check = strided(params.theta.shape[0], K.config)
+            gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
+            steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout)
+            self.shapes[rows] = (gather, steps + update_launches(K, params, parts, work, rows, reduce, opt_code))
+        self.check = configure(K.count_nonfinite, *strided(params.theta.shape[0], K.config))
 
 
-def train_epoch(plan, perm, step):
-    """One epoch of ``plan`` over the host permutation ``perm`` (uploaded once),
-    starting at optimizer step ``step``; returns the new step count. The epoch's
-    Σ b·(loss_b + penalty_b) accumulates in plan.work.sums[0], the correct count in
-    plan.work.counts[0] and the non-finite count of θ in plan.work.counts[1]."""
+def train_batches(plan, perm, first, stop):
+    """Batches ``first``..``stop``-1 of ``plan`` over the host permutation ``perm``
+    (uploaded when ``first`` is 0, which also clears the epoch's sums); the step count,
+    dropout seed and epoch are in plan.params.counters. The epoch's Σ b·(loss_b +
+    penalty_b) accumulates in plan.work.sums[0], the correct count in
+    plan.work.counts[0]; after the last batch the non-finite count of θ goes to
+    plan.work.counts[1]."""
     params, work = plan.params, plan.work
-    plan.perm.copy_to_device(perm)
-    work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
-    work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
-    n, batch_size, K = plan.n, plan.batch_size, plan.K
-    for start in range(0, n, batch_size):
+    if first == 0:
+        plan.perm.copy_to_device(perm)
+        work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
+        work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
+    n, batch_size = plan.n, plan.batch_size
+    X, Y, perm_d, counters = plan.X, plan.Y, plan.perm, params.counters
+    for b in range(first, stop):
+        start = b * batch_size
         rows = min(batch_size, n - start)
-        x_geometry, y_geometry, steps, (update, grid, block) = plan.shapes[rows]
-        K.gather_rows[x_geometry](plan.X, plan.perm, start, rows, work.xb)
-        K.gather_rows[y_geometry](plan.Y, plan.perm, start, rows, work.yb)
+        gather, steps = plan.shapes[rows]
+        gather(X, Y, perm_d, start, rows, work.xb, work.yb, counters)
         launch(steps)
-        step += 1
-        update[grid, block](params.theta, params.grad, params.state1, params.state2, params.is_weight,
-               plan.opt_code, params.hyper, step, params.scalars)
-    K.count_nonfinite[plan.check](params.theta, work.counts)
-    return step
+    if stop == plan.n_batches:
+        plan.check(params.theta, work.counts)
 
 
 def loss_and_gradient(K, params, X, Y, loss_code):
     """Full-batch mean data loss and its gradient (left in params.grad)."""
     rows = X.shape[0]
     work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], rows, params.theta.dtype)
-    launch(backward_pass(K, params, work, X, Y, rows, loss_code))
+    parts = GradientParts(params, [splits_for(rows, *w.shape, K.config) for w in params.weights])
+    launches = backward_pass(K, params, parts, work, X, Y, rows, loss_code)
+    if parts.buffer is not params.grad:
+        launches.append((configure(K.sum_gradient, *strided(params.theta.shape[0], K.config)),
+                         (parts.buffer, parts.table, params.grad)))
+    launch(launches)
     return float(work.sums.copy_to_host()[0]) / rows
 
 
@@ -787,17 +1074,26 @@ def predict(K, params, X, out, chunk):
     return out
 
 
-def evaluate(K, params, X, Y, loss_code, chunk):
-    """Summed data loss and correct count over every row (no update)."""
+def inference_chunk(sizes, n, dtype, budget=1 << 28):
+    """Rows per predict / evaluate launch sequence: as many as ~``budget`` bytes of
+    workspace (z, a and δ of every layer) hold, at least 1024, at most n."""
+    per_row = np.dtype(dtype).itemsize * (sizes[0] + sizes[-1] + 4 * sum(sizes[1:]))
+    return int(max(1, min(n, max(1024, budget // per_row))))
+
+
+def evaluate(K, params, X, Y, loss_code, chunk, work=None):
+    """Summed data loss and correct count over every row (no update); ``work`` (a
+    DeviceWorkspace of at least ``chunk`` rows) is reused if given."""
     n = X.shape[0]
-    work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], chunk, params.theta.dtype)
-    out = len(params.codes) - 1
+    if work is None:
+        work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], chunk, params.theta.dtype)
+    else:
+        work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
+        work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
     for start in range(0, n, chunk):
         rows = min(chunk, n - start)
         x, y = X[start:start + rows], Y[start:start + rows]
-        launches = forward_pass(K, params, work, x, rows)
-        launches.append((K.output_delta, *line(rows, K.config),
-                         (work.zs[out], work.acts[out], y, params.codes[out], loss_code, rows,
-                          1.0, work.deltas[out], work.sums, work.counts)))
+        launches = forward_pass(K, params, work, x, rows, softmax=False)
+        launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0))
         launch(launches)
     return float(work.sums.copy_to_host()[0]), int(work.counts.copy_to_host()[0])

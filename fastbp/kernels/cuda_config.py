@@ -5,10 +5,14 @@ arrays need compile-time shapes, so the sizes are baked into each build; builds 
 cached per ``(config, dtype)``). Tests shrink the sizes so that Numba's CUDA
 simulator, which runs one Python thread per CUDA thread, stays fast::
 
-    monkeypatch.setattr(cuda_config, "config", cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8))
+    monkeypatch.setattr(cuda_config, "config", cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8,
+                                                                      sms=2, split_rows=4))
 """
 
 from dataclasses import dataclass, replace
+
+#: the static shared memory one CUDA block may declare (more needs dynamic shared memory)
+STATIC_SHARED_LIMIT = 48 * 1024
 
 
 @dataclass(frozen=True)
@@ -21,10 +25,18 @@ class CudaConfig:
     micro: int = 4
     #: reduction step of the GEMMs: shared tiles of tile × depth and depth × tile
     depth: int = 16
-    #: a GEMM whose output has fewer tile × tile blocks than this runs the narrow
-    #: variant instead (tile / micro edge, one output per thread, the same block shape):
-    #: 4× the blocks, so narrow layers and small batches still fill the 132 SMs
-    min_blocks: int = 264
+    #: which GEMM variant runs: "auto" picks, per launch, the register-blocked ("wide")
+    #: or the one-output-per-thread ("narrow": tile / micro edge, same block shape)
+    #: kernel by estimated waves × cost (:func:`kernels.cuda.gemm`); "wide" / "narrow"
+    #: force one (tests, the hardware check)
+    gemm: str = "auto"
+    #: streaming multiprocessors of the target GPU (H100 SXM: 132), for the wave estimate
+    sms: int = 132
+    #: split-K of weight_gradient: the batch is cut into at most max_splits slices of at
+    #: least split_rows rows, each reduced by its own blocks into its own partial
+    #: gradient, summed by the update, so a small layer still fills the GPU on a long batch
+    split_rows: int = 256
+    max_splits: int = 64
     #: threads per block of the one-dimensional kernels (rows, parameters, gathers);
     #: a power of two (tree reductions in shared memory).
     block: int = 256
@@ -33,18 +45,33 @@ class CudaConfig:
     reduce_blocks: int = 264
 
     def __post_init__(self):
-        for name in ("tile", "micro", "depth", "min_blocks", "block", "reduce_blocks"):
+        for name in ("tile", "micro", "depth", "block", "reduce_blocks", "sms", "split_rows", "max_splits"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"CudaConfig.{name} must be a positive int, got {value!r}")
-        if self.block & (self.block - 1):
-            raise ValueError(f"CudaConfig.block must be a power of two, got {self.block}")
+        if self.gemm not in ("auto", "wide", "narrow"):
+            raise ValueError(f"CudaConfig.gemm must be 'auto', 'wide' or 'narrow', got {self.gemm!r}")
+        if self.block & (self.block - 1) or self.block > 1024:
+            raise ValueError(f"CudaConfig.block must be a power of two ≤ 1024, got {self.block}")
         if self.tile % self.micro:
             raise ValueError(f"CudaConfig.tile={self.tile} is not a multiple of micro={self.micro}")
         if (self.tile // self.micro) ** 2 > 1024:
             raise ValueError(f"CudaConfig tile={self.tile}, micro={self.micro} gives more than 1024 threads "
                              "per GEMM block")
+        if self.gemm_shared_bytes(8) > STATIC_SHARED_LIMIT:
+            raise ValueError(f"CudaConfig tile={self.tile}, depth={self.depth} needs "
+                             f"{self.gemm_shared_bytes(8)} B of static shared memory per GEMM block in "
+                             f"float64; CUDA allows {STATIC_SHARED_LIMIT} B")
 
+    def gemm_shared_bytes(self, itemsize):
+        """Static shared memory of one GEMM block: the padded tile × depth and
+        depth × tile operand tiles."""
+        return (self.tile * (self.depth + 1) + self.depth * (self.tile + 1)) * itemsize
+
+    def baked(self):
+        """This config with the launch-time choices at fixed values: the key of a
+        kernel build (only tile, micro, depth and block are compiled in)."""
+        return replace(self, gemm="auto", sms=1, reduce_blocks=1, split_rows=1, max_splits=1)
 
     def narrow(self):
         """The geometry of the narrow GEMM variant: same threads, one output each."""

@@ -29,17 +29,18 @@ PTXAS_MAX_VERSION = "9.0"
 def signatures(dtype):
     """Kernel name -> signature string, with the argument types the driver passes."""
     a2, a1 = f"{dtype}[:, ::1]", f"{dtype}[::1]"
-    f64, i64, u8 = "float64[::1]", "int64[::1]", "uint8[::1]"
+    f64, i64, t2 = "float64[::1]", "int64[::1]", "int64[:, ::1]"
     return {
-        "gather_rows": f"void({a2}, {i64}, int64, int64, {a2})",
-        "forward_layer": f"void({a2}, {a2}, {a1}, int64, int64, {a2}, {a2})",
+        "gather_batch": f"void({a2}, {a2}, {i64}, int64, int64, {a2}, {a2}, {i64})",
+        "forward_layer": f"void({a2}, {a2}, {a1}, int64, int64, {a2}, {a2}, float64, uint64, {i64}, int64)",
         "softmax_rows": f"void({a2}, int64, {a2})",
         "output_delta": f"void({a2}, {a2}, {a2}, int64, int64, int64, float64, {a2}, {f64}, {i64})",
-        "weight_gradient": f"void({a2}, {a2}, int64, {a2}, {a1})",
-        "backprop_delta": f"void({a2}, {a2}, {a2}, {a2}, int64, int64, {a2})",
-        "clip_partials": f"void({a1}, {a1}, {u8}, {f64}, {f64})",
-        "finish_update": f"void({f64}, {f64}, int64, {f64}, {f64})",
-        "update_params": f"void({a1}, {a1}, {a1}, {a1}, {u8}, int64, {f64}, int64, {f64})",
+        "weight_gradient": f"void({a2}, {a2}, int64, {a2}, {a2})",
+        "backprop_delta": f"void({a2}, {a2}, {a2}, {a2}, int64, int64, {a2}, float64, uint64, {i64}, int64)",
+        "clip_partials": f"void({a1}, {a1}, {t2}, {f64}, {f64})",
+        "update_params": f"void({a1}, {a1}, {a1}, {t2}, {a1}, {a1}, int64, {f64}, {i64}, boolean, {f64}, int64, "
+                         f"{f64}, {f64}, float64[:, ::1], {i64})",
+        "sum_gradient": f"void({a1}, {t2}, {a1})",
         "count_nonfinite": f"void({a1}, {i64})",
     }
 
