@@ -788,7 +788,8 @@ def configure(kernel, grid, block):
     if numba.config.ENABLE_CUDASIM:
         return functools.partial(_simulated_launch, kernel, grid, block)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
+        # the message starts with an ANSI bold code ("\x1b[1mGrid size ..."): match anywhere
+        warnings.filterwarnings("ignore", message=".*Grid size .* will likely result in GPU under-utilization")
         return kernel[grid, block]
 
 
@@ -866,7 +867,7 @@ class DeviceParameters:
         if not training:
             self.grad = self.state1 = self.state2 = self.dweights = self.dbiases = None
             return
-        self.grad = cuda.device_array(theta.shape[0], dtype=dtype)
+        self.grad = cuda.device_array(int(theta.shape[0]), dtype=dtype)
         self.state1 = cuda.to_device(np.zeros_like(theta)) if state1 is None else cuda.to_device(state1)
         self.state2 = cuda.to_device(np.zeros_like(theta)) if state2 is None else cuda.to_device(state2)
         self.dweights, self.dbiases = weight_views(self.grad, self.layout)
@@ -880,14 +881,17 @@ class GradientParts:
     ``buffer``, is_weight]. With one slice everywhere the buffer is the gradient itself."""
 
     def __init__(self, params, splits):
+        # plain ints throughout: real numba-cuda refuses numpy integers as array shapes
+        # (the simulator takes them; the H100 run of 09:37 failed on it)
+        splits = [int(s) for s in splits]
         split_any = any(s > 1 for s in splits)
         table, at = [], 0
-        for (fan_in, fan_out, w_off, b_off), s in zip(params.layout, splits):
+        for (fan_in, fan_out, w_off, b_off), s in zip(params.layout.tolist(), splits):
             for offset, size, is_weight in ((w_off, fan_in * fan_out, 1), (b_off, fan_out, 0)):
                 table.append((offset, size, s, at if split_any else offset, is_weight))
                 at += s * size
         self.splits = list(splits)
-        self.buffer = cuda.device_array(at, dtype=params.grad.dtype) if split_any else params.grad
+        self.buffer = cuda.device_array(int(at), dtype=params.grad.dtype) if split_any else params.grad
         self.table = cuda.to_device(np.array(table, dtype=np.int64))
         self.dweights, self.dbiases = [], []
         for l, s in enumerate(splits):
@@ -991,7 +995,7 @@ def update_launches(K, params, parts, work, rows, reduce, opt_code):
     l1 or l2 set), then update_params (step count and hyper-parameters on the device)."""
     cfg = K.config
     grid, block = strided(params.theta.shape[0], cfg)
-    partials = cuda.device_array(2 * grid[0], dtype=np.float64)
+    partials = cuda.device_array(2 * int(grid[0]), dtype=np.float64)
     reductions = [(configure(K.clip_partials, grid, block),
                    (params.theta, parts.buffer, parts.table, params.hyper, partials))] if reduce else []
     update = (configure(K.update_params, grid, block),
@@ -1016,7 +1020,7 @@ class EpochPlan:
                                            batch_size, params.theta.dtype)
         self.parts = parts = GradientParts(params, [splits_for(batch_size, *w.shape, K.config)
                                                     for w in params.weights])
-        self.perm = cuda.device_array(n, dtype=np.int64)
+        self.perm = cuda.device_array(int(n), dtype=np.int64)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
             gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))

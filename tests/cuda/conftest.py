@@ -25,3 +25,24 @@ SMALL = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=
 def small_cuda_config(monkeypatch):
     monkeypatch.setattr(cuda_config, "config", SMALL)
     return SMALL
+
+
+@pytest.fixture(autouse=True)
+def device_array_takes_python_ints(monkeypatch):
+    """The simulator's ``cuda.device_array`` takes numpy integers as shapes; numba-cuda on
+    a GPU raises ``TypeError: 'numpy.int64' object is not iterable`` (26 device-only
+    failures in the H100 run of 2026-11-26 09:37). Make the simulator as strict."""
+    import numbers
+
+    import numba
+    from numba import cuda
+    if not numba.config.ENABLE_CUDASIM:
+        return
+    original = cuda.device_array
+
+    def strict(shape, *args, **kwargs):
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        if not all(type(d) is int for d in dims if isinstance(d, numbers.Integral)):
+            raise TypeError(f"device_array shape {shape!r}: numba-cuda on a GPU takes Python ints only")
+        return original(shape, *args, **kwargs)
+    monkeypatch.setattr(cuda, "device_array", strict)
