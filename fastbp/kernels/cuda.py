@@ -86,6 +86,7 @@ PTX report per kernel (registers, shared memory, spills, H100 occupancy):
 ``benchmarks/CUDA.md``.
 """
 
+import contextlib
 import functools
 import math
 import types
@@ -787,10 +788,17 @@ def configure(kernel, grid, block):
     configures a kernel in place, so there the configuration is applied per call."""
     if numba.config.ENABLE_CUDASIM:
         return functools.partial(_simulated_launch, kernel, grid, block)
-    with warnings.catch_warnings():
-        # the message starts with an ANSI bold code ("\x1b[1mGrid size ..."): match anywhere
-        warnings.filterwarnings("ignore", message=".*Grid size .* will likely result in GPU under-utilization")
+    with quiet_small_grids():
         return kernel[grid, block]
+
+
+@contextlib.contextmanager
+def quiet_small_grids():
+    """A warnings context that ignores numba-cuda's small-grid NumbaPerformanceWarning
+    (its message starts with terminal colour codes, hence the leading ``.*``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*Grid size \d+ will likely result in GPU under-utilization")
+        yield
 
 
 def _simulated_launch(kernel, grid, block, *args):
@@ -815,7 +823,8 @@ class DeviceWorkspace:
     ``training.Workspace``) with its per-layer (bmax, width) views made once."""
 
     def __init__(self, sizes, bmax, dtype):
-        widths = [int(s) for s in sizes[1:]]
+        sizes = [int(s) for s in sizes]   # Python ints: real numba-cuda rejects NumPy integer shapes
+        widths = sizes[1:]
         self.bmax = bmax = int(bmax)
         self.xb = cuda.device_array((bmax, sizes[0]), dtype=dtype)
         self.yb = cuda.device_array((bmax, sizes[-1]), dtype=dtype)

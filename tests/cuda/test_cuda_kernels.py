@@ -644,6 +644,43 @@ def test_fit_issues_no_performance_warning():
         net.predict(X, device="cuda")
 
 
+def test_small_grid_warning_is_silenced_as_numba_cuda_words_it():
+    """numba-cuda's message starts with terminal colour codes (seen on the H100: the
+    first filter, anchored at "Grid size", let it through)."""
+    message = "\x1b[1mGrid size 2 will likely result in GPU under-utilization due to low occupancy.\x1b[0m"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with kc.quiet_small_grids():
+            warnings.warn(message, RuntimeWarning)
+        with pytest.raises(RuntimeWarning):
+            warnings.warn(message, RuntimeWarning)   # outside the context it is not silenced
+
+
+def test_gradient_parts_shapes_are_python_ints(monkeypatch):
+    """Real numba-cuda rejects NumPy integers as array shapes (the simulator accepts them;
+    seen on the H100: every split-K fit failed): GradientParts must pass Python ints."""
+    net = network([4, 5, 3], "relu", "softmax", "float64")
+    params = kc.DeviceParameters(net.theta, net.layout, net.codes)
+    device_array = kc.cuda.device_array
+
+    def strict(shape, *args, **kwargs):
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        assert all(type(d) is int for d in dims), f"shape {shape!r} is not made of Python ints"
+        return device_array(shape, *args, **kwargs)
+
+    monkeypatch.setattr(kc.cuda, "device_array", strict)
+    parts = kc.GradientParts(params, [2, 3])
+    assert parts.buffer.shape == (2 * (4 * 5 + 5) + 3 * (5 * 3 + 3),)
+    assert parts.dweights[1].shape == (3, 15) and parts.dbiases[0].shape == (2, 5)
+    # every device allocation of a fit (split-K on 8-row batches), validation, inference
+    rng = np.random.default_rng(20)
+    X, y = rng.standard_normal((17, 4)), rng.integers(0, 3, 17)
+    net.fit(X, y, epochs=1, batch_size=8, clip_norm=1.0, validation_data=(X[:5], y[:5]), device="cuda")
+    net.predict(X, device="cuda")
+    net.evaluate(X, y, device="cuda")
+    net.flat_gradient(X, y, device="cuda")
+
+
 def test_fit_larger_than_free_memory_is_refused_before_allocating(monkeypatch):
     net = network([3, 4, 2], "tanh", "softmax", "float64")
     before = net.theta.copy()
