@@ -245,7 +245,8 @@ def run_parity(report, dry_run, deadline):
                     continue
                 except Exception as exc:  # a crash on the device is a finding, not the end of the check
                     all_ok = False
-                    report.append("parity", "cases", {"case": key, "status": f"ERROR {type(exc).__name__}: {exc}"[:600]})
+                    status = f"ERROR {type(exc).__name__}: {exc}"[:600]
+                    report.append("parity", "cases", {"case": key, "status": status})
                     continue
                 finally:
                     cc.config = base_config
@@ -548,7 +549,8 @@ def format_table(data):
         if isinstance(tc, dict):
             compiled = {(r["width"], r["batch"]): r["torch_compile"] for r in tc.get("rows", [])}
         lines.append(f"\n## training samples/s, float32, [w, w, w, w, {CLASSES}], Adam, softmax-CE\n")
-        lines.append("| width | batch | fastbp cuda | torch eager | torch.compile | fastbp cpu | cuda/torch | cuda/cpu |")
+        lines.append("| width | batch | fastbp cuda | torch eager | torch.compile | fastbp cpu "
+                     "| cuda/torch | cuda/cpu |")
         lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
 
         def num(v):
@@ -597,7 +599,8 @@ def device_info():
             info[module] = None
     if shutil.which("nvidia-smi"):
         try:
-            info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+            info["nvidia_smi"] = subprocess.run(["nvidia-smi",
+                                                 "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
                                                  "--format=csv,noheader"], capture_output=True, text=True,
                                                 timeout=20).stdout.strip()
         except Exception:
@@ -622,7 +625,8 @@ def build_parser():
     parser.add_argument("--compile-batches", default="14", help="log2 batches timed with torch.compile")
     parser.add_argument("--tests-timeout", type=float, default=None,
                         help="seconds for the device test run (default: the budget less --speed-reserve)")
-    parser.add_argument("--sanitizer-timeout", type=float, default=None, help="seconds per sanitizer tool (same default)")
+    parser.add_argument("--sanitizer-timeout", type=float, default=None,
+                        help="seconds per sanitizer tool (same default)")
     parser.add_argument("--speed-reserve", type=float, default=100,
                         help="seconds kept for the speed section, which starts when the tests end (default 100)")
     parser.add_argument("--sanitizer-fit", metavar="DTYPE", help=argparse.SUPPRESS)

@@ -37,7 +37,8 @@ def main(argv=None):
     accuracy = net.evaluate(Xte, yte)["accuracy"]
     best = hist.best_epoch
     print(f"[fit] {hist.epochs} epochs (stopped early: {hist.stopped_early}), best epoch {best + 1}: "
-          f"val_loss {hist.val_loss[best]:.4f}; learning rates {sorted({float(format(lr, '.3g')) for lr in hist.lr}, reverse=True)}; "
+          f"val_loss {hist.val_loss[best]:.4f}; "
+          f"learning rates {sorted({float(format(lr, '.3g')) for lr in hist.lr}, reverse=True)}; "
           f"held-out accuracy {accuracy:.4f}")
     assert len(hist.val_loss) == hist.epochs and hist.val_loss[best] == min(hist.val_loss)
     assert accuracy >= (0.90 if args.quick else 0.95), accuracy

@@ -55,7 +55,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small, fast settings for CI")
     parser.add_argument("--hidden", type=int, default=None, help="hidden units (default 100; 64 quick)")
-    parser.add_argument("--max-iter", type=int, default=None, help="max_iter: epochs, or L-BFGS iterations (default 200; 30 quick)")
+    parser.add_argument("--max-iter", type=int, default=None,
+                        help="max_iter: epochs, or L-BFGS iterations (default 200; 30 quick)")
     parser.add_argument("--solver", default="adam", choices=["adam", "sgd", "lbfgs"])
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed fits per library (median; default 5, 1 quick)")

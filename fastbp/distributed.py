@@ -245,7 +245,8 @@ class _Blocks:
         ys = client.compute([y.to_delayed().ravel()[i] for i in keep])
         wait(xs)
         where = client.who_has(xs)
-        self.futures = [client.submit(_make_block, xf, yf, net.dtype.name, pure=False, workers=where.get(xf.key) or None,
+        self.futures = [client.submit(_make_block, xf, yf, net.dtype.name, pure=False,
+                                      workers=where.get(xf.key) or None,
                                       allow_other_workers=bool(where.get(xf.key)))
                         for xf, yf in zip(xs, ys)]
         wait(self.futures)

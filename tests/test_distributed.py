@@ -205,7 +205,8 @@ def test_grid_search_with_the_joblib_dask_backend(client):
     X, y = load_digits()
     X, y = X[:400] / 16.0, y[:400]
     grid = {"alpha": [1e-4, 1e-1], "hidden_layer_sizes": [(8,), (16,)]}
-    make = lambda: GridSearchCV(MLPClassifier(max_iter=15, random_state=0), grid, cv=2)
+    def make():
+        return GridSearchCV(MLPClassifier(max_iter=15, random_state=0), grid, cv=2)
     with joblib.parallel_config(backend="dask"), distributed.get_task_stream(client) as stream:
         on_dask = make().fit(X, y)
     here = make().fit(X, y)
@@ -227,7 +228,8 @@ def test_dask_ml_incremental_streams_blocks_through_partial_fit(client):
     X, y = load_digits()
     X = X / 16.0
     Xd, yd = da.from_array(X, chunks=(450, -1)), da.from_array(y, chunks=450)
-    make = lambda: MLPClassifier((16,), shuffle=False, random_state=0)
+    def make():
+        return MLPClassifier((16,), shuffle=False, random_state=0)
     incremental = Incremental(make(), shuffle_blocks=False, scoring="accuracy")
     incremental.fit(Xd, yd, classes=np.arange(10))
     local = make()

@@ -17,7 +17,8 @@ ROWS = {
     "same": "|          |  4.47 |  4.40 |  0.98 | bench_training.TrackSpeedup.track_speedup_vs_reference('small') |\n",
     "drop": "| -        | 10.66 |  2.01 |  0.19 | bench_training.TrackSpeedup.track_speedup_vs_reference('small') |\n",
     "rise": "| +        |  2.01 | 10.66 |  5.30 | bench_training.TrackSpeedup.track_speedup_vs_reference('small') |\n",
-    "failed": "| !        |  4.47 |  failed |  n/a | bench_training.TrackSpeedup.track_speedup_vs_reference('small') |\n",
+    "failed": ("| !        |  4.47 |  failed |  n/a | "
+               "bench_training.TrackSpeedup.track_speedup_vs_reference('small') |\n"),
 }
 
 

@@ -13,7 +13,8 @@ of ``layout.py``:
 
 Plus :func:`output_delta` (loss and δ^L, softmax–cross-entropy and
 sigmoid–binary-cross-entropy fused and computed stably from the logits, the half
-Poisson deviance with the exp output) and the layer walk (:func:`forward_step`, :func:`backward_step`: batchnorm and dropout
+Poisson deviance with the exp output) and the layer walk (:func:`forward_step`,
+:func:`backward_step`: batchnorm and dropout
 are per-layer options inside them; :func:`batch_pass` runs them over the layers or
 over checkpoint segments) and the drivers :func:`train_batches` (gather each batch
 through a permutation, forward, loss, backward, update — a range of an epoch's batches

@@ -68,7 +68,8 @@ stack; occupancy 25 % for the register-blocked GEMMs, which trade occupancy for
 registers as SGEMMs do, 75–100 % for the narrow variants).
 
 Future work: measure and tune (tile / micro / depth, larger micro-tiles with
-vectorised shared loads, the waves × cost constants of :func:`gemm`), a warp per row instead of a thread per row in softmax_rows and
+vectorised shared loads, the waves × cost constants of :func:`gemm`), a warp per row instead of a
+thread per row in softmax_rows and
 output_delta for wide outputs (hundreds of classes: today each thread walks its row
 with a stride, uncoalesced), tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
 remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤

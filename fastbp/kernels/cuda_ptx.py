@@ -150,7 +150,8 @@ def resources(name, dtype, cc, cfg=None, narrow=False):
     stack, stores, loads = (int(v) for v in _INFO.search(report).groups())
     registers = int(_REGS.search(report).group(1))
     smem = _SMEM.search(report)
-    return Resources(name + " (narrow)" * narrow, np.dtype(dtype).name, arch, registers, int(smem.group(1)) if smem else 0,
+    return Resources(name + " (narrow)" * narrow, np.dtype(dtype).name, arch, registers,
+                     int(smem.group(1)) if smem else 0,
                      stack, stores, loads, threads_per_block(name, cfg))
 
 

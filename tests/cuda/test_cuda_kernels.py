@@ -59,7 +59,7 @@ def NO_DROPOUT():
 
 def dropout_args(keep, step, seed, epoch, layer):
     """(keep, threshold, counters, layer) and the reference's mask for them."""
-    return keep, rng_module.keep_threshold(keep), dev(np.array([step, seed, epoch], dtype=np.int64)), layer  # register-blocked GEMMs and their one-output-per-thread variant
+    return keep, rng_module.keep_threshold(keep), dev(np.array([step, seed, epoch], dtype=np.int64)), layer
 
 
 def gemm_kernels(dtype, variant):

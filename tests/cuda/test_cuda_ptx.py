@@ -15,7 +15,7 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 pytestmark = pytest.mark.skipif(SIMULATOR, reason="the CUDA simulator cannot compile PTX")
 
 if not SIMULATOR:
-    from fastbp.kernels import cuda as kc
+    from fastbp.kernels import cuda as kc  # noqa: F401
     from fastbp.kernels import cuda_ptx
 
 
