@@ -103,18 +103,12 @@ def forward_layer(a_prev, weights, bias, code, z, a):
                 v = z[i, j] + bias[j]
                 z[i, j] = v
                 a[i, j] = 1 / (1 + np.exp(-v))
-    elif code == TANH:
+    elif code == TANH or code == EXP:  # the code test is loop-invariant (LLVM unswitches it)
         for i in range(rows):
             for j in range(cols):
                 v = z[i, j] + bias[j]
                 z[i, j] = v
-                a[i, j] = np.tanh(v)
-    elif code == EXP:
-        for i in range(rows):
-            for j in range(cols):
-                v = z[i, j] + bias[j]
-                z[i, j] = v
-                a[i, j] = np.exp(v)
+                a[i, j] = np.tanh(v) if code == TANH else np.exp(v)
     else:  # SOFTMAX
         for i in range(rows):
             m = -np.inf
