@@ -702,7 +702,7 @@ def output_loss(net, work, y, delta_scale):
     n_layers = net.layout.shape[0]
     rows, k = y.shape[0], net.layout[n_layers - 1, 1]
     z_out, a_out = cached_layer(work, n_layers - 1, rows, k)
-    delta = rows_view(work.deltas, 0, rows, k)
+    delta = rows_view(work.deltas, np.int64(0), rows, k)  # int64, not Literal[int](0): one specialisation
     loss = output_delta(z_out, a_out, y, net.codes[n_layers - 1], net.loss_code, delta_scale, delta)
     return loss, correct_count(a_out, y, net.codes[n_layers - 1]), delta
 
@@ -826,7 +826,7 @@ def evaluate(net, work, X, Y, batchnorm, out):
         rows = min(work.bmax, n - start)
         a = X[start:start + rows]
         for l in range(n_layers):
-            a = forward_step(net, work, l, a, None, batchnorm, 0, False)
+            a = forward_step(net, work, l, a, None, batchnorm, np.int64(0), False)  # as batch_pass types it
         if out is not None:
             out[start:start + rows] = a
         if Y is not None:
