@@ -10,8 +10,8 @@ the hot path neither allocates nor runs Python per batch.
 import numpy as np
 
 from . import spec
-from .kernels import cpu
-from .kernels.bundles import BatchNorm, Checkpoint, Data, Dropout, Hyper, Network, Optimizer, Workspace
+from .kernels import cpu, cpu_small
+from .kernels.bundles import BatchNorm, Checkpoint, Data, Dropout, Hyper, Network, Optimizer, Small, Workspace
 
 #: rows of inference work per compiled call, in parameter·rows (≈ 0.1–0.5 s of compute),
 #: so predict / evaluate return to Python (Ctrl-C) regularly on large inputs
@@ -85,6 +85,14 @@ def hyper_bundle(optimizer, lr=None, l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0
                  float(clip_norm), float(clip_value))
 
 
+def small_bundle(net, bmax):
+    """Scratch of the small-network path (``kernels.cpu_small``)."""
+    longest = max(max(net.sizes), bmax)
+    transposed = max([i * o for i, o in zip(net.sizes[1:-1], net.sizes[2:])], default=1)
+    return Small(np.zeros(transposed, net.dtype), np.zeros(cpu_small.TILE_COLS * longest, net.dtype),
+                 np.zeros(cpu_small.TILE_COLS * longest, net.dtype))
+
+
 def optimizer_bundle(net, state, code):
     return Optimizer(state.grad, state.state1, state.state2, state.step, int(code),
                      np.zeros((len(net.sizes) - 1, 2), dtype=np.float64))
@@ -110,6 +118,9 @@ class CpuEngine:
         self.work, self.checkpoint = workspace(net, self.bmax, segments)
         self.dropout = dropout_bundle(net, self.bmax)
         self.batchnorm = batchnorm_bundle(net, self.work, 2)
+        plain = self.dropout is None and self.batchnorm is None and self.checkpoint is None
+        #: the small-network path's scratch where it beats BLAS (``cpu_small.wins``), else None
+        self.small = small_bundle(net, self.bmax) if plain and cpu_small.wins(net.sizes, self.bmax, net.dtype) else None
         self._live = (net.theta, state.state1, state.state2, net.bn_running)
         self._backup = [np.empty_like(a) for a in self._live]
         self._step = 0
@@ -117,6 +128,10 @@ class CpuEngine:
     def train_batches(self, perm, first, stop, epoch, lr):
         if first == 0:
             self.optimizer.diagnostics[...] = 0
+        if self.small is not None:
+            cpu_small.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
+                                    Data(self.X, self.Y, perm), int(first), int(stop), self.small)
+            return float(self.work.sums[0]), int(self.work.counts[0])
         dropout = self.dropout
         if dropout is not None:
             dropout = dropout._replace(seed=self.seed, epoch=int(epoch))

@@ -91,7 +91,9 @@ def test_bench_cli_quick_json(capsys):
 #: every module under benchmarks/prototypes/ with the arguments of a quick run
 PROTOTYPE_ARGS = {
     "compile_profile": ["train", "--epochs", "1", "--no-reference"],
+    "small_crossover": ["--sizes", "9,17,5", "--batches", "4", "--rounds", "1", "--work", "20000"],
     "small_microkernel": ["--rounds", "1"],
+    "small_phases": ["--sizes", "9,17,5", "--batch", "4", "--rows", "64", "--rounds", "1"],
 }
 
 

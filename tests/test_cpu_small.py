@@ -1,7 +1,8 @@
-"""Register-blocked micro-kernels (fastbp/kernels/cpu_small.py) against the NumPy
-reference: each epilogue, float64 tightly and float32 loosely, odd shapes (batch 1,
-17, 33, a leftover row and columns), a whole backward step, bitwise stability and the
-FMA instructions in the assembly."""
+"""The small-network path (fastbp/kernels/cpu_small.py) against the NumPy reference: the
+register-tiled GEMM (float64 tightly, float32 loosely, odd shapes: batch 1, 17, 33,
+leftover rows and columns, transposed A), one batch's gradients, whole fits of every
+output/loss and of plain Adam next to the BLAS path, bitwise stability across
+processes, the choice of path, and the FMA instructions in the assembly."""
 
 import re
 import subprocess
@@ -10,130 +11,173 @@ import sys
 import numpy as np
 import pytest
 
-from fastbp import reference, spec
+import fastbp
+from fastbp import cpu_training, reference, spec
 from fastbp.kernels import cpu_small
+from fastbp.bench import synthetic
+from fastbp.kernels.bundles import Small
+from fastbp.network import FitState
 
-from helpers import assert_close
+from helpers import ReferenceTrainer, assert_close, make_data
 
-# (m, k, n): batch 1, leftover rows/columns of the 2 x 4 tile, k of 1, the small config
-SHAPES = [(1, 1, 1), (1, 17, 33), (33, 17, 5), (17, 33, 9), (3, 10, 7), (32, 64, 128)]
-HIDDEN = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+# (m, k, n): one element, batch 1, leftover rows (m mod 4) and columns (n mod 16, n < 16,
+# n > 16), k of 1, the small config's products
+SHAPES = [(1, 1, 1), (1, 17, 33), (33, 17, 5), (17, 33, 9), (3, 10, 7), (5, 1, 40), (32, 64, 128),
+          (128, 32, 10)]
 
 
-def operands(m, k, n, dtype, seed=0):
-    rng = np.random.default_rng(seed)
+def scratch(dtype, longest=300):
+    return Small(np.zeros(longest * longest, dtype), np.zeros(cpu_small.TILE_COLS * longest, dtype),
+                 np.zeros(cpu_small.TILE_COLS * longest, dtype))
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["A", "A.T view"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gemm_matches_numpy(shape, transposed, dtype):
+    m, k, n = shape
+    rng = np.random.default_rng(m * 100 + n)
     A = rng.standard_normal((m, k)).astype(dtype)
-    B = rng.standard_normal((n, k)).astype(dtype)
-    return A, B
+    B = rng.standard_normal((k, n)).astype(dtype)
+    out = np.full((m, n), np.nan, dtype)
+    cpu_small.gemm(np.ascontiguousarray(A.T).T if transposed else A, B, out, scratch(dtype))
+    assert_close(out, A.astype(np.float64) @ B.astype(np.float64), dtype)
 
 
-def run(A, B, kind, name="identity", bias=None, z=None, out=None):
-    m, n = A.shape[0], B.shape[0]
-    bias = np.zeros(n, A.dtype) if bias is None else bias
-    z = np.zeros((m, n), A.dtype) if z is None else z
-    out = np.zeros((m, n), A.dtype) if out is None else out
-    cpu_small.matmul_nt(A, B, kind, spec.ACTIVATIONS[name], bias, z, out)
-    return z, out
+ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu", "identity"]
+OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse")]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_plain_product(shape, dtype):
-    A, B = operands(*shape, dtype)
-    _, out = run(A, B, cpu_small.PLAIN)
-    assert_close(out, A.astype(np.float64) @ B.T.astype(np.float64), dtype)
+def small_engine(net, X, Y, loss, optimizer, batch_size):
+    engine = cpu_training.CpuEngine(net, X, Y, FitState(net.n_params, net.dtype),
+                                    batch_size=batch_size, optimizer=optimizer, loss_code=spec.LOSSES[loss],
+                                    l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0)
+    engine.small = cpu_training.small_bundle(net, engine.bmax)
+    return engine
 
 
-@pytest.mark.parametrize("name", HIDDEN)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_forward_epilogue(shape, name, dtype):
-    A, Wt = operands(*shape, dtype, seed=1)
-    bias = np.random.default_rng(2).standard_normal(shape[2]).astype(dtype)
-    z, a = run(A, Wt, cpu_small.FORWARD, name, bias=bias)
-    z_ref = A.astype(np.float64) @ Wt.T.astype(np.float64) + bias
-    assert_close(z, z_ref, dtype, name)
-    assert_close(a, reference.activate(z_ref, name), dtype, name)
-
-
-@pytest.mark.parametrize("name", HIDDEN)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_delta_epilogue(shape, name, dtype):
-    delta, W = operands(*shape, dtype, seed=3)  # δ (m, k), W (n, k): δ·Wᵀ is (m, n)
-    z = np.random.default_rng(4).standard_normal((shape[0], shape[2])).astype(dtype)
-    a = reference.activate(z, name).astype(dtype)
-    _, out = run(delta, W, cpu_small.DELTA, name, z=z, out=a.copy())
-    expected = (delta.astype(np.float64) @ W.T.astype(np.float64)) * reference.activation_derivative(z, a, name)
-    assert_close(out, expected, dtype, name)
-
-
-@pytest.mark.parametrize("rows", [1, 7, 32])
-def test_backward_step_matches_reference(rows, dtype):
-    """Forward (Wᵀ copies), output delta, δ·Wᵀ with the derivative, dW from transposed
-    a and δ: the gradients of reference.gradients for a 17-33-5 tanh/softmax net."""
-    rng = np.random.default_rng(5)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
+@pytest.mark.parametrize("rows", [1, 7, 33])
+def test_batch_gradients_match_reference(activation, output, loss, rows, dtype):
+    """One batch_pass (forward, loss, backward) of a 17-33-5 network: the gradient in
+    opt.grad against reference.gradients."""
     sizes = [17, 33, 5]
-    weights = [(rng.standard_normal((i, o)) / np.sqrt(i)).astype(dtype) for i, o in zip(sizes[:-1], sizes[1:])]
-    biases = [rng.standard_normal(o).astype(dtype) * 0.1 for o in sizes[1:]]
-    acts_names = ["tanh", "softmax"]
-    X = rng.standard_normal((rows, 17)).astype(dtype)
-    Y = np.eye(5, dtype=dtype)[rng.integers(0, 5, rows)]
-    _, dWs_ref, dbs_ref = reference.gradients(weights, biases, acts_names, X, Y, "cross_entropy")
+    net = fastbp.MLP(sizes, activation=activation, output=output, seed=2, dtype=dtype)
+    X, Y = make_data(rows, sizes, output, dtype, seed=rows)
+    engine = small_engine(net, X, Y, loss, fastbp.Adam(0.01), rows)
+    x, y = engine.work.xb[:rows], engine.work.yb[:rows]
+    x[...], y[...] = X, Y
+    total, _ = cpu_small.batch_pass(engine.network, engine.optimizer, engine.work, x, y, engine.small)
+    _, dWs, dbs = reference.gradients(net.weights, net.biases, net.layer_activations, X, Y, loss)
+    expected = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in zip(dWs, dbs)])
+    assert_close(engine.optimizer.grad, expected, dtype, "gradient")
+    losses = reference.sample_losses(*[v[-1] for v in reference.forward(net.weights, net.biases,
+                                                                        net.layer_activations, X)],
+                                     Y, loss, output)
+    assert_close(total, losses.sum(), dtype, "loss sum")
 
-    a_prev, zs, acts = X, [], []
-    for l, W in enumerate(weights):
-        Wt = np.empty(W.shape[::-1], dtype)
-        cpu_small.transpose_into(W, Wt)
-        hidden = l < len(weights) - 1
-        z, a = run(a_prev, Wt, cpu_small.FORWARD, "tanh" if hidden else "identity", bias=biases[l])
-        if not hidden:
-            a = reference.activate(z, "softmax")
-        zs.append(z)
-        acts.append(a)
-        a_prev = a
-    delta = (acts[-1] - Y) / rows
-    for l in range(len(weights) - 1, -1, -1):
-        a_in = X if l == 0 else acts[l - 1]
-        a_t, delta_t = np.ascontiguousarray(a_in.T), np.ascontiguousarray(delta.T)
-        _, dW = run(a_t, delta_t, cpu_small.PLAIN)
-        assert_close(dW, dWs_ref[l], dtype, f"dW[{l}]")
-        assert_close(delta.sum(axis=0), dbs_ref[l], dtype, f"db[{l}]")
-        if l > 0:
-            _, delta = run(delta, weights[l], cpu_small.DELTA, "tanh", z=zs[l - 1], out=acts[l - 1].copy())
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Force the small path (``small``) or the BLAS path (``blas``) for every fit."""
+    monkeypatch.setattr(cpu_small, "wins", lambda sizes, batch, dtype: request.param == "small")
+    return request.param
+
+
+@pytest.mark.parametrize("path", ["small", "blas"], indirect=True)
+@pytest.mark.parametrize("optimizer", [fastbp.Adam(0.01), fastbp.Momentum(0.05), fastbp.RMSprop(0.01)],
+                         ids=lambda o: o.name)
+@pytest.mark.parametrize("batch_size", [1, 10, None], ids=["sgd", "mini-partial", "full"])
+def test_fit_matches_reference(path, optimizer, batch_size):
+    """float32 fits (the path's dtype) of 3 epochs on 23 rows, plain Adam (the float32
+    step) and the optimizers that go through cpu.update_params."""
+    dtype = np.dtype(np.float32)
+    sizes = [17, 33, 5]
+    net = fastbp.MLP(sizes, activation="tanh", output="softmax", seed=7, dtype=dtype)
+    X, Y = make_data(23, sizes, "softmax", dtype, seed=4)
+    ref = ReferenceTrainer(net)
+    for epoch in range(3):
+        ref.epoch(X, Y, np.arange(23), min(batch_size or 23, 23), "cross_entropy", optimizer, optimizer.lr)
+    net.fit(X, Y, loss="cross_entropy", optimizer=optimizer, epochs=3, batch_size=batch_size, shuffle=False)
+    assert_close(net.theta, ref.flat(), dtype, f"parameters after 3 epochs ({path} path)")
+
+
+@pytest.mark.parametrize("path", ["small"], indirect=True)
+def test_regularised_adam_takes_update_params(path):
+    """L2 and clipping on the small path go through cpu.update_params: still the reference."""
+    dtype = np.dtype(np.float32)
+    sizes = [17, 33, 5]
+    net = fastbp.MLP(sizes, activation="relu", output="softmax", seed=11, dtype=dtype)
+    X, Y = make_data(37, sizes, "softmax", dtype, seed=5)
+    optimizer = fastbp.Adam(0.01)
+    ref = ReferenceTrainer(net)
+    for epoch in range(2):
+        ref.epoch(X, Y, np.arange(37), 8, "cross_entropy", optimizer, optimizer.lr, l2=1e-2, clip_norm=0.5)
+    net.fit(X, Y, loss="cross_entropy", optimizer=optimizer, epochs=2, batch_size=8, shuffle=False, l2=1e-2,
+            clip_norm=0.5)
+    assert_close(net.theta, ref.flat(), dtype, "parameters")
+
+
+def test_small_and_blas_paths_agree_to_rounding(monkeypatch):
+    """The 64-128-10 bench network, one epoch at batch 32 from the same start: the two
+    paths' parameters differ by float32 rounding only."""
+    X, labels = synthetic((64, 128, 10), 256, seed=0)
+    thetas = []
+    for small in (True, False):
+        monkeypatch.setattr(cpu_small, "wins", lambda sizes, batch, dtype, small=small: small)
+        net = fastbp.MLP([64, 128, 10], activation="relu", output="softmax", seed=0, dtype="float32")
+        net.fit(X, labels, optimizer=fastbp.Adam(1e-3), epochs=1, batch_size=32, seed=1)
+        thetas.append(net.theta.copy())
+    assert not np.array_equal(thetas[0], thetas[1])  # the paths did differ
+    np.testing.assert_allclose(thetas[0], thetas[1], rtol=1e-4, atol=1e-5)
+
+
+def test_path_choice_follows_the_table():
+    assert cpu_small.wins([64, 128, 10], 32, "float32")
+    assert cpu_small.wins([17, 33, 5], 1, "float32")
+    assert not cpu_small.wins([64, 128, 10], 32, "float64")      # the tiles are float32
+    assert not cpu_small.wins([784, 256, 10], 1, "float32")      # wider than any measured win
+    assert not cpu_small.wins([64, 256, 10], 128, "float32")     # a tie at 256 × 128: BLAS
+    assert not cpu_small.wins([64, 128, 10], 129, "float32")     # past the largest measured batch
+    X, Y = make_data(20, [5, 9, 3], "softmax", np.float32)
+    for net, expect in [(fastbp.MLP([5, 9, 3], dtype="float32"), True),
+                        (fastbp.MLP([5, 9, 3], dtype="float32", dropout=0.2), False),
+                        (fastbp.MLP([5, 9, 3], dtype="float64"), False)]:
+        engine = cpu_training.CpuEngine(net, X.astype(net.dtype), Y.astype(net.dtype),
+                                        FitState(net.n_params, net.dtype), batch_size=8,
+                                        optimizer=fastbp.Adam(0.01), loss_code=spec.CROSS_ENTROPY, l1=0.0,
+                                        l2=0.0, clip_norm=0.0, clip_value=0.0)
+        assert (engine.small is not None) == expect
 
 
 SCRIPT = """
-import sys, numpy as np
-from fastbp.kernels import cpu_small
-rng = np.random.default_rng(0)
-A = rng.standard_normal((33, 64), dtype=np.float32); B = rng.standard_normal((17, 64), dtype=np.float32)
-out = np.zeros((33, 17), np.float32)
-cpu_small.matmul_nt(A, B, cpu_small.PLAIN, 0, np.zeros(17, np.float32), out, out)
-sys.stdout.write(out.tobytes().hex())
+import sys, numpy as np, fastbp
+from fastbp.bench import synthetic
+X, labels = synthetic((64, 128, 10), 200, seed=0)
+net = fastbp.MLP([64, 128, 10], activation="relu", output="softmax", seed=0, dtype="float32")
+net.fit(X, labels, optimizer=fastbp.Adam(1e-3), epochs=2, batch_size=32, seed=1)
+sys.stdout.write(net.theta.tobytes().hex())
 """
 
 
 def test_bitwise_stable_across_runs():
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((33, 64), dtype=np.float32)
-    B = rng.standard_normal((17, 64), dtype=np.float32)
-    _, first = run(A, B, cpu_small.PLAIN)
-    _, second = run(A, B, cpu_small.PLAIN)
-    assert first.tobytes() == second.tobytes()
-    other = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True,
-                           timeout=300).stdout
-    assert bytes.fromhex(other) == first.tobytes()
+    runs = [subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True,
+                           timeout=600).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) > 0
 
 
-def test_inner_loop_is_fma_on_ymm():
+def test_tile_is_fma_on_ymm():
     import llvmlite.binding as llvm
     features = llvm.get_host_cpu_features()
     if not (features.get("avx2") and features.get("fma")):
         pytest.skip("the host has no AVX2/FMA")
     from numba import njit
-    # a fresh, uncached compile with the module's options (Numba cannot inspect cached code)
-    kernel = njit(**cpu_small.TILE_OPTIONS)(cpu_small.matmul_nt.py_func)
-    A, B = operands(4, 64, 8, np.float32)
-    kernel(A, B, cpu_small.PLAIN, 0, np.zeros(8, np.float32), np.zeros((4, 8), np.float32),
-           np.zeros((4, 8), np.float32))
-    asm = kernel.inspect_asm(kernel.signatures[0])
+    # a fresh, uncached compile (Numba cannot inspect cached code)
+    tile = njit(nogil=True, error_model="numpy", boundscheck=False)(cpu_small._tile16.py_func)
+    A, B, out = np.ones((4, 64), np.float32), np.ones((64, 16), np.float32), np.zeros((4, 16), np.float32)
+    tile(A, B, out, 0, 0)
+    assert (out == 64).all()
+    asm = tile.inspect_asm(tile.signatures[0])
     packed = re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", asm)
-    assert len(packed) >= 8, "expected the 2x4 tile's eight accumulators as packed FMAs on ymm registers"
+    assert len(packed) >= 8, "expected the 4x16 tile's eight accumulators as packed FMAs on ymm registers"
+    assert not re.findall(r"vfmadd\d+ss", asm), "no scalar FMAs in the tile"

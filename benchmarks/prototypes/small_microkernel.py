@@ -1,7 +1,7 @@
-"""cpu_small.matmul_nt against Numba's np.dot (OpenBLAS, one thread) at the shapes of
-small networks: each product alone, and one batch's five products of 64-128-10 at
-batch 32 (forward ×2, δ·Wᵀ, dW ×2; the micro-kernel path including its transposes).
-Interleaved, minimum over rounds of the mean of many calls.
+"""cpu_small.gemm (the 4×16 register tile) against Numba's np.dot (OpenBLAS, one thread)
+at the shapes of small networks: each product of a 64-128-10 batch-32 step (the weight
+gradients through the transposed activations, as the training path calls them) and the
+784-256-10 batch-1 forward products. Interleaved rounds; median and best per call.
 
     python -m benchmarks.prototypes.small_microkernel [--rounds 7]
 """
@@ -14,62 +14,30 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from fastbp.kernels import cpu_small
+from fastbp.kernels.bundles import Small
 from fastbp.threads import blas_pools
 
-PLAIN = cpu_small.PLAIN
-#: (m, k, n) of out = A (m, k) · B (k, n): 64-128-10 at batch 32, and 784-256-10 at batch 1
-SHAPES = [(32, 64, 128), (32, 128, 10), (32, 10, 128), (64, 32, 128), (128, 32, 10),
-          (1, 784, 256), (1, 256, 10)]
+#: (m, k, n, transposed A) of out = A (m, k) · B (k, n)
+SHAPES = [(32, 64, 128, False), (32, 128, 10, False), (32, 10, 128, False), (64, 32, 128, True),
+          (128, 32, 10, True), (1, 784, 256, False), (1, 256, 10, False)]
 
 
 @njit(nogil=True)
-def blas_loop(A, W, out, count):
+def blas_loop(A, B, out, count):
     for _ in range(count):
-        np.dot(A, W, out)
+        np.dot(A, B, out)
 
 
 @njit(nogil=True)
-def small_loop(A, Wt, out, count):
-    bias = out[0]
+def tile_loop(A, B, out, small, count):
     for _ in range(count):
-        cpu_small.matmul_nt(A, Wt, PLAIN, 0, bias, out, out)
+        cpu_small.gemm(A, B, out, small)
 
 
-@njit(nogil=True)
-def blas_step(x, W1, W2, z1, z2, d2, d1, g1, g2, count):
-    for _ in range(count):
-        np.dot(x, W1, z1)
-        np.dot(z1, W2, z2)
-        np.dot(d2, W2.T, d1)
-        np.dot(x.T, d1, g1)
-        np.dot(z1.T, d2, g2)
-
-
-@njit(nogil=True)
-def small_step(x, W1, W2, W1t, W2t, xt, z1, z1t, z2, d2, d2t, d1, d1t, g1, g2, count):
-    bias = z2[0]
-    for _ in range(count):
-        cpu_small.transpose_into(W1, W1t)
-        cpu_small.transpose_into(W2, W2t)
-        cpu_small.matmul_nt(x, W1t, PLAIN, 0, bias, z1, z1)
-        cpu_small.matmul_nt(z1, W2t, PLAIN, 0, bias, z2, z2)
-        cpu_small.matmul_nt(d2, W2, PLAIN, 0, bias, d1, d1)
-        cpu_small.transpose_into(x, xt)
-        cpu_small.transpose_into(d1, d1t)
-        cpu_small.transpose_into(z1, z1t)
-        cpu_small.transpose_into(d2, d2t)
-        cpu_small.matmul_nt(xt, d1t, PLAIN, 0, bias, g1, g1)
-        cpu_small.matmul_nt(z1t, d2t, PLAIN, 0, bias, g2, g2)
-
-
-def best(fn, args, count, rounds):
-    fn(*args, 1)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn(*args, count)
-        times.append((time.perf_counter() - t0) / count)
-    return min(times)
+def per_call(fn, args, count):
+    t0 = time.perf_counter()
+    fn(*args, count)
+    return (time.perf_counter() - t0) / count
 
 
 def main(argv=None):
@@ -78,34 +46,27 @@ def main(argv=None):
     args = parser.parse_args(argv)
     blas_pools()
     rng = np.random.default_rng(0)
-    print(f"{'m':>5}{'k':>5}{'n':>5}{'np.dot us':>11}{'matmul_nt us':>14}{'ratio':>8}")
+    longest = 1024
+    small = Small(np.zeros(1, np.float32), np.zeros(cpu_small.TILE_COLS * longest, np.float32),
+                  np.zeros(cpu_small.TILE_COLS * longest, np.float32))
+    print(f"{'m':>5}{'k':>5}{'n':>5}{'A':>4}{'np.dot us':>11}{'gemm us':>9}{'ratio':>8}{'best ratio':>12}")
     with threadpool_limits(1):
-        for m, k, n in SHAPES:
+        for m, k, n, transposed in SHAPES:
             A = rng.standard_normal((m, k), dtype=np.float32)
-            W = rng.standard_normal((k, n), dtype=np.float32)
-            Wt = np.ascontiguousarray(W.T)
+            if transposed:
+                A = np.ascontiguousarray(A.T).T
+            B = rng.standard_normal((k, n), dtype=np.float32)
             out = np.empty((m, n), np.float32)
             count = max(10, int(3e7 // (m * k * n)))
-            t_blas = best(blas_loop, (A, W, out), count, args.rounds)
-            t_small = best(small_loop, (A, Wt, out), count, args.rounds)
-            print(f"{m:>5}{k:>5}{n:>5}{t_blas * 1e6:>11.2f}{t_small * 1e6:>14.2f}{t_blas / t_small:>7.2f}x",
-                  flush=True)
-        b, sizes = 32, (64, 128, 10)
-        f32 = np.float32
-        x = rng.standard_normal((b, sizes[0]), dtype=f32)
-        W1 = rng.standard_normal(sizes[:2], dtype=f32)
-        W2 = rng.standard_normal(sizes[1:], dtype=f32)
-        z1, z2 = np.empty((b, sizes[1]), f32), np.empty((b, sizes[2]), f32)
-        d2 = rng.standard_normal((b, sizes[2]), dtype=f32)
-        d1 = np.empty((b, sizes[1]), f32)
-        g1, g2 = np.empty(sizes[:2], f32), np.empty(sizes[1:], f32)
-        t_blas = best(blas_step, (x, W1, W2, z1, z2, d2, d1, g1, g2), 2000, args.rounds)
-        transposed = [np.empty(a.shape[::-1], f32) for a in (W1, W2, x, z1, d2, d1)]
-        W1t, W2t, xt, z1t, d2t, d1t = transposed
-        t_small = best(small_step, (x, W1, W2, W1t, W2t, xt, z1, z1t, z2, d2, d2t, d1, d1t, g1, g2),
-                       2000, args.rounds)
-        print(f"one batch of 64-128-10 at 32 (5 products): np.dot {t_blas * 1e6:.2f} us, "
-              f"micro-kernels {t_small * 1e6:.2f} us, ratio {t_blas / t_small:.2f}x")
+            blas_loop(A, B, out, 1)
+            tile_loop(A, B, out, small, 1)
+            times = [[], []]
+            for _ in range(args.rounds):
+                times[0].append(per_call(blas_loop, (A, B, out), count))
+                times[1].append(per_call(tile_loop, (A, B, out, small), count))
+            t_blas, t_tile = np.median(times[0]), np.median(times[1])
+            print(f"{m:>5}{k:>5}{n:>5}{'ᵀ' if transposed else '':>4}{t_blas * 1e6:>11.2f}{t_tile * 1e6:>9.2f}"
+                  f"{t_blas / t_tile:>7.2f}x{min(times[0]) / min(times[1]):>11.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,8 @@ BatchNorm = namedtuple("BatchNorm", "gamma_offsets xhat stats running scratch ep
 #: the boundary layers' z and a (undropped) kept in ``kept_z``/``kept_a`` at
 #: ``kept_offsets[l]`` (−1 for layers inside a segment)
 Checkpoint = namedtuple("Checkpoint", "starts kept_offsets kept_z kept_a")
+
+#: scratch of the small-network path (``kernels.cpu_small``): ``transposed`` (the largest
+#: W^l of l ≥ 1, transposed), ``pad_b``/``pad_out`` (16 columns × the longest dimension:
+#: the zero-padded last columns of a product)
+Small = namedtuple("Small", "transposed pad_b pad_out")

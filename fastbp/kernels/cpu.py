@@ -78,6 +78,12 @@ def rows_view(buffer, offset, rows, cols):
 def forward_layer(a_prev, weights, bias, code, z, a):
     """z = a_prev·W + b; a = f(z) (softmax along rows; exp only as an output)."""
     np.dot(a_prev, weights, z)
+    forward_epilogue(z, bias, code, a)
+
+
+@_jit
+def forward_epilogue(z, bias, code, a):
+    """In place z ← z + b, and a = f(z): the epilogue of the forward GEMM."""
     rows, cols = z.shape
     if code == IDENTITY:
         for i in range(rows):
@@ -133,6 +139,12 @@ def forward_layer(a_prev, weights, bias, code, z, a):
 def backprop_delta(delta, weights, z, a, code, delta_prev):
     """δ_prev = (δ·Wᵀ) ⊙ f'(z), f' evaluated from z and a = f(z)."""
     np.dot(delta, weights.T, delta_prev)
+    delta_epilogue(z, a, code, delta_prev)
+
+
+@_jit
+def delta_epilogue(z, a, code, delta_prev):
+    """In place δ_prev ← δ_prev ⊙ f'(z): the epilogue of the δ·Wᵀ GEMM."""
     rows, cols = delta_prev.shape
     if code == IDENTITY:
         return
@@ -160,6 +172,12 @@ def backprop_delta(delta, weights, z, a, code, delta_prev):
 def weight_gradient(a_prev, delta, dweights, dbias):
     """dW = a_prevᵀ·δ and db = Σ_rows δ (δ already carries the 1/B)."""
     np.dot(a_prev.T, delta, dweights)
+    bias_gradient(delta, dbias)
+
+
+@_jit
+def bias_gradient(delta, dbias):
+    """db = Σ_rows δ."""
     rows, cols = delta.shape
     for j in range(cols):
         dbias[j] = 0

@@ -1,144 +1,217 @@
-"""Register-blocked micro-kernels for small layers (CPU, Numba), with fused epilogues.
+"""The small-network path of the CPU core: register-tiled GEMMs instead of BLAS.
 
-One kernel, :func:`matmul_nt`, computes S = A·Bᵀ for row-major A (m, k) and B (n, k),
-so that the innermost loop reads both operands contiguously along k. A tile of
-2 rows × 4 columns keeps eight accumulators; with reassociation allowed LLVM
-vectorises the k loop, so each accumulator is a ymm register of 8 float32 (4
-float64) partial sums and every step is eight ``vfmadd`` on ymm registers (checked in
-``tests/test_cpu_small.py`` with ``inspect_asm``). The epilogue runs on the finished
-sums before they are stored, selected by ``kind``:
+At widths ≤ 256 and batches ≤ 128 one GEMM of a training step is a few microseconds,
+and OpenBLAS spends a large part of it on per-call overhead and packing
+(``benchmarks/README.md``, "Small networks"). :func:`gemm` computes out = A·B with a
+fixed register tile of 4 rows × 16 columns: eight accumulators, each a
+:class:`~fastbp.kernels.simd.Vector` of 8 float32 (one ymm register), updated per k by
+two contiguous loads of a row of B, four broadcasts of A and eight ``vfmadd``. B and
+``out`` are read and written along their rows (no packing); A may be any 2-D view (A
+or the transposed activations aᵀ for the weight gradient). The last n mod 16 columns
+go through zero-padded 16-column copies in ``Small.pad_b``/``Small.pad_out``, and rows
+beyond the last full tile recompute the last row (the same bits, stored twice), so
+every shape takes the same tile.
 
-* ``PLAIN`` — out = A·Bᵀ (the weight gradient dW = aᵀ·δ, from transposed a and δ);
-* ``FORWARD`` — z = A·Bᵀ + b, out = f(z) (A = a^{l-1}, B = Wᵀ; elementwise
-  activations; softmax rows are normalised afterwards by the caller);
-* ``DELTA`` — out = (A·Bᵀ) ⊙ f'(z) (A = δ^l, B = W^l as stored: δ·Wᵀ needs no copy).
-
-The order of every sum is fixed by the code (tile shape, vector width), so results
-are bitwise the same from run to run; they differ from OpenBLAS's by rounding only.
-Measured against Numba's ``np.dot`` (OpenBLAS) at the small networks' shapes by
-``python -m benchmarks.prototypes.small_microkernel``; not yet wired into the
-training driver (see benchmarks/README.md).
+:func:`train_batches` is ``cpu.train_batches`` for plain fits (no dropout, batchnorm
+or checkpointing) with these GEMMs; the epilogues, the loss and output delta are
+``cpu``'s own functions, and plain Adam (no L1/L2/clipping) steps in float32
+arithmetic (:func:`adam_update`, 8 lanes) where ``cpu.update_params`` computes in
+float64: results differ from the BLAS path by rounding only, and are bitwise the
+same from run to run.
+``fastbp.cpu_training`` picks this path from :data:`FASTER_THAN_BLAS`, measured.
 """
 
 import numpy as np
 from numba import njit
 
-from .. import spec
+from . import cpu
+from .simd import LANES, vfma, vload, vsplat, vstore, vzero
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU = spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU
-LEAKY_SLOPE = spec.LEAKY_SLOPE
+_jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
-#: epilogues of :func:`matmul_nt`
-PLAIN, FORWARD, DELTA = 0, 1, 2
-#: the register tile: rows of A × rows of B per block of accumulators
-TILE_ROWS, TILE_COLS = 2, 4
-
-# Reassociation lets LLVM split each k-sum into vector lanes; contraction lets it fuse
-# the multiply-adds. Both are fixed at compile time, so a given build rounds the same
-# way on every run.
-TILE_OPTIONS = {"nogil": True, "error_model": "numpy", "boundscheck": False,
-                "fastmath": {"reassoc", "contract", "nsz"}}
-_jit_tile = njit(cache=True, **TILE_OPTIONS)
-
-
-@_jit_tile
-def activate(v, code):
-    """f(v) for an elementwise activation code."""
-    if code == RELU:
-        return v if v > 0 else v * 0
-    if code == LEAKY_RELU:
-        return v if v > 0 else LEAKY_SLOPE * v
-    if code == SIGMOID:
-        return 1 / (1 + np.exp(-v))
-    if code == TANH:
-        return np.tanh(v)
-    return v
+#: where this path beat the BLAS path (``python -m benchmarks.prototypes.small_crossover``,
+#: whole training steps of float32 w-w-10 ReLU/softmax-CE/Adam networks, w in 16, 64,
+#: 128, 256, same run; ``benchmarks/results/2026-11-26-small-crossover.txt``): batch size
+#: → the widest w at which its median step was faster (every width of the network, input
+#: included, must be at most this); a batch between measured ones uses the next larger
+#: measured batch, larger batches or widths the BLAS path. At w = 256 and batches ≥ 32 the
+#: two paths tied within noise (0.95-1.01×), so BLAS keeps them.
+FASTER_THAN_BLAS = {1: 256, 4: 256, 16: 256, 32: 128, 64: 128, 128: 128}
+#: the register tile: rows of A × columns of B (two vectors) per block of accumulators
+TILE_ROWS, TILE_COLS = 4, 2 * LANES
+#: the dtypes the tiles are written for (8 lanes of float32 per ymm register)
+DTYPES = ("float32",)
 
 
-@_jit_tile
-def derivative(z, a, code):
-    """f'(z) from z and a = f(z)."""
-    if code == RELU:
-        return z * 0 + (1 if z > 0 else 0)
-    if code == LEAKY_RELU:
-        return z * 0 + (1 if z > 0 else LEAKY_SLOPE)
-    if code == SIGMOID:
-        return a * (1 - a)
-    if code == TANH:
-        return 1 - a * a
-    return z * 0 + 1
+def wins(sizes, batch, dtype):
+    """Does the small path beat BLAS for a plain fit of ``sizes`` at ``batch`` rows
+    (from :data:`FASTER_THAN_BLAS`)?"""
+    if str(dtype) not in DTYPES:
+        return False
+    measured = [b for b in sorted(FASTER_THAN_BLAS) if b >= batch]
+    return bool(measured) and max(sizes) <= FASTER_THAN_BLAS[measured[0]]
 
 
-@_jit_tile
-def _finish(s, i, j, kind, code, bias, z, out):
-    """Store one finished sum through the epilogue ``kind``."""
-    if kind == FORWARD:
-        v = s + bias[j]
-        z[i, j] = v
-        out[i, j] = activate(v, code)
-    elif kind == DELTA:
-        out[i, j] = s * derivative(z[i, j], out[i, j], code)
-    else:
-        out[i, j] = s
-
-
-@_jit_tile
-def matmul_nt(A, B, kind, code, bias, z, out):
-    """out ← epilogue(A·Bᵀ) for A (m, k), B (n, k), both C-contiguous; see the module
-    docstring for ``kind``. For ``DELTA``, ``out`` holds a = f(z) on entry (it is
-    read before it is overwritten, element by element). ``bias`` and ``z`` are only
-    read for the epilogues that use them."""
+@_jit
+def _tile16(A, B, out, i0, j0):
+    """out[i0:i0+4, j0:j0+16] = A[i0:i0+4]·B[:, j0:j0+16] (rows past the end: the last row again)."""
     m, k = A.shape
-    n = B.shape[0]
-    m_even, n_four = m - m % TILE_ROWS, n - n % TILE_COLS
-    for i in range(0, m_even, TILE_ROWS):
-        a0, a1 = A[i], A[i + 1]
-        for j in range(0, n_four, TILE_COLS):
-            b0, b1, b2, b3 = B[j], B[j + 1], B[j + 2], B[j + 3]
-            x0, x1 = a0[0], a1[0]
-            s00, s01, s02, s03 = x0 * b0[0], x0 * b1[0], x0 * b2[0], x0 * b3[0]
-            s10, s11, s12, s13 = x1 * b0[0], x1 * b1[0], x1 * b2[0], x1 * b3[0]
-            for q in range(1, k):
-                x0, x1 = a0[q], a1[q]
-                y0, y1, y2, y3 = b0[q], b1[q], b2[q], b3[q]
-                s00 += x0 * y0
-                s01 += x0 * y1
-                s02 += x0 * y2
-                s03 += x0 * y3
-                s10 += x1 * y0
-                s11 += x1 * y1
-                s12 += x1 * y2
-                s13 += x1 * y3
-            _finish(s00, i, j, kind, code, bias, z, out)
-            _finish(s01, i, j + 1, kind, code, bias, z, out)
-            _finish(s02, i, j + 2, kind, code, bias, z, out)
-            _finish(s03, i, j + 3, kind, code, bias, z, out)
-            _finish(s10, i + 1, j, kind, code, bias, z, out)
-            _finish(s11, i + 1, j + 1, kind, code, bias, z, out)
-            _finish(s12, i + 1, j + 2, kind, code, bias, z, out)
-            _finish(s13, i + 1, j + 3, kind, code, bias, z, out)
-        for j in range(n_four, n):  # columns left over: 2 × 1 tiles
-            bj = B[j]
-            s0, s1 = a0[0] * bj[0], a1[0] * bj[0]
-            for q in range(1, k):
-                s0 += a0[q] * bj[q]
-                s1 += a1[q] * bj[q]
-            _finish(s0, i, j, kind, code, bias, z, out)
-            _finish(s1, i + 1, j, kind, code, bias, z, out)
-    for i in range(m_even, m):  # a row left over: 1 × 1 tiles
-        ai = A[i]
-        for j in range(n):
-            bj = B[j]
-            s = ai[0] * bj[0]
-            for q in range(1, k):
-                s += ai[q] * bj[q]
-            _finish(s, i, j, kind, code, bias, z, out)
+    r1, r2, r3 = min(i0 + 1, m - 1), min(i0 + 2, m - 1), min(i0 + 3, m - 1)
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = vzero(out)
+    for q in range(k):
+        b0, b1 = vload(B, q, j0), vload(B, q, j0 + LANES)
+        a = vsplat(A[i0, q])
+        c0, c1 = vfma(a, b0, c0), vfma(a, b1, c1)
+        a = vsplat(A[r1, q])
+        c2, c3 = vfma(a, b0, c2), vfma(a, b1, c3)
+        a = vsplat(A[r2, q])
+        c4, c5 = vfma(a, b0, c4), vfma(a, b1, c5)
+        a = vsplat(A[r3, q])
+        c6, c7 = vfma(a, b0, c6), vfma(a, b1, c7)
+    vstore(out, r3, j0, c6)
+    vstore(out, r3, j0 + LANES, c7)
+    vstore(out, r2, j0, c4)
+    vstore(out, r2, j0 + LANES, c5)
+    vstore(out, r1, j0, c2)
+    vstore(out, r1, j0 + LANES, c3)
+    vstore(out, i0, j0, c0)
+    vstore(out, i0, j0 + LANES, c1)
 
 
-@_jit_tile
-def transpose_into(src, dst):
-    """dst ← srcᵀ (dst preallocated, shape reversed)."""
-    rows, cols = src.shape
+@_jit
+def gemm(A, B, out, small):
+    """out = A·B for A (m, k) (any strides), B (k, n) and out (m, n) with contiguous rows."""
+    m, k = A.shape
+    n = B.shape[1]
+    n16 = n - n % TILE_COLS
+    for i0 in range(0, m, TILE_ROWS):
+        for j0 in range(0, n16, TILE_COLS):
+            _tile16(A, B, out, i0, j0)
+    if n16 < n:  # the last n mod 16 columns, through zero-padded copies
+        width = n - n16
+        padded_b = cpu.rows_view(small.pad_b, np.int64(0), k, TILE_COLS)
+        padded_out = cpu.rows_view(small.pad_out, np.int64(0), m, TILE_COLS)
+        for q in range(k):
+            for t in range(TILE_COLS):
+                padded_b[q, t] = B[q, n16 + t] if t < width else 0
+        for i0 in range(0, m, TILE_ROWS):
+            _tile16(A, padded_b, padded_out, i0, 0)
+        for i in range(m):
+            for t in range(width):
+                out[i, n16 + t] = padded_out[i, t]
+
+
+@_jit
+def transpose_into(source, target):
+    """target ← sourceᵀ (target preallocated, shape reversed)."""
+    rows, cols = source.shape
     for i in range(rows):
         for j in range(cols):
-            dst[j, i] = src[i, j]
+            target[j, i] = source[i, j]
+
+
+# The optimizer step in float32 arithmetic: ``cpu.update_params`` computes a float32 fit's
+# step in float64 (its constants are float64) and so runs 4 lanes wide; here 8 lanes.
+# Reductions (the diagnostics' sums) may be reassociated so that the loop vectorises.
+_jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+
+
+@_jit_fast
+def _adam_range(theta, grad, state1, state2, mu, beta2, step_scale, eps_scaled):
+    """Adam on equal-length float32 slices: θ − (η√c2/c1)·m/(√v + ε√c2) as in
+    ``cpu._update_range``; returns (Σ g², Σ Δθ², Σ θ²)."""
+    one = np.float32(1)
+    grad_sq = step_sq = weight_sq = mu - mu
+    for i in range(theta.shape[0]):
+        w = theta[i]
+        g = grad[i]
+        grad_sq += g * g
+        m = mu * state1[i] + (one - mu) * g
+        v = beta2 * state2[i] + (one - beta2) * g * g
+        state1[i] = m
+        state2[i] = v
+        new = w - step_scale * m / (np.sqrt(v) + eps_scaled)
+        theta[i] = new
+        step_sq += (new - w) * (new - w)
+        weight_sq += w * w
+    return grad_sq, step_sq, weight_sq
+
+
+@_jit
+def adam_update(net, opt, hyper):
+    """``cpu.update_params`` for Adam without L1/L2 or clipping, in float32 arithmetic."""
+    theta, grad, state1, state2, layout = net.theta, opt.grad, opt.state1, opt.state2, net.update_layout
+    t = opt.step[0]
+    corr1, corr2 = 1 - hyper.momentum ** t, 1 - hyper.beta2 ** t
+    mu, beta2 = np.float32(hyper.momentum), np.float32(hyper.beta2)
+    step_scale = np.float32(hyper.lr * np.sqrt(corr2) / corr1)
+    eps_scaled = np.float32(hyper.eps * np.sqrt(corr2))
+    for l in range(layout.shape[0]):
+        w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
+        g_w, step_w, weight_w = _adam_range(theta[w0:w1], grad[w0:w1], state1[w0:w1], state2[w0:w1],
+                                            mu, beta2, step_scale, eps_scaled)
+        g_b, _, _ = _adam_range(theta[w1:b1], grad[w1:b1], state1[w1:b1], state2[w1:b1],
+                                mu, beta2, step_scale, eps_scaled)
+        cpu._record(opt.diagnostics, l, g_w + g_b, step_w, weight_w)
+
+
+@_jit
+def batch_pass(net, opt, work, x, y, small):
+    """``cpu.batch_pass`` of a plain fit with :func:`gemm` for the products: the batch-mean
+    gradient into ``opt.grad``; returns (loss sum, correct count)."""
+    theta, layout, codes = net.theta, net.layout, net.codes
+    n_layers = layout.shape[0]
+    rows = x.shape[0]
+    a = x
+    for l in range(n_layers):
+        z, a_out = cpu.cached_layer(work, l, rows, layout[l, 1])
+        gemm(a, cpu.weights_view(theta, layout, l), z, small)
+        cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
+        a = a_out
+    loss, correct, delta = cpu.output_loss(net, work, y, 1.0 / rows)
+    half = work.deltas.shape[0] // 2
+    for l in range(n_layers - 1, -1, -1):
+        fan_in, fan_out = layout[l, 0], layout[l, 1]
+        z_prev, a_prev = x, x
+        if l > 0:
+            z_prev, a_prev = cpu.cached_layer(work, l - 1, rows, fan_in)
+        gemm(a_prev.T, delta, cpu.weights_view(opt.grad, layout, l), small)
+        cpu.bias_gradient(delta, cpu.bias_view(opt.grad, layout, l))
+        if l > 0:
+            transposed = cpu.rows_view(small.transposed, np.int64(0), fan_out, fan_in)
+            transpose_into(cpu.weights_view(theta, layout, l), transposed)
+            delta_prev = cpu.rows_view(work.deltas, ((n_layers - l) % 2) * half, rows, fan_in)
+            gemm(delta, transposed, delta_prev, small)
+            cpu.delta_epilogue(z_prev, a_prev, codes[l - 1], delta_prev)
+            delta = delta_prev
+    return loss, correct
+
+
+@_jit
+def train_batches(net, opt, hyper, work, data, first, stop, small):
+    """``cpu.train_batches`` for a plain fit (no dropout, batchnorm or checkpointing) on
+    the small path: each batch gathered, :func:`batch_pass`, the optimizer step
+    (:func:`adam_update` for plain Adam, else ``cpu.update_params``)."""
+    n = data.perm.shape[0]
+    bmax = work.bmax
+    if first == 0:
+        work.sums[0] = 0.0
+        work.counts[0] = 0
+    plain_adam = (opt.code == cpu.OPT_ADAM and hyper.l1 == 0 and hyper.l2 == 0 and hyper.clip_norm <= 0
+                  and hyper.clip_value <= 0)
+    for b in range(first, stop):
+        start = b * bmax
+        rows = min(bmax, n - start)
+        x = work.xb[:rows]
+        y = work.yb[:rows]
+        cpu.gather_rows(data.X, data.perm, start, rows, x)
+        cpu.gather_rows(data.Y, data.perm, start, rows, y)
+        opt.step[0] += 1
+        loss, hits = batch_pass(net, opt, work, x, y, small)
+        penalty = 0.0
+        if plain_adam:
+            adam_update(net, opt, hyper)
+        else:
+            penalty = cpu.update_params(net, opt, hyper)
+        work.sums[0] += loss + rows * penalty
+        work.counts[0] += hits
