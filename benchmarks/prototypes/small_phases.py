@@ -191,7 +191,7 @@ def main(argv=None):
          lambda c: median_time(t_small_backprop, (d2, W2, W2t, z1, a1, d1, small), c)),
         ("small path: gemm xᵀ·δ1", lambda c: median_time(t_small_gemm_tn, (x, d1, g1, small), c)),
         ("small path: whole step", lambda c: whole_step(c, small_engine, True)),
-        ("MLP.fit epoch / batches (Python per chunk included)", fit_epoch),
+        ("MLP.fit epoch / batches (its path; Python per chunk)", fit_epoch),
     ]
     times = {name: [] for name, _ in phases}
     with threadpool_limits(1):
@@ -202,7 +202,8 @@ def main(argv=None):
                 times[name].append(fn(count))
     med = {name: float(np.median(t)) * 1e6 for name, t in times.items()}
     best = {name: float(np.min(t)) * 1e6 for name, t in times.items()}
-    step, step_best = med["whole step (train_batches, one epoch / batches)"], best["whole step (train_batches, one epoch / batches)"]
+    whole = "whole step (train_batches, one epoch / batches)"
+    step, step_best = med[whole], best[whole]
     print(f"{sizes} batch {B}, float32, 1 BLAS thread, {args.rounds} rounds of {count} calls each")
     print(f"{'phase':<52}{'median us':>10}{'%':>6}{'best us':>9}{'%':>6}")
     for name, _ in phases:

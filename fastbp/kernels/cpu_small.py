@@ -31,7 +31,7 @@ _jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 #: where this path beat the BLAS path (``python -m benchmarks.prototypes.small_crossover``,
 #: whole training steps of float32 w-w-10 ReLU/softmax-CE/Adam networks, w in 16, 64,
-#: 128, 256, same run; ``benchmarks/results/2026-11-26-small-crossover.txt``): batch size
+#: 128, 256, same run; ``benchmarks/results/2026-11-26-small-path.txt``): batch size
 #: → the widest w at which its median step was faster (every width of the network, input
 #: included, must be at most this); a batch between measured ones uses the next larger
 #: measured batch, larger batches or widths the BLAS path. At w = 256 and batches ≥ 32 the
