@@ -216,9 +216,11 @@ class _GradientState:
 
 def kernels_cached():
     """True if Numba's cache holds compiled training kernels for this source (a first fit
-    then loads them in about a second instead of compiling them); None if unknown."""
+    then loads them in about a second instead of compiling them): the BLAS path's or the
+    small-network path's driver; None if unknown."""
     try:
-        return bool(cpu.train_batches._cache._cache_file._load_index())
+        return any(bool(driver._cache._cache_file._load_index())
+                   for driver in (cpu.train_batches, cpu_small.train_batches))
     except Exception:  # a private Numba API: say nothing rather than fail
         return None
 
