@@ -111,16 +111,19 @@ class CpuEngine:
         self.bmax = min(int(batch_size), X.shape[0])
         self.n_batches = -(-X.shape[0] // self.bmax)
         n_layers = len(net.sizes) - 1
-        segments = checkpoint_segments(n_layers, checkpoint) if checkpoint else None
+        #: the small-network path's scratch where it beats BLAS (``cpu_small.wins``), else None.
+        #: Checkpointing is skipped there: the whole activation cache is below
+        #: ``cpu_small.MAX_CACHE_BYTES``, and the result stays bitwise the plain fit's
+        small = (not any(net.dropout) and not net.batchnorm
+                 and cpu_small.wins(net.sizes, self.bmax, net.dtype))
+        self.small = small_bundle(net, self.bmax) if small else None
+        segments = checkpoint_segments(n_layers, checkpoint) if checkpoint and not small else None
         self.network = network_bundle(net, loss_code)
         self.optimizer = optimizer_bundle(net, state, optimizer.code)
         self.hyper = hyper_bundle(optimizer, None, l1, l2, clip_norm, clip_value)
         self.work, self.checkpoint = workspace(net, self.bmax, segments)
         self.dropout = dropout_bundle(net, self.bmax)
         self.batchnorm = batchnorm_bundle(net, self.work, 2)
-        plain = self.dropout is None and self.batchnorm is None and self.checkpoint is None
-        #: the small-network path's scratch where it beats BLAS (``cpu_small.wins``), else None
-        self.small = small_bundle(net, self.bmax) if plain and cpu_small.wins(net.sizes, self.bmax, net.dtype) else None
         self._live = (net.theta, state.state1, state.state2, net.bn_running)
         self._backup = [np.empty_like(a) for a in self._live]
         self._step = 0

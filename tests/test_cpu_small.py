@@ -152,6 +152,19 @@ def test_path_choice_follows_the_table():
         assert (engine.small is not None) == expect
 
 
+def test_checkpointing_keeps_the_plain_fits_bits():
+    """A checkpointed fit that the table sends to the small path takes it too (the whole
+    activation cache is small), so checkpoint=True still trains the plain fit's bits."""
+    X, Y = make_data(40, [9, 12, 12, 12, 3], "softmax", np.float32, seed=3)
+    plain, ckpt = (fastbp.MLP([9, 12, 12, 12, 3], seed=2, dtype="float32") for _ in range(2))
+    plain.fit(X, Y, epochs=2, batch_size=16)
+    ckpt.fit(X, Y, epochs=2, batch_size=16, checkpoint=True)
+    assert cpu_small.wins(plain.sizes, 16, "float32")
+    assert np.array_equal(plain.theta, ckpt.theta)
+    deep = [64] + [256] * 40 + [10]                      # 128 rows: 10.5 MB of z and a
+    assert not cpu_small.wins(deep, 128, "float32")
+
+
 SCRIPT = """
 import json, sys, numpy as np, fastbp
 from fastbp.bench import synthetic

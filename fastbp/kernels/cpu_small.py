@@ -12,8 +12,9 @@ go through zero-padded 16-column copies in ``Small.pad_b``/``Small.pad_out``, an
 beyond the last full tile recompute the last row (the same bits, stored twice), so
 every shape takes the same tile.
 
-:func:`train_batches` is ``cpu.train_batches`` for plain fits (no dropout, batchnorm
-or checkpointing) with these GEMMs; the epilogues, the loss and output delta are
+:func:`train_batches` is ``cpu.train_batches`` for plain fits (no dropout or batchnorm;
+checkpointing is skipped, as every z and a of a batch fits in :data:`MAX_CACHE_BYTES`)
+with these GEMMs; the epilogues, the loss and output delta are
 ``cpu``'s own functions, and plain Adam (no L1/L2/clipping) steps in float32
 arithmetic (:func:`adam_update`, 8 lanes) where ``cpu.update_params`` computes in
 float64: results differ from the BLAS path by rounding only, and are bitwise the
@@ -43,10 +44,16 @@ TILE_ROWS, TILE_COLS = 4, 2 * LANES
 DTYPES = ("float32",)
 
 
+#: the path keeps every layer's z and a of a batch (no checkpointing): at most this many bytes
+MAX_CACHE_BYTES = 4 * 2 ** 20
+
+
 def wins(sizes, batch, dtype):
     """Does the small path beat BLAS for a plain fit of ``sizes`` at ``batch`` rows
-    (from :data:`FASTER_THAN_BLAS`)?"""
+    (from :data:`FASTER_THAN_BLAS`, and a z/a cache of at most :data:`MAX_CACHE_BYTES`)?"""
     if str(dtype) not in DTYPES:
+        return False
+    if 2 * batch * sum(sizes[1:]) * np.dtype(dtype).itemsize > MAX_CACHE_BYTES:
         return False
     measured = [b for b in sorted(FASTER_THAN_BLAS) if b >= batch]
     return bool(measured) and max(sizes) <= FASTER_THAN_BLAS[measured[0]]
