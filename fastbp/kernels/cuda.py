@@ -22,7 +22,8 @@ Kernels (one launch each):
   doing L1/L2, clipping by norm and by value and the SGD / momentum / Nesterov /
   RMSprop / Adam rule; :func:`sum_gradient` sums the slices where no update follows;
 * :func:`gather_batch` — a batch of X and Y gathered through the device permutation;
-* :func:`count_nonfinite` — the per-epoch divergence check without copying θ back.
+* :func:`count_nonfinite` — the per-epoch divergence check (θ and the optimizer
+  states) without copying them back.
 
 The host-side functions of the same names as the CPU drivers (:func:`forward_pass`,
 :func:`backward_pass`, :func:`train_batches`, :func:`loss_and_gradient`,
@@ -1044,8 +1045,9 @@ def train_batches(plan, perm, first, stop):
     (uploaded when ``first`` is 0, which also clears the epoch's sums); the step count,
     dropout seed and epoch are in plan.params.counters. The epoch's Σ b·(loss_b +
     penalty_b) accumulates in plan.work.sums[0], the correct count in
-    plan.work.counts[0]; after the last batch the non-finite count of θ goes to
-    plan.work.counts[1]."""
+    plan.work.counts[0]; after the last batch the non-finite count of θ and of the
+    optimizer's two states goes to plan.work.counts[1] (an Adam/RMSprop second moment
+    that overflowed to inf freezes θ: divergence, as on the CPU)."""
     params, work = plan.params, plan.work
     if first == 0:
         plan.perm.copy_to_device(perm)
@@ -1060,7 +1062,8 @@ def train_batches(plan, perm, first, stop):
         gather(X, Y, perm_d, start, rows, work.xb, work.yb, counters)
         launch(steps)
     if stop == plan.n_batches:
-        plan.check(params.theta, work.counts)
+        for values in (params.theta, params.state1, params.state2):
+            plan.check(values, work.counts)
 
 
 def loss_and_gradient(K, params, X, Y, loss_code):
