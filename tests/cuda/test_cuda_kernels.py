@@ -586,9 +586,11 @@ HYPER[[spec.H_LR, spec.H_MOMENTUM, spec.H_BETA2, spec.H_EPS, spec.H_CLIP_NORM]] 
 def test_launches_per_training_step(monkeypatch):
     """A 3-layer network (3 weight layers) takes 3L + 2 = 11 launches per step, 12 with
     clip_norm / L1 / L2 (one norm reduction): gather, 3 forward, output delta (softmax,
-    loss, δ, hits), 3 weight gradients (bias included), 2 delta propagations, update.
-    Counted by wrapping ``configure`` and running one epoch of two full batches; the
-    epoch ends with 3 non-finite counts (θ and the two optimizer states)."""
+    loss, δ, hits), 3 weight gradients (bias included), 2 delta propagations, update;
+    with batchnorm 5L = 15 (16 with the reduction): a bn_forward and a bn_backward per
+    hidden layer. Counted by wrapping ``configure`` and running one epoch of two full
+    batches (one batch with batchnorm); each epoch ends with 3 non-finite counts (θ and
+    the two optimizer states)."""
     calls = []
     configure = kc.configure
 
@@ -615,6 +617,15 @@ def test_launches_per_training_step(monkeypatch):
         assert len(calls) == 2 * per_step + 3, calls   # + the epoch's non-finite checks
         assert calls.count("forward_layer") == 6 and "softmax_rows" not in calls
         assert calls.count("count_nonfinite") == 3
+    bn_net = fastbp.MLP([4, 5, 6, 3], activation="relu", batchnorm=True)
+    params = kc.DeviceParameters(bn_net.theta, bn_net.layout, bn_net.codes,
+                                 batchnorm=(bn_net.bn_goff, bn_net.bn_running, bn_net.bn_momentum))
+    params.hyper.copy_to_device(HYPER)
+    plan = kc.EpochPlan(K, params, dev(X[:5]), dev(Y[:5]), 5, spec.CROSS_ENTROPY, spec.OPT_ADAM, reduce=True)
+    calls.clear()
+    kc.train_batches(plan, np.arange(5), 0, plan.n_batches)
+    assert len(calls) == 16 + 3, calls
+    assert calls.count("bn_forward") == calls.count("bn_backward") == 2
 
 
 def test_gemm_choice_by_waves():
