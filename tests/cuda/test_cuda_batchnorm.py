@@ -191,3 +191,51 @@ def test_bn_fit_refuses_one_row_batches_on_the_device():
     with pytest.raises(ValueError, match="batchnorm needs batches of at least 2 rows"):
         net.fit(X, y, batch_size=1, device="cuda")
     np.testing.assert_array_equal(net.theta, before)
+
+
+OPTIMIZERS = {"sgd": spec.OPT_SGD, "momentum": spec.OPT_MOMENTUM, "nesterov": spec.OPT_NESTEROV,
+              "rmsprop": spec.OPT_RMSPROP, "adam": spec.OPT_ADAM}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_bn_parameters_take_every_optimizer_step(optimizer):
+    """The update over a batch-normalized network's table (layer 0: two split-K weight
+    slices and one [dβ, dγ] block): every optimizer rule, with L1/L2 on the weights only
+    and clipping by norm (β and γ inside the norm) and by value, equals the reference
+    step of [W⁰, W¹, β⁰, γ⁰, b¹]."""
+    net = fastbp.MLP([5, 7, 3], batchnorm=True, seed=1)
+    rng = np.random.default_rng(26)
+    n = net.n_params
+    theta, grad = rng.standard_normal(n), rng.standard_normal(n)
+    state1, state2 = np.abs(rng.standard_normal(n)), np.abs(rng.standard_normal(n))
+    lr, mu, beta2, eps, t, l1, l2, clip_norm, clip_value = 0.05, 0.8, 0.99, 1e-6, 3, 1e-2, 1e-1, 0.3, 0.02
+    hyper = np.zeros(spec.N_HYPER)
+    hyper[[spec.H_LR, spec.H_MOMENTUM, spec.H_BETA2, spec.H_EPS, spec.H_L1, spec.H_L2, spec.H_CLIP_NORM,
+           spec.H_CLIP_VALUE]] = lr, mu, beta2, eps, l1, l2, clip_norm, clip_value
+    params = kc.DeviceParameters(theta, net.layout, net.codes, state1, state2,
+                                 batchnorm=(net.bn_goff, net.bn_running, net.bn_momentum))
+    parts = kc.GradientParts(params, [2, 1])
+    for offset, size, splits, at, _ in parts.table.copy_to_host():
+        chunk = grad[offset:offset + size]
+        parts.buffer[at:at + splits * size].copy_to_device(
+            np.concatenate([0.25 * chunk, 0.75 * chunk] if splits == 2 else [chunk]))
+    params.hyper.copy_to_device(hyper)
+    params.counters.copy_to_device(np.array([t, 0, 0]))
+    kc.launch(kc.update_launches(kc.kernels("float64"), params, parts, kc.DeviceWorkspace(net.sizes, 2, "float64"),
+                                 5, True, OPTIMIZERS[optimizer]))
+
+    def pieces(flat):
+        """Views [W⁰, W¹, β⁰, γ⁰, b¹] of a flat vector: the weights first."""
+        W, b = weight_views(flat, net.layout)
+        g_off = int(net.bn_goff[0])
+        return [W[0], W[1], b[0], flat[g_off:g_off + 7], b[1]]
+
+    expected, s1, s2 = theta.copy(), state1.copy(), state2.copy()
+    P = pieces(expected)
+    G = [g.copy() for g in pieces(grad)]
+    G[:2] = [g + reference.regularisation_gradient(w, l1, l2) for g, w in zip(G[:2], P[:2])]
+    reference.optimizer_step(optimizer, P, reference.clip(G, clip_norm, clip_value),
+                             {"s1": pieces(s1), "s2": pieces(s2)}, lr, t, momentum=mu, beta2=beta2, eps=eps)
+    close(params.theta.copy_to_host(), expected, "float64")
+    close(params.state1.copy_to_host(), s1, "float64")
+    close(params.state2.copy_to_host(), s2, "float64")
