@@ -239,3 +239,24 @@ def test_bn_parameters_take_every_optimizer_step(optimizer):
     close(params.theta.copy_to_host(), expected, "float64")
     close(params.state1.copy_to_host(), s1, "float64")
     close(params.state2.copy_to_host(), s2, "float64")
+
+
+def test_engine_restore_puts_back_the_running_statistics():
+    """The engine's consistency rule (``engine.py``): restore() after an epoch puts back θ
+    and the running statistics, which the epoch changed on the device."""
+    from fastbp.cuda_training import CudaEngine
+    from fastbp.training import FitState
+    net = _bn_net("float64")
+    X, y = _data("float64", 6)
+    theta, running = net.theta.copy(), net.bn_running.copy()
+    engine = CudaEngine(net, X, np.eye(SIZES[-1])[y], FitState(net.n_params, net.dtype), batch_size=5,
+                        optimizer=fastbp.Adam(0.01), loss_code=spec.CROSS_ENTROPY, l1=0.0, l2=0.0, clip_norm=0.0,
+                        clip_value=0.0)
+    engine.save_point()
+    engine.train_batches(np.arange(6, dtype=np.int64), 0, engine.n_batches, 0, 0.01)
+    engine.to_host()
+    assert not np.array_equal(net.bn_running, running) and not np.array_equal(net.theta, theta)
+    engine.restore()
+    engine.finish()
+    np.testing.assert_array_equal(net.theta, theta)
+    np.testing.assert_array_equal(net.bn_running, running)
