@@ -247,13 +247,13 @@ def test_engine_restore_puts_back_the_running_statistics():
     from fastbp.cuda_training import CudaEngine
     from fastbp.training import FitState
     net = _bn_net("float64")
-    X, y = _data("float64", 6)
+    X, y = _data("float64", 5)   # one batch
     theta, running = net.theta.copy(), net.bn_running.copy()
     engine = CudaEngine(net, X, np.eye(SIZES[-1])[y], FitState(net.n_params, net.dtype), batch_size=5,
                         optimizer=fastbp.Adam(0.01), loss_code=spec.CROSS_ENTROPY, l1=0.0, l2=0.0, clip_norm=0.0,
                         clip_value=0.0)
     engine.save_point()
-    engine.train_batches(np.arange(6, dtype=np.int64), 0, engine.n_batches, 0, 0.01)
+    engine.train_batches(np.arange(5, dtype=np.int64), 0, engine.n_batches, 0, 0.01)
     engine.to_host()
     assert not np.array_equal(net.bn_running, running) and not np.array_equal(net.theta, theta)
     engine.restore()
