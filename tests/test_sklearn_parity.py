@@ -113,6 +113,22 @@ def test_unequal_sample_weights_in_partial_fit_and_early_stopping(regression):
     assert_same_params(ours, theirs)
 
 
+def test_zero_weight_batch_is_skipped_where_sklearn_divides_by_zero(regression):
+    """A mini-batch of total weight 0: sklearn raises ZeroDivisionError; fastbp skips it,
+    which is sklearn's training on the other rows (constant rate, same batches)."""
+    X, y = regression
+    weights = unequal_weights(len(y), seed=2) + 0.5
+    weights[40:80] = 0.0
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", shuffle=False, random_state=0, alpha=0.01,
+              learning_rate_init=0.05, batch_size=40, max_iter=3)
+    with pytest.raises(ZeroDivisionError):
+        sk.MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+    ours = MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+    keep = weights > 0
+    theirs = sk.MLPRegressor(**kw).fit(X[keep], y[keep], sample_weight=weights[keep])
+    assert_same_params(ours, theirs)
+
+
 @pytest.mark.parametrize("weights,match", [(np.r_[np.ones(119), -1.0], "Negative"), (np.zeros(120), "zero")])
 def test_bad_sample_weights_are_refused_before_training(regression, weights, match):
     X, y = regression
