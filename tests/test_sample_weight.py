@@ -140,3 +140,19 @@ def test_bad_sample_weight_is_refused_before_training(weights, match):
         with pytest.raises(ValueError, match="CPU only"):
             net.fit(X, Y, epochs=1, device="cuda", **weights_of)
     assert_array_equal(net.theta, before)
+
+
+def test_weights_combine_with_dropout_and_batchnorm():
+    """Dropout and batchnorm are per-layer options of the same layer walk: with them,
+    unit weights still give the bits of no weights, and other weights change the fit."""
+    X, Y = make_data(N, [5, 7, 3], "softmax", np.float64, seed=11)
+
+    def fit(sample_weight):
+        net = fastbp.MLP([5, 7, 3], activation="tanh", dropout=0.2, batchnorm=True, seed=4, dtype="float64")
+        net.fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=2, batch_size=5, l2=0.1, seed=1,
+                sample_weight=sample_weight)
+        return net.theta
+
+    plain = fit(None)
+    assert_array_equal(fit(np.ones(N)), plain)
+    assert not np.allclose(fit(weights_for(N, seed=3)), plain)
