@@ -102,7 +102,9 @@ class CudaEngine:
     chunked = False
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
-                 checkpoint=None, seed=0):
+                 checkpoint=None, seed=0, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("sample_weight runs on the CPU only so far; fit with device='cpu'")
         from numba import cuda
 
         from .kernels import cuda as kc
