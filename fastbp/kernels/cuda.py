@@ -690,7 +690,9 @@ def build_kernels(dtype, cfg):
 
     scope = locals()
     kernels = {name: scope[name] for name in KERNEL_NAMES}
-    return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, **kernels)
+    # the device functions kernels/cuda_fused.py shares
+    return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, activate=activate,
+                                 times_derivative=times_derivative, **kernels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -781,16 +783,17 @@ def strided(n, cfg):
     return (min(cfg.reduce_blocks, _blocks(n, cfg.block)),), (cfg.block,)
 
 
-def configure(kernel, grid, block):
-    """``kernel[grid, block]``, made once per launch site of a fit so that a batch only
+def configure(kernel, grid, block, shared_bytes=0):
+    """``kernel[grid, block]`` (with ``shared_bytes`` of dynamic shared memory), made once
+    per launch site of a fit so that a batch only
     calls it. numba-cuda warns (NumbaPerformanceWarning) when it configures a grid of
     fewer than 128 blocks; fastbp's small grids (narrow layers, small batches, the
     update) are deliberate, so that warning is silenced here, once. The simulator
     configures a kernel in place, so there the configuration is applied per call."""
     if numba.config.ENABLE_CUDASIM:
-        return functools.partial(_simulated_launch, kernel, grid, block)
+        return functools.partial(_simulated_launch, kernel, grid, block, shared_bytes)
     with quiet_small_grids():
-        return kernel[grid, block]
+        return kernel[grid, block, 0, shared_bytes]
 
 
 @contextlib.contextmanager
@@ -802,8 +805,8 @@ def quiet_small_grids():
         yield
 
 
-def _simulated_launch(kernel, grid, block, *args):
-    kernel[grid, block](*args)
+def _simulated_launch(kernel, grid, block, shared_bytes, *args):
+    kernel[grid, block, 0, shared_bytes](*args)
 
 
 # --- device buffers -----------------------------------------------------------------------------
@@ -1026,15 +1029,22 @@ class EpochPlan:
         self.n = n = X.shape[0]
         self.batch_size = batch_size
         self.n_batches = -(-n // batch_size)
-        self.work = work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]],
-                                           batch_size, params.theta.dtype)
-        self.parts = parts = GradientParts(params, [splits_for(batch_size, *w.shape, K.config)
-                                                    for w in params.weights])
+        from . import cuda_fused   # here: it imports this module
+        sizes = [X.shape[1], *[w.shape[1] for w in params.weights]]
+        self.work = work = DeviceWorkspace(sizes, batch_size, params.theta.dtype)
+        # narrow nets: one fused launch per step instead of gather + 3L + 1 (kernels/cuda_fused.py)
+        self.fused = cuda_fused.chosen(sizes, params.theta.dtype, K.config, dropout)
+        self.parts = parts = GradientParts(params, cuda_fused.splits(sizes, batch_size, params.theta.dtype, K.config)
+                                           if self.fused else [splits_for(batch_size, *w.shape, K.config)
+                                                               for w in params.weights])
         self.perm = cuda.device_array(int(n), dtype=np.int64)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
-            gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
-            steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout)
+            if self.fused:   # called as gather_batch is; nothing else before the update
+                gather, steps = cuda_fused.FusedStep(params, parts, work, loss_code, sizes, batch_size), []
+            else:
+                gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
+                steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout)
             self.shapes[rows] = (gather, steps + update_launches(K, params, parts, work, rows, reduce, opt_code))
         self.check = configure(K.count_nonfinite, *strided(params.theta.shape[0], K.config))
 
