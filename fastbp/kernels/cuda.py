@@ -72,10 +72,9 @@ vectorised shared loads, the waves × cost constants of :func:`gemm`), a warp pe
 thread per row in softmax_rows and
 output_delta for wide outputs (hundreds of classes: today each thread walks its row
 with a stride, uncoalesced), tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
-remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤
-128) — a fully fused kernel à la tiny-cuda-nn where one block keeps a tile of samples
-in shared memory / registers through every layer of the forward and backward pass,
-so activations never touch global memory.
+remove the per-launch Python overhead of numba-cuda. Narrow nets (widths ≤ 128) train
+with the fully fused step of ``kernels/cuda_fused.py`` instead (:class:`EpochPlan`
+chooses; 2 launches per step).
 
 Numerics: float32 networks compute in float32 (constants are cast with the dtype, so
 no silent float64 promotion); the loss, penalty and norm sums accumulate in float64
