@@ -313,11 +313,22 @@ def kernels(dtype):
 
 
 def tile_rows(sizes, dtype, cfg):
-    """Rows of a block's tile: the largest multiple of fused_micro ≤ fused_rows whose
-    activations (every layer's, input included) fit STATIC_SHARED_LIMIT bytes; 0 if
-    not even fused_micro rows do."""
+    """Rows of a block's tile: a multiple of fused_micro ≤ fused_rows whose activations
+    (every layer's, input included) fit STATIC_SHARED_LIMIT bytes; 0 if not even
+    fused_micro rows do. Among those, the one with the most rows × busy threads in the
+    widest layer's products (R / micro · ⌈width / micro⌉ items on fused_threads threads:
+    width 128 in float32 takes 16 rows, one full round, rather than 20, which leave 3 of 4
+    warps idle in a second round)."""
     fits = cuda_config.STATIC_SHARED_LIMIT // (sum(int(s) for s in sizes) * np.dtype(dtype).itemsize)
-    return min(cfg.fused_rows, fits) // cfg.fused_micro * cfg.fused_micro
+    micro, threads = cfg.fused_micro, cfg.fused_threads
+    groups = -(-max(int(s) for s in sizes) // micro)
+
+    def busy_rows(rows):
+        items = rows // micro * groups
+        return rows * items / (-(-items // threads) * threads)
+
+    candidates = range(micro, min(cfg.fused_rows, fits) + 1, micro)
+    return max(candidates, key=busy_rows, default=0)
 
 
 def shared_bytes(sizes, rows, dtype):

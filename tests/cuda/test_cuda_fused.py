@@ -144,17 +144,20 @@ def test_automatic_choice(monkeypatch):
 
 
 def test_tile_rows_respect_the_shared_memory_budget():
-    """Rows of a tile: fused_rows unless Σ widths × rows × itemsize would pass 48 KiB,
-    then the largest multiple of fused_micro that fits (the H100 defaults)."""
+    """Rows of a tile (the H100 defaults: ≤ 32 rows, 4 × 4 outputs a thread, 128
+    threads): within 48 KiB of Σ widths × rows × itemsize, and filling the threads."""
     cfg = cuda_config.CudaConfig()
-    assert cuda_fused.tile_rows([64, 64, 64, 64, 10], "float32", cfg) == 32         # 266 · 4 B · 32 = 34 KB
-    assert cuda_fused.tile_rows([128, 128, 128, 128, 10], "float32", cfg) == 20     # 2088 B a row: 23 fit
-    assert cuda_fused.tile_rows([128, 128, 128, 128, 10], "float64", cfg) == 8
-    for sizes, dtype in (([128] * 5, "float32"), ([100, 128, 128, 3], "float64")):
+    assert cuda_fused.tile_rows([64, 64, 64, 64, 10], "float32", cfg) == 32   # 266 · 4 B · 32 = 34 KB; 128 items
+    # 2088 B a row: 23 rows fit; 20 rows are 160 items (2 rounds of 128 threads), 16 are 128
+    assert cuda_fused.tile_rows([128, 128, 128, 128, 10], "float32", cfg) == 16
+    assert cuda_fused.tile_rows([128, 128, 128, 128, 10], "float64", cfg) == 8   # 11 fit
+    assert cuda_fused.tile_rows([5, 7, 3], "float64", cfg) == 32
+    for sizes, dtype in (([128] * 5, "float32"), ([100, 128, 128, 3], "float64"), ([128] * 20, "float32")):
         rows = cuda_fused.tile_rows(sizes, dtype, cfg)
+        assert rows % cfg.fused_micro == 0
         assert 0 < cuda_fused.shared_bytes(sizes, rows, dtype) <= cuda_config.STATIC_SHARED_LIMIT
-        assert cuda_fused.shared_bytes(sizes, rows + cfg.fused_micro, dtype) > cuda_config.STATIC_SHARED_LIMIT
     assert "shared memory" in cuda_fused.why_not([128] * 60, "float64", cfg)
+    assert cuda_fused.tile_rows([128] * 60, "float64", cfg) == 0
     with pytest.raises(ValueError, match="FASTBP_CUDA_FUSED"):
         cuda_config.CudaConfig(fused="sometimes")
     with pytest.raises(ValueError, match="multiple of fused_micro"):
