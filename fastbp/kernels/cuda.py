@@ -914,11 +914,15 @@ class GradientParts:
 
 def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg):
     """Device bytes a fit allocates: X and Y, the workspace, θ, gradient, two optimizer
-    states, three divergence backups and the split-K gradient slices."""
+    states, three divergence backups and the split-K gradient slices (or the fused
+    step's per-block slices, where it may run)."""
+    from . import cuda_fused
     widths = [int(w) for w in sizes[1:]]
     splits = [splits_for(batch_size, fan_in, fan_out, cfg) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
     parts = sum((s * (fan_in + 1) * fan_out) if s > 1 else 0
                 for s, fan_in, fan_out in zip(splits, sizes[:-1], sizes[1:]))
+    if cfg.fused != "never" and cuda_fused.why_not(sizes, dtype, cfg) is None:
+        parts = max(parts, cuda_fused.splits(sizes, batch_size, dtype, cfg)[0] * n_params)
     work = batch_size * (sizes[0] + sizes[-1] + 2 * sum(widths) + 2 * max(widths))
     return np.dtype(dtype).itemsize * (n * (sizes[0] + y_width) + work + 7 * n_params + parts) + 8 * n
 

@@ -164,6 +164,18 @@ def test_tile_rows_respect_the_shared_memory_budget():
         cuda_config.CudaConfig(fused_rows=30)
 
 
+def test_free_memory_estimate_counts_the_fused_gradient_slices():
+    """fit_bytes (checked against the free memory before a fit allocates) counts one
+    gradient slice per fused block: 264 at batch 2^14 with the H100 defaults."""
+    sizes, n_params = [128, 128, 128, 128, 10], 3 * 128 * 129 + 129 * 10
+    fused = cuda_config.CudaConfig()
+    per_layer = replace(fused, fused="never")
+    extra = kc.fit_bytes(sizes, 1 << 16, 10, 1 << 14, n_params, "float32", fused) - kc.fit_bytes(
+        sizes, 1 << 16, 10, 1 << 14, n_params, "float32", per_layer)
+    layer_slices = sum(kc.splits_for(1 << 14, i, o, per_layer) * (i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
+    assert extra == 4 * (264 * n_params - layer_slices) > 0
+
+
 def test_fused_launches_per_training_step(monkeypatch):
     """The fused path: 2 launches per step whatever the depth (train_step, update), 3
     with clip_norm / L1 / L2 (+ the norm reduction), against 3L + 2 per layer."""
