@@ -20,9 +20,9 @@ intrinsics, so unlike tiny-cuda-nn the weights are not staged in shared memory a
 half-precision fragments: each thread computes ``fused_micro × fused_micro`` outputs
 of a product, the activations coming from shared memory and the weights from global
 memory through L1 (a layer's weights are ≤ 128 × 128 and read by every tile).
-Shared memory is dynamic: R · Σ_l width_l elements, R the largest multiple of
-``fused_micro`` ≤ ``fused_rows`` that keeps it within 48 KiB (the default per-block
-limit; :func:`tile_rows`).
+Shared memory is dynamic: R · Σ_l width_l elements, R a multiple of ``fused_micro`` ≤
+``fused_rows`` that keeps it within 48 KiB (the default per-block limit) and keeps the
+threads busy (:func:`tile_rows`).
 
 Applies (:func:`why_not`) when every width, input and output included, is ≤
 ``fused_max_width`` and a tile of ``fused_micro`` rows fits; dropout (and any other

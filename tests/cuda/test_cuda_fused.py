@@ -70,11 +70,11 @@ IDS = [f"{c[1]}-{c[2]}-{c[3]}-{c[4].name}-b{c[7]}" for c in CASES]
 @pytest.mark.parametrize("dtype, case", [("float64", c) for c in range(len(CASES))] + [("float32", 0)],
                          ids=[f"float64-{i}" for i in IDS] + [f"float32-{IDS[0]}"])
 def test_fused_fit_matches_reference(dtype, case, monkeypatch):
-    """Epochs of the fused step (two in the first case, one in the others: the
+    """Epochs of the fused step (two in the first float64 case, one in the others: the
     simulator is slow) equal the NumPy reference's epochs (same permutations):
     parameters, loss history and accuracy; float64 to 1e-10, float32 to 1e-4."""
     sizes, hidden, output, loss, optimizer, extra, n, batch = CASES[case]
-    epochs = 1 if case else 2
+    epochs = 2 if case == 0 and dtype == "float64" else 1
     use(monkeypatch, "always")
     chosen = fused_plans(monkeypatch)
     X, Y = make_data(n, sizes, output, dtype, seed=case)
@@ -194,9 +194,9 @@ def test_fused_launches_per_training_step(monkeypatch):
     monkeypatch.setattr(kc, "configure", counting)
     use(monkeypatch, "always")
     net = fastbp.MLP([4, 5, 6, 3], activation="relu", dtype="float64")
-    X, Y = make_data(10, net.sizes, "softmax", "float64", seed=12)
+    X, Y = make_data(5, net.sizes, "softmax", "float64", seed=12)
     for extra, per_step in (({}, 2), (dict(clip_norm=1.0), 3)):
         calls.clear()
         net.fit(X, Y.argmax(1), optimizer=fastbp.Adam(1e-3), epochs=1, batch_size=5, device="cuda", **extra)
-        assert len(calls) == 2 * per_step + 1, calls   # two batches + the epoch's non-finite check
-        assert calls.count("train_step") == 2 and "forward_layer" not in calls and "gather_batch" not in calls
+        assert len(calls) == per_step + 1, calls   # one batch + the epoch's non-finite check
+        assert calls[0] == "train_step" and "forward_layer" not in calls and "gather_batch" not in calls
