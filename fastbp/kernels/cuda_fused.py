@@ -336,10 +336,10 @@ def shared_bytes(sizes, rows, dtype):
     return int(rows) * sum(int(s) for s in sizes) * np.dtype(dtype).itemsize
 
 
-def why_not(sizes, dtype, cfg, dropout=False):
+def why_not(sizes, dtype, cfg, dropout=False, batchnorm=False):
     """Why the fused step cannot train this network (a sentence), or None if it can."""
-    if dropout:
-        return "dropout runs the per-layer kernels"
+    if dropout or batchnorm:
+        return f"{'dropout' if dropout else 'batch normalization'} runs the per-layer kernels"
     if max(sizes) > cfg.fused_max_width:
         return f"a width of {max(sizes)} exceeds fused_max_width={cfg.fused_max_width}"
     if tile_rows(sizes, dtype, cfg) < 1:
@@ -348,12 +348,12 @@ def why_not(sizes, dtype, cfg, dropout=False):
     return None
 
 
-def chosen(sizes, dtype, cfg, dropout=False):
+def chosen(sizes, dtype, cfg, dropout=False, batchnorm=False):
     """True if a fit runs the fused step: where it applies unless ``cfg.fused`` is
     "never"; "always" raises ValueError (before anything is allocated) where it cannot."""
     if cfg.fused == "never":
         return False
-    reason = why_not(sizes, dtype, cfg, dropout)
+    reason = why_not(sizes, dtype, cfg, dropout, batchnorm)
     if reason is not None and cfg.fused == "always":
         raise ValueError(f"CudaConfig.fused='always' (FASTBP_CUDA_FUSED) but the fused CUDA step cannot train this "
                          f"network: {reason}")

@@ -157,6 +157,7 @@ def test_tile_rows_respect_the_shared_memory_budget():
         assert rows % cfg.fused_micro == 0
         assert 0 < cuda_fused.shared_bytes(sizes, rows, dtype) <= cuda_config.STATIC_SHARED_LIMIT
     assert "shared memory" in cuda_fused.why_not([128] * 60, "float64", cfg)
+    assert "batch normalization" in cuda_fused.why_not([4, 5, 3], "float64", cfg, batchnorm=True)
     assert cuda_fused.tile_rows([128] * 60, "float64", cfg) == 0
     with pytest.raises(ValueError, match="FASTBP_CUDA_FUSED"):
         cuda_config.CudaConfig(fused="sometimes")
