@@ -64,7 +64,8 @@ PARITY_TOL = {"float64": 1e-9, "float32": 1e-4}
 #: classes of the speed section's softmax output
 CLASSES = 10
 TINY_CONFIG = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=3, sms=2, split_rows=4,
-                                     max_splits=3, fused_rows=4, fused_micro=2, fused_threads=8, fused_blocks=2)
+                                     max_splits=3, bn_columns=2, fused_rows=4, fused_micro=2, fused_threads=8,
+                                     fused_blocks=2)
 #: the kernel paths of the parity section: automatic (the fused step where it applies),
 #: the per-layer kernels with the automatic GEMM choice, and with the wide GEMMs forced
 PATHS = {"auto": {}, "layers": dict(fused="never"), "wide": dict(fused="never", gemm="wide")}
@@ -234,6 +235,8 @@ def run_parity(report, dry_run, deadline):
             for path, changes in PATHS.items():
                 if path != "auto" and (name not in ("adam-clip-l2", "split-k") or dry_run and dtype == "float32"):
                     continue
+                if dry_run and dtype == "float32" and name == "batchnorm":   # simulator time
+                    continue
                 key = f"{dtype}/{name}/{path}"
                 if time.perf_counter() > deadline:
                     report.append("parity", "cases", {"case": key, "status": "skipped: time budget"})
@@ -260,12 +263,15 @@ def run_parity(report, dry_run, deadline):
                 d_loss = rel_diff(h_gpu.loss, h_cpu.loss)
                 d_forward = rel_diff(nets[1].forward(X, device="cuda"), nets[1].forward(X))
                 d_diagnostics = rel_diff(np.array(h_gpu.grad_norm), np.array(h_cpu.grad_norm))
-                worst = max(d_theta, d_loss, d_forward, d_diagnostics)
+                # batchnorm: the running statistics too (nothing to compare without)
+                d_running = rel_diff(nets[0].bn_running, nets[1].bn_running) if nets[1].batchnorm else 0.0
+                worst = max(d_theta, d_loss, d_forward, d_diagnostics, d_running)
                 ok = bool(worst <= PARITY_TOL[dtype])
                 all_ok &= ok
                 report.append("parity", "cases", {
                     "case": key, "status": "ok" if ok else "MISMATCH", "rel_diff_theta": d_theta,
                     "rel_diff_loss": d_loss, "rel_diff_forward": d_forward, "rel_diff_grad_norm": d_diagnostics,
+                    "rel_diff_bn_running": d_running,
                     "tolerance": PARITY_TOL[dtype],
                     "seconds": round(time.perf_counter() - t0, 2)})
                 say(f"parity {key}: θ {d_theta:.2e}, loss {d_loss:.2e}, forward {d_forward:.2e} "
@@ -284,7 +290,8 @@ def _replace(config, **changes):
 def sanitizer_fit(dtype):
     """The small fits each sanitizer tool runs (``--sanitizer-fit``): every kernel, a
     partial batch, dropout, clipping (the reductions), the update and its diagnostics;
-    then the fused step (no dropout)."""
+    then the fused step (no dropout); then batchnorm (its column reductions in shared
+    memory) with dropout."""
     rng = np.random.default_rng(1)
     X = rng.standard_normal((100, 19)).astype(dtype)
     y = rng.integers(0, 4, 100)
@@ -294,6 +301,9 @@ def sanitizer_fit(dtype):
     fused.fit(X, y, optimizer="adam", epochs=1, batch_size=32, clip_norm=1.0, l2=1e-4, device="cuda")
     net.forward(X, device="cuda")
     net.evaluate(X, y, device="cuda")
+    bn_net = fastbp.MLP([19, 37, 21, 4], activation="relu", dtype=dtype, seed=0, dropout=0.2, batchnorm=True)
+    bn_net.fit(X, y, optimizer="adam", epochs=1, batch_size=32, clip_norm=1.0, device="cuda")
+    bn_net.evaluate(X, y, device="cuda")
     print("sanitizer fit done")
 
 

@@ -403,8 +403,6 @@ class MLP:
                           "the parameters are kept, the optimizer state starts over", RuntimeWarning,
                           stacklevel=3)
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        if device == "cuda" and self.batchnorm:
-            raise ValueError("batchnorm runs on the CPU only; fit with device='cpu'")
         engine_class = cuda_training.CudaEngine if device == "cuda" else cpu_training.CpuEngine
         engine = engine_class(self, X, Y, state, batch_size=batch_size, optimizer=optimizer,
                               loss_code=loss_code, l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
@@ -591,8 +589,6 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
         if device == "cuda":
-            if self.batchnorm:
-                raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             return cuda_training.forward(self, X, chunk)
         with blas_threads(self.sizes, chunk):
             return cpu_training.forward(self, X, chunk)
@@ -632,8 +628,6 @@ class MLP:
         Y = self._targets(y, X.shape[0], loss_code)
         chunk = min(PREDICT_CHUNK, X.shape[0])
         if device == "cuda":
-            if self.batchnorm:
-                raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk)
         else:
             total, correct = self._loss_sum(X, Y, loss_code)
@@ -653,8 +647,6 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        if device == "cuda" and self.batchnorm:
-            raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
         training = cuda_training if device == "cuda" else cpu_training
         value, grad = training.loss_and_gradient(self, X, Y, loss_code)
         if l1 or l2:

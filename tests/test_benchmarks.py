@@ -86,3 +86,23 @@ def test_bench_cli_quick_json(capsys):
     (result,) = out["configs"]
     assert result["config"] == "small" and result["speedup"] > 0
     assert out["gemm_gflops"] > 0
+
+
+#: every module under benchmarks/prototypes/ with the arguments of a quick run
+PROTOTYPE_ARGS = {
+    "compile_profile": ["train", "--epochs", "1", "--no-reference"],
+    "small_microkernel": ["--rounds", "1"],
+}
+
+
+def test_every_prototype_has_a_smoke_run():
+    found = {p.stem for p in (ROOT / "benchmarks" / "prototypes").glob("*.py")} - {"__init__"}
+    assert found == set(PROTOTYPE_ARGS)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOTYPE_ARGS))
+def test_prototype_runs(name, capsys):
+    module = importlib.import_module(f"benchmarks.prototypes.{name}")
+    module.main(PROTOTYPE_ARGS[name])
+    out = capsys.readouterr().out
+    assert out.count("\n") >= 2, out

@@ -44,6 +44,11 @@ class CudaConfig:
     #: blocks of the grid-stride reduction for the global gradient norm and the L1/L2
     #: penalty (2 per SM on a 132-SM H100); its partial sums are finished by one block.
     reduce_blocks: int = 264
+    #: features per block of the batch-normalization column kernels (bn_forward,
+    #: bn_backward): a block is bn_columns × (block / bn_columns) threads, the first
+    #: dimension along the features (coalesced), the second walking the batch rows; a
+    #: power of two ≤ block
+    bn_columns: int = 32
     #: the fully fused training step (``kernels/cuda_fused.py``) for networks whose every
     #: width is ≤ fused_max_width: "auto" runs it wherever it applies, "always" requires
     #: it (a fit it cannot run is refused), "never" runs the per-layer kernels; the
@@ -62,7 +67,7 @@ class CudaConfig:
 
     def __post_init__(self):
         for name in ("tile", "micro", "depth", "block", "reduce_blocks", "sms", "split_rows", "max_splits",
-                     "fused_max_width", "fused_rows", "fused_micro", "fused_threads", "fused_blocks"):
+                     "bn_columns", "fused_max_width", "fused_rows", "fused_micro", "fused_threads", "fused_blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"CudaConfig.{name} must be a positive int, got {value!r}")
@@ -76,6 +81,9 @@ class CudaConfig:
             raise ValueError(f"CudaConfig.gemm must be 'auto', 'wide' or 'narrow', got {self.gemm!r}")
         if self.block & (self.block - 1) or self.block > 1024:
             raise ValueError(f"CudaConfig.block must be a power of two ≤ 1024, got {self.block}")
+        if self.bn_columns & (self.bn_columns - 1) or self.bn_columns > self.block:
+            raise ValueError(f"CudaConfig.bn_columns must be a power of two ≤ block={self.block}, "
+                             f"got {self.bn_columns}")
         if self.tile % self.micro:
             raise ValueError(f"CudaConfig.tile={self.tile} is not a multiple of micro={self.micro}")
         if (self.tile // self.micro) ** 2 > 1024:
@@ -93,8 +101,8 @@ class CudaConfig:
 
     def baked(self):
         """This config with the launch-time choices at fixed values: the key of a
-        kernel build (only tile, micro, depth, block, fused_micro and fused_threads are
-        compiled in)."""
+        kernel build (only tile, micro, depth, block, bn_columns, fused_micro and
+        fused_threads are compiled in)."""
         return replace(self, gemm="auto", sms=1, reduce_blocks=1, split_rows=1, max_splits=1, fused="auto",
                        fused_max_width=1, fused_rows=self.fused_micro, fused_blocks=1)
 

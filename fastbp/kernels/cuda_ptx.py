@@ -33,8 +33,11 @@ def signatures(dtype):
     return {
         "gather_batch": f"void({a2}, {a2}, {i64}, int64, int64, {a2}, {a2}, {i64})",
         "forward_layer": f"void({a2}, {a2}, {a1}, int64, int64, {a2}, {a2}, float64, uint64, {i64}, int64)",
+        "bn_forward": f"void({a2}, {a2}, {a1}, {a1}, {f64}, {f64}, {f64}, {f64}, float64, float64, int64, int64, "
+                      f"{a2}, int64, float64, uint64, {i64}, int64)",
         "softmax_rows": f"void({a2}, int64, {a2})",
         "output_delta": f"void({a2}, {a2}, {a2}, int64, int64, int64, float64, {a2}, {f64}, {i64})",
+        "bn_backward": f"void({a2}, {a2}, {a1}, {f64}, int64, {a1})",
         "weight_gradient": f"void({a2}, {a2}, int64, {a2}, {a2})",
         "backprop_delta": f"void({a2}, {a2}, {a2}, {a2}, int64, int64, {a2}, float64, uint64, {i64}, int64)",
         "clip_partials": f"void({a1}, {a1}, {t2}, {f64}, {f64})",

@@ -84,7 +84,7 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path, capsys):
         assert cases[key]["status"] == "ok", cases[key]
     assert cases["float64/adam-clip-l2/wide"]["rel_diff_theta"] <= 1e-9
     assert all(c["status"] == "ok" or c["status"].startswith("refused on cuda") for c in cases.values()), cases
-    for mode in ("dropout", "checkpoint"):
+    for mode in ("dropout", "batchnorm", "checkpoint"):
         assert cases[f"float64/{mode}/auto"]["status"] == "ok", cases[f"float64/{mode}/auto"]
     assert "skipped" in sections["sanitizer"]
     rows = sections["speed"]["rows"]
