@@ -13,6 +13,7 @@ import pytest
 
 import fastbp
 from fastbp import reference, spec
+from fastbp.cuda_training import _device_parameters
 from fastbp.kernels import cuda_config
 from fastbp.training import epoch_permutation
 from tests.helpers import ReferenceTrainer, assert_close, make_data
@@ -120,17 +121,19 @@ def test_fused_equals_per_layer_path(monkeypatch):
 
 def test_automatic_choice(monkeypatch):
     """auto: fused where every width ≤ fused_max_width and a tile fits; per-layer with
-    dropout or a wider layer; "always" refuses what it cannot run, before training."""
+    dropout, batch normalization or a wider layer; "always" refuses what it cannot run,
+    before training."""
     X, Y = make_data(6, [4, 5, 3], "softmax", "float64")
 
     def plan(net):   # what a fit builds (no launch)
-        params = kc.DeviceParameters(net.theta, net.layout, net.codes, keep=net.keep)
+        params = _device_parameters(net)
         return kc.EpochPlan(kc.kernels("float64"), params, kc.cuda.to_device(X), kc.cuda.to_device(Y), 4,
                             spec.CROSS_ENTROPY, spec.OPT_ADAM, reduce=False, dropout=any(net.dropout))
 
     use(monkeypatch, "auto")
     assert plan(fastbp.MLP([4, 5, 3], dtype="float64")).fused
     assert not plan(fastbp.MLP([4, 5, 3], dtype="float64", dropout=0.2)).fused
+    assert not plan(fastbp.MLP([4, 5, 3], dtype="float64", batchnorm=True)).fused
     use(monkeypatch, "auto", fused_max_width=4)
     assert not plan(fastbp.MLP([4, 5, 3], dtype="float64")).fused
     use(monkeypatch, "never")
@@ -139,6 +142,12 @@ def test_automatic_choice(monkeypatch):
     net = fastbp.MLP([4, 5, 3], dtype="float64")
     before = net.theta.copy()
     with pytest.raises(ValueError, match="width of 5 exceeds fused_max_width=4"):
+        net.fit(X, Y.argmax(1), epochs=1, batch_size=4, device="cuda")
+    np.testing.assert_array_equal(net.theta, before)
+    use(monkeypatch, "always")
+    net = fastbp.MLP([4, 5, 3], dtype="float64", batchnorm=True)
+    before = net.theta.copy()
+    with pytest.raises(ValueError, match="batch normalization runs the per-layer kernels"):
         net.fit(X, Y.argmax(1), epochs=1, batch_size=4, device="cuda")
     np.testing.assert_array_equal(net.theta, before)
 
@@ -175,6 +184,9 @@ def test_free_memory_estimate_counts_the_fused_gradient_slices():
         sizes, 1 << 16, 10, 1 << 14, n_params, "float32", per_layer)
     layer_slices = sum(kc.splits_for(1 << 14, i, o, per_layer) * (i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
     assert extra == 4 * (264 * n_params - layer_slices) > 0
+    # a batch-normalized net runs the per-layer kernels: no fused slices
+    assert kc.fit_bytes(sizes, 1 << 16, 10, 1 << 14, n_params, "float32", fused, batchnorm=True) == kc.fit_bytes(
+        sizes, 1 << 16, 10, 1 << 14, n_params, "float32", per_layer, batchnorm=True)
 
 
 def test_fused_launches_per_training_step(monkeypatch):
