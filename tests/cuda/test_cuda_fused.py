@@ -211,5 +211,6 @@ def test_fused_launches_per_training_step(monkeypatch):
     for extra, per_step in (({}, 2), (dict(clip_norm=1.0), 3)):
         calls.clear()
         net.fit(X, Y.argmax(1), optimizer=fastbp.Adam(1e-3), epochs=1, batch_size=5, device="cuda", **extra)
-        assert len(calls) == per_step + 1, calls   # one batch + the epoch's non-finite check
+        # one batch + the epoch's non-finite checks (θ and the optimizer's two states)
+        assert len(calls) == per_step + 3 and calls.count("count_nonfinite") == 3, calls
         assert calls[0] == "train_step" and "forward_layer" not in calls and "gather_batch" not in calls
