@@ -79,13 +79,13 @@ vectorised shared loads, the waves × cost constants of :func:`gemm`), a warp pe
 thread per row in softmax_rows and
 output_delta for wide outputs (hundreds of classes: today each thread walks its row
 with a stride, uncoalesced), tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
-remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤
-128) — a fully fused kernel à la tiny-cuda-nn where one block keeps a tile of samples
-in shared memory / registers through every layer of the forward and backward pass,
-so activations never touch global memory. The batchnorm column kernels give one block
-to each 32 features and walk all rows of the batch in it: a narrow layer over a long
-batch (width 64, 2^16 rows: 2 blocks) leaves most SMs idle; split the rows across
-blocks (partial sums, then a second pass) when that is measured to matter.
+remove the per-launch Python overhead of numba-cuda. Narrow nets (widths ≤ 128) train
+with the fully fused step of ``kernels/cuda_fused.py`` instead (:class:`EpochPlan`
+chooses; 2 launches per step; batch-normalized or dropout nets take the per-layer
+kernels). The batchnorm column kernels give one block to each 32 features and walk
+all rows of the batch in it: a narrow layer over a long batch (width 64, 2^16 rows:
+2 blocks) leaves most SMs idle; split the rows across blocks (partial sums, then a
+second pass) when that is measured to matter.
 
 Numerics: float32 networks compute in float32 (constants are cast with the dtype, so
 no silent float64 promotion); the loss, penalty and norm sums accumulate in float64
@@ -822,7 +822,9 @@ def build_kernels(dtype, cfg):
 
     scope = locals()
     kernels = {name: scope[name] for name in KERNEL_NAMES}
-    return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, **kernels)
+    # the device functions kernels/cuda_fused.py shares
+    return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, activate=activate,
+                                 times_derivative=times_derivative, **kernels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -918,16 +920,17 @@ def strided(n, cfg):
     return (min(cfg.reduce_blocks, _blocks(n, cfg.block)),), (cfg.block,)
 
 
-def configure(kernel, grid, block):
-    """``kernel[grid, block]``, made once per launch site of a fit so that a batch only
+def configure(kernel, grid, block, shared_bytes=0):
+    """``kernel[grid, block]`` (with ``shared_bytes`` of dynamic shared memory), made once
+    per launch site of a fit so that a batch only
     calls it. numba-cuda warns (NumbaPerformanceWarning) when it configures a grid of
     fewer than 128 blocks; fastbp's small grids (narrow layers, small batches, the
     update) are deliberate, so that warning is silenced here, once. The simulator
     configures a kernel in place, so there the configuration is applied per call."""
     if numba.config.ENABLE_CUDASIM:
-        return functools.partial(_simulated_launch, kernel, grid, block)
+        return functools.partial(_simulated_launch, kernel, grid, block, shared_bytes)
     with quiet_small_grids():
-        return kernel[grid, block]
+        return kernel[grid, block, 0, shared_bytes]
 
 
 @contextlib.contextmanager
@@ -939,8 +942,8 @@ def quiet_small_grids():
         yield
 
 
-def _simulated_launch(kernel, grid, block, *args):
-    kernel[grid, block](*args)
+def _simulated_launch(kernel, grid, block, shared_bytes, *args):
+    kernel[grid, block, 0, shared_bytes](*args)
 
 
 # --- device buffers -----------------------------------------------------------------------------
@@ -1117,11 +1120,15 @@ class GradientParts:
 def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg, batchnorm=False):
     """Device bytes a fit allocates: X and Y, the workspace (with ``batchnorm`` the
     hidden layers' x̂ too), θ, gradient, two optimizer states, three divergence backups
-    and the split-K gradient slices."""
+    and the split-K gradient slices (or the fused step's per-block slices, where it may
+    run: never with ``batchnorm``)."""
+    from . import cuda_fused
     widths = [int(w) for w in sizes[1:]]
     splits = [splits_for(batch_size, fan_in, fan_out, cfg) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
     parts = sum((s * (fan_in + 1) * fan_out) if s > 1 else 0
                 for s, fan_in, fan_out in zip(splits, sizes[:-1], sizes[1:]))
+    if cfg.fused != "never" and cuda_fused.why_not(sizes, dtype, cfg, batchnorm=batchnorm) is None:
+        parts = max(parts, cuda_fused.splits(sizes, batch_size, dtype, cfg)[0] * n_params)
     work = batch_size * (sizes[0] + sizes[-1] + 2 * sum(widths) + 2 * max(widths)
                          + (sum(widths[:-1]) if batchnorm else 0))
     return np.dtype(dtype).itemsize * (n * (sizes[0] + y_width) + work + 7 * n_params + parts) + 8 * n
@@ -1273,14 +1280,22 @@ class EpochPlan:
         self.n = n = X.shape[0]
         self.batch_size = batch_size
         self.n_batches = -(-n // batch_size)
+        from . import cuda_fused   # here: it imports this module
+        sizes = [X.shape[1], *[w.shape[1] for w in params.weights]]
         self.work = work = workspace(params, X.shape[1], batch_size)
-        self.parts = parts = GradientParts(params, [splits_for(batch_size, *w.shape, K.config)
-                                                    for w in params.weights])
+        # narrow nets: one fused launch per step instead of gather + 3L + 1 (kernels/cuda_fused.py)
+        self.fused = cuda_fused.chosen(sizes, params.theta.dtype, K.config, dropout, batchnorm=any(params.bn_layers))
+        self.parts = parts = GradientParts(params, cuda_fused.splits(sizes, batch_size, params.theta.dtype, K.config)
+                                           if self.fused else [splits_for(batch_size, *w.shape, K.config)
+                                                               for w in params.weights])
         self.perm = cuda.device_array(int(n), dtype=np.int64)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
-            gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
-            steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout, BN_TRAIN)
+            if self.fused:   # called as gather_batch is; nothing else before the update
+                gather, steps = cuda_fused.FusedStep(params, parts, work, loss_code, sizes, batch_size), []
+            else:
+                gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
+                steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout, BN_TRAIN)
             self.shapes[rows] = (gather, steps + update_launches(K, params, parts, work, rows, reduce, opt_code))
         self.check = configure(K.count_nonfinite, *strided(params.theta.shape[0], K.config))
 
