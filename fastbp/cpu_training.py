@@ -92,6 +92,10 @@ def optimizer_bundle(net, state, code):
                      np.zeros((len(net.sizes) - 1, 2), dtype=np.float64))
 
 
+#: rows per compiled call of :func:`evaluate` in predict / evaluate / validation
+PREDICT_CHUNK = 1024
+
+
 class CpuEngine:
     """The epochs of one fit on the CPU (see ``engine.Engine``): the kernels work on
     ``net.theta`` and the state's buffers themselves, so nothing is copied."""
@@ -102,6 +106,7 @@ class CpuEngine:
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
                  checkpoint=None, seed=0, sample_weight=None):
         self.net, self.X, self.Y, self.state, self.seed = net, X, Y, state, int(seed)
+        self.loss_code = loss_code
         self.sample_weight = sample_weight
         self.bmax = min(int(batch_size), X.shape[0])
         self.n_batches = -(-X.shape[0] // self.bmax)
@@ -116,6 +121,9 @@ class CpuEngine:
         self._live = (net.theta, state.state1, state.state2, net.bn_running)
         self._backup = [np.empty_like(a) for a in self._live]
         self._step = 0
+
+    def validate(self, Xv, Yv, weights=None):
+        return evaluate(self.net, Xv, Yv, self.loss_code, min(PREDICT_CHUNK, Xv.shape[0]), weights=weights)
 
     def train_batches(self, perm, first, stop, epoch, lr):
         if first == 0:

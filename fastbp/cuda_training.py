@@ -147,9 +147,10 @@ class CudaEngine:
     def finite(self):
         return self._finite
 
-    def validate(self, Xv, Yv):
+    def validate(self, Xv, Yv, weights=None):
         """(summed data loss, correct count) of the current device θ on the validation
-        set, which goes to the device on the first call of the fit."""
+        set, which goes to the device on the first call of the fit (no ``weights``: a
+        weighted fit is refused on the GPU before it starts)."""
         from numba import cuda
         kc = self.kc
         if self._validation is None or self._validation[0] is not Xv:

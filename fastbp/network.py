@@ -99,7 +99,7 @@ def _column_mismatch(names, fitted):
 
 DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse",
                 "exp": "poisson"}
-PREDICT_CHUNK = 1024
+PREDICT_CHUNK = cpu_training.PREDICT_CHUNK
 
 
 class MLP:
@@ -429,8 +429,6 @@ class MLP:
                 history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
                                      epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
                                      callbacks=callbacks, verbose=verbose, state=state, validation=validation,
-                                     validate=getattr(engine, "validate", None)   # the GPU's, on device θ
-                                     or (lambda Xv, Yv, wv=None: self._loss_sum(Xv, Yv, loss_code, weights=wv)),
                                      gradient_monitor=monitor)
             completed = True
         finally:

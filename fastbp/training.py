@@ -192,15 +192,15 @@ def train_one_epoch(engine, perm, epoch, lr, bar, chunk):
 
 
 def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedule, seed, callbacks,
-               verbose, state, validation=None, validate=None, gradient_monitor=None):
+               verbose, state, validation=None, gradient_monitor=None):
     """Train ``net`` in place through ``engine`` (see ``engine.Engine``; built over the n
     validated, converted samples); returns a History.
 
     Epoch e of this fit is epoch ``state.epochs_done + e`` of the network: the
     schedule, the shuffle (:func:`epoch_permutation`) and ``lr_scale`` continue
     across ``warm_start`` fits. ``validation`` is None or converted (Xv, Yv, weights or
-    None), scored after every epoch by ``validate(Xv, Yv)`` (``validate(Xv, Yv, weights)``
-    with weights) → (loss sum, correct); ``val_loss`` is the sum over n (over Σ weights).
+    None), scored after every epoch by ``engine.validate(Xv, Yv, weights)`` → (loss sum,
+    correct) on the engine's device; ``val_loss`` is the sum over n (over Σ weights).
     ``callbacks`` are :class:`fastbp.callbacks.Callback` objects or plain
     ``f(net, epoch, history)``.
 
@@ -256,7 +256,7 @@ def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedul
                 engine.to_host()
             if validation is not None:
                 Xv, Yv, wv = validation
-                val_total, val_correct = validate(Xv, Yv) if wv is None else validate(Xv, Yv, wv)
+                val_total, val_correct = engine.validate(Xv, Yv, wv)
                 history.val_loss.append(val_total / (Xv.shape[0] if wv is None else wv.sum()))
                 history.val_accuracy.append(val_correct / Xv.shape[0] if classification else float("nan"))
             if bar is not None:
