@@ -104,7 +104,8 @@ def main(argv=None):
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
     if simulated:
         from fastbp.kernels import cuda_config
-        cuda_config.config = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=2)
+        cuda_config.config = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=2, bn_columns=2,
+                                                    fused_rows=4, fused_micro=2, fused_threads=8, fused_blocks=2)
         print("NUMBA_ENABLE_CUDASIM=1: smoke test of the script only, the rates are meaningless")
     check_against_reference()
 

@@ -12,12 +12,14 @@ run cut short still leaves what it measured, and a table is printed at the end):
 1. ``tests``     — the CUDA test suite (``tests/cuda``) on the real device, in its own
    pytest process (no simulator): pass / fail / skip counts and the failures;
 2. ``parity``    — fits on the GPU against the same fits on the CPU (float64: relative
-   difference ≤ 1e-9; float32: ≤ 1e-4), with the automatic kernel choice and with the
-   register-blocked ("wide") GEMMs forced, and the training modes the GPU supports
-   (a mode the GPU refuses is recorded as such);
+   difference ≤ 1e-9; float32: ≤ 1e-4), with the automatic kernel choice (the fused
+   step of ``kernels/cuda_fused.py`` where it applies), with the per-layer kernels and
+   with their register-blocked ("wide") GEMMs forced, and the training modes the GPU
+   supports (a mode the GPU refuses is recorded as such);
 3. ``sanitizer`` — ``compute-sanitizer --tool memcheck`` and ``--tool racecheck`` over a
    small fit in a subprocess; error counts parsed from their summaries;
-4. ``speed``     — training samples/s of fastbp-cuda, PyTorch eager (and
+4. ``speed``     — training samples/s of fastbp-cuda (automatic choice, and at widths
+   where the fused step applies also the per-layer kernels forced), PyTorch eager (and
    ``torch.compile`` in a subprocess that compiles while sections 1–3 run and times
    after section 4, time-boxed) and fastbp-cpu for MLPs
    [w, w, w, w, 10] (3 hidden layers), w ∈ {64, 128, 256, 1024}, batch 2^10 … 2^16,
@@ -62,7 +64,11 @@ PARITY_TOL = {"float64": 1e-9, "float32": 1e-4}
 #: classes of the speed section's softmax output
 CLASSES = 10
 TINY_CONFIG = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=3, sms=2, split_rows=4,
-                                     max_splits=3)
+                                     max_splits=3, bn_columns=2, fused_rows=4, fused_micro=2, fused_threads=8,
+                                     fused_blocks=2)
+#: the kernel paths of the parity section: automatic (the fused step where it applies),
+#: the per-layer kernels with the automatic GEMM choice, and with the wide GEMMs forced
+PATHS = {"auto": {}, "layers": dict(fused="never"), "wide": dict(fused="never", gemm="wide")}
 
 
 # --- the results file ---------------------------------------------------------------------------
@@ -226,17 +232,19 @@ def run_parity(report, dry_run, deadline):
     all_ok = True
     for dtype in ("float64", "float32"):
         for name, net_kwargs, fit_kwargs, n, sizes in parity_cases(dry_run):
-            for gemm in ("auto", "wide"):
-                if gemm == "wide" and (name != "adam-clip-l2" or dry_run and dtype == "float32"):
+            for path, changes in PATHS.items():
+                if path != "auto" and (name not in ("adam-clip-l2", "split-k") or dry_run and dtype == "float32"):
                     continue
-                key = f"{dtype}/{name}/{gemm}"
+                if dry_run and dtype == "float32" and name == "batchnorm":   # simulator time
+                    continue
+                key = f"{dtype}/{name}/{path}"
                 if time.perf_counter() > deadline:
                     report.append("parity", "cases", {"case": key, "status": "skipped: time budget"})
                     continue
                 X = rng.standard_normal((n, sizes[0])).astype(dtype)
                 y = rng.integers(0, sizes[-1], n)
                 nets = [fastbp.MLP(sizes, output="softmax", dtype=dtype, seed=3, **net_kwargs) for _ in range(2)]
-                cc.config = base_config if gemm == "auto" else _replace(base_config, gemm="wide")
+                cc.config = _replace(base_config, **changes)
                 t0 = time.perf_counter()
                 try:
                     h_gpu = nets[0].fit(X, y, device="cuda", **fit_kwargs)
@@ -255,12 +263,15 @@ def run_parity(report, dry_run, deadline):
                 d_loss = rel_diff(h_gpu.loss, h_cpu.loss)
                 d_forward = rel_diff(nets[1].forward(X, device="cuda"), nets[1].forward(X))
                 d_diagnostics = rel_diff(np.array(h_gpu.grad_norm), np.array(h_cpu.grad_norm))
-                worst = max(d_theta, d_loss, d_forward, d_diagnostics)
+                # batchnorm: the running statistics too (nothing to compare without)
+                d_running = rel_diff(nets[0].bn_running, nets[1].bn_running) if nets[1].batchnorm else 0.0
+                worst = max(d_theta, d_loss, d_forward, d_diagnostics, d_running)
                 ok = bool(worst <= PARITY_TOL[dtype])
                 all_ok &= ok
                 report.append("parity", "cases", {
                     "case": key, "status": "ok" if ok else "MISMATCH", "rel_diff_theta": d_theta,
                     "rel_diff_loss": d_loss, "rel_diff_forward": d_forward, "rel_diff_grad_norm": d_diagnostics,
+                    "rel_diff_bn_running": d_running,
                     "tolerance": PARITY_TOL[dtype],
                     "seconds": round(time.perf_counter() - t0, 2)})
                 say(f"parity {key}: θ {d_theta:.2e}, loss {d_loss:.2e}, forward {d_forward:.2e} "
@@ -277,15 +288,22 @@ def _replace(config, **changes):
 
 
 def sanitizer_fit(dtype):
-    """The small fit each sanitizer tool runs (``--sanitizer-fit``): every kernel, a
-    partial batch, dropout, clipping (the reductions), the update and its diagnostics."""
+    """The small fits each sanitizer tool runs (``--sanitizer-fit``): every kernel, a
+    partial batch, dropout, clipping (the reductions), the update and its diagnostics;
+    then the fused step (no dropout); then batchnorm (its column reductions in shared
+    memory) with dropout."""
     rng = np.random.default_rng(1)
     X = rng.standard_normal((100, 19)).astype(dtype)
     y = rng.integers(0, 4, 100)
     net = fastbp.MLP([19, 37, 21, 4], activation="relu", dtype=dtype, seed=0, dropout=0.2)
     net.fit(X, y, optimizer="adam", epochs=1, batch_size=32, clip_norm=1.0, l2=1e-4, device="cuda")
+    fused = fastbp.MLP([19, 37, 21, 4], activation="tanh", dtype=dtype, seed=0)   # the fused step (no dropout)
+    fused.fit(X, y, optimizer="adam", epochs=1, batch_size=32, clip_norm=1.0, l2=1e-4, device="cuda")
     net.forward(X, device="cuda")
     net.evaluate(X, y, device="cuda")
+    bn_net = fastbp.MLP([19, 37, 21, 4], activation="relu", dtype=dtype, seed=0, dropout=0.2, batchnorm=True)
+    bn_net.fit(X, y, optimizer="adam", epochs=1, batch_size=32, clip_norm=1.0, device="cuda")
+    bn_net.evaluate(X, y, device="cuda")
     print("sanitizer fit done")
 
 
@@ -333,15 +351,32 @@ def speed_grid(args):
     return widths, batches
 
 
-def fastbp_rate(X, y, width, batch, steps, device, dtype):
-    """samples/s of one fit epoch of ``steps`` batches, after a 2-batch warm-up fit."""
-    sizes = [X.shape[1]] + [width] * 3 + [CLASSES]
-    net = fastbp.MLP(sizes, activation="relu", output="softmax", dtype=dtype, seed=0)
+def speed_sizes(width):
+    return [width] * 4 + [CLASSES]
+
+
+def fastbp_rate(X, y, width, batch, steps, device, dtype, fused=None):
+    """samples/s of one fit epoch of ``steps`` batches, after a 2-batch warm-up fit;
+    ``fused``: ``CudaConfig.fused`` for the fits ("never": the per-layer kernels; None:
+    the current config's)."""
+    net = fastbp.MLP(speed_sizes(width), activation="relu", output="softmax", dtype=dtype, seed=0)
     kwargs = dict(loss="cross_entropy", optimizer=fastbp.Adam(1e-3), batch_size=batch, device=device)
-    net.fit(X[:2 * batch], y[:2 * batch], epochs=1, **kwargs)
-    n = steps * batch
-    history = net.fit(X[:n], y[:n], epochs=1, warm_start=True, **kwargs)
+    base_config = cuda_config.config
+    cuda_config.config = _replace(base_config, fused=fused or base_config.fused)
+    try:
+        net.fit(X[:2 * batch], y[:2 * batch], epochs=1, **kwargs)
+        n = steps * batch
+        history = net.fit(X[:n], y[:n], epochs=1, warm_start=True, **kwargs)
+    finally:
+        cuda_config.config = base_config
     return float(history.samples_per_second[-1])
+
+
+def fused_applies(width):
+    """Whether the automatic choice runs the fused step for the speed network."""
+    from fastbp.kernels import cuda_fused
+    return cuda_config.config.fused != "never" and cuda_fused.why_not(speed_sizes(width), "float32",
+                                                                       cuda_config.config) is None
 
 
 def torch_model(width, in_width, classes, device, compile_it=False):
@@ -433,6 +468,10 @@ def run_speed(report, args, deadline):
             steps = row["steps"]
             cpu_steps = max(1, min(steps, args.cpu_rows // batch))
             contenders = [("fastbp_cuda", fastbp_rate, (X, y, width, batch, steps, "cuda", "float32"))]
+            row["fastbp_cuda_path"] = "fused" if fused_applies(width) else "layers"
+            if row["fastbp_cuda_path"] == "fused":   # both paths where the fused one applies
+                contenders.append(("fastbp_cuda_layers", fastbp_rate,
+                                   (X, y, width, batch, steps, "cuda", "float32", "never")))
             if torch is not None:
                 contenders.append(("torch_eager", torch_rate, (Xd, yd, width, batch, steps)))
             if batch <= args.cpu_max_batch and not args.no_cpu:
@@ -549,9 +588,9 @@ def format_table(data):
         if isinstance(tc, dict):
             compiled = {(r["width"], r["batch"]): r["torch_compile"] for r in tc.get("rows", [])}
         lines.append(f"\n## training samples/s, float32, [w, w, w, w, {CLASSES}], Adam, softmax-CE\n")
-        lines.append("| width | batch | fastbp cuda | torch eager | torch.compile | fastbp cpu "
-                     "| cuda/torch | cuda/cpu |")
-        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| width | batch | fastbp cuda | path | cuda per-layer | torch eager | torch.compile | "
+                     "fastbp cpu | cuda/torch | cuda/cpu | fused/per-layer |")
+        lines.append("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 
         def num(v):
             return f"{v:,.0f}" if isinstance(v, (int, float)) and v else "–"
@@ -561,9 +600,11 @@ def format_table(data):
 
         for r in speed["rows"]:
             cuda_rate, eager, cpu = r.get("fastbp_cuda"), r.get("torch_eager"), r.get("fastbp_cpu")
+            layers = r.get("fastbp_cuda_layers")
             tcomp = compiled.get((r["width"], r["batch"]))
-            lines.append(f"| {r['width']} | {r['batch']} | {num(cuda_rate)} | {num(eager)} | {num(tcomp)} | "
-                         f"{num(cpu)} | {ratio(cuda_rate, eager)} | {ratio(cuda_rate, cpu)} |"
+            lines.append(f"| {r['width']} | {r['batch']} | {num(cuda_rate)} | {r.get('fastbp_cuda_path', '')} | "
+                         f"{num(layers)} | {num(eager)} | {num(tcomp)} | {num(cpu)} | {ratio(cuda_rate, eager)} | "
+                         f"{ratio(cuda_rate, cpu)} | {ratio(cuda_rate, layers)} |"
                          + (f" {r['status']}" if "status" in r else ""))
             for k, v in r.items():
                 if k.endswith("_error"):

@@ -29,10 +29,11 @@ def checkpoint_segments(n_layers, checkpoint):
     return list(range(0, n_layers, k))
 
 
-def workspace(net, bmax, segments=None):
+def workspace(net, bmax, segments=None, weighted=False):
     """(Workspace, Checkpoint or None) for batches of at most ``bmax`` rows; with
     ``segments`` (layer indices where checkpoint segments start, 0 first) the z/a cache
-    is one segment long and the boundary layers are kept aside."""
+    is one segment long and the boundary layers are kept aside; ``weighted``: a buffer
+    for a batch's sample weights (else None)."""
     widths = net.sizes[1:]
     n_layers = len(widths)
     starts = [0, n_layers] if segments is None else [*segments, n_layers]
@@ -47,7 +48,8 @@ def workspace(net, bmax, segments=None):
     work = Workspace(np.zeros((bmax, net.sizes[0]), dtype), np.zeros((bmax, net.sizes[-1]), dtype),
                      np.zeros(bmax * cached, dtype), np.zeros(bmax * cached, dtype),
                      np.zeros(2 * bmax * max(widths), dtype), offsets, int(bmax),
-                     np.zeros(1, np.float64), np.zeros(1, np.int64))
+                     np.zeros(1, np.float64), np.zeros(1, np.int64),
+                     np.zeros(bmax, np.float64) if weighted else None)
     if segments is None:
         return work, None
     kept_offsets = np.full(n_layers, -1, dtype=np.int64)
@@ -98,6 +100,10 @@ def optimizer_bundle(net, state, code):
                      np.zeros((len(net.sizes) - 1, 2), dtype=np.float64))
 
 
+#: rows per compiled call of :func:`evaluate` in predict / evaluate / validation
+PREDICT_CHUNK = 1024
+
+
 class CpuEngine:
     """The epochs of one fit on the CPU (see ``engine.Engine``): the kernels work on
     ``net.theta`` and the state's buffers themselves, so nothing is copied."""
@@ -106,8 +112,10 @@ class CpuEngine:
     chunked = True
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
-                 checkpoint=None, seed=0):
+                 checkpoint=None, seed=0, sample_weight=None):
         self.net, self.X, self.Y, self.state, self.seed = net, X, Y, state, int(seed)
+        self.loss_code = loss_code
+        self.sample_weight = sample_weight
         self.bmax = min(int(batch_size), X.shape[0])
         self.n_batches = -(-X.shape[0] // self.bmax)
         n_layers = len(net.sizes) - 1
@@ -121,26 +129,30 @@ class CpuEngine:
         self.network = network_bundle(net, loss_code)
         self.optimizer = optimizer_bundle(net, state, optimizer.code)
         self.hyper = hyper_bundle(optimizer, None, l1, l2, clip_norm, clip_value)
-        self.work, self.checkpoint = workspace(net, self.bmax, segments)
+        self.work, self.checkpoint = workspace(net, self.bmax, segments, sample_weight is not None)
         self.dropout = dropout_bundle(net, self.bmax)
         self.batchnorm = batchnorm_bundle(net, self.work, 2)
         self._live = (net.theta, state.state1, state.state2, net.bn_running)
         self._backup = [np.empty_like(a) for a in self._live]
         self._step = 0
 
+    def validate(self, Xv, Yv, weights=None):
+        return evaluate(self.net, Xv, Yv, self.loss_code, min(PREDICT_CHUNK, Xv.shape[0]), weights=weights)
+
     def train_batches(self, perm, first, stop, epoch, lr):
         if first == 0:
             self.optimizer.diagnostics[...] = 0
         if self.small is not None:
             cpu_small.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                                    Data(self.X, self.Y, perm), int(first), int(stop), self.small)
+                                    Data(self.X, self.Y, perm, self.sample_weight), int(first), int(stop),
+                                    self.small)
             return float(self.work.sums[0]), int(self.work.counts[0])
         dropout = self.dropout
         if dropout is not None:
             dropout = dropout._replace(seed=self.seed, epoch=int(epoch))
         cpu.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                          Data(self.X, self.Y, perm), int(first), int(stop), dropout, self.batchnorm,
-                          self.checkpoint)
+                          Data(self.X, self.Y, perm, self.sample_weight), int(first), int(stop), dropout,
+                          self.batchnorm, self.checkpoint)
         return float(self.work.sums[0]), int(self.work.counts[0])
 
     def finite(self):
@@ -176,17 +188,18 @@ def _row_slices(net, n, chunk):
     return [slice(start, min(n, start + per_call)) for start in range(0, n, per_call)]
 
 
-def evaluate(net, X, Y, loss_code, chunk, batch_stats=False, out=None):
+def evaluate(net, X, Y, loss_code, chunk, batch_stats=False, out=None, weights=None):
     """(summed data loss, correct count) over converted X, Y (Y None: outputs only, into
     ``out``) in chunks of ``chunk`` rows, without dropout; batchnorm with the running
-    statistics (``batch_stats``: each chunk's own, as gradcheck needs)."""
+    statistics (``batch_stats``: each chunk's own, as gradcheck needs). With ``weights``
+    (float64, one per row) the loss sum is Σ w_i ℓ_i."""
     work, _ = workspace(net, chunk)
     network = network_bundle(net, loss_code)
     batchnorm = batchnorm_bundle(net, work, 1 if batch_stats else 0)
     total, correct = 0.0, 0
     for rows in _row_slices(net, X.shape[0], chunk):
         t, c = cpu.evaluate(network, work, X[rows], None if Y is None else Y[rows], batchnorm,
-                            None if out is None else out[rows])
+                            None if out is None else out[rows], None if weights is None else weights[rows])
         total += t
         correct += c
     return total, correct
@@ -199,16 +212,19 @@ def forward(net, X, chunk):
     return out
 
 
-def loss_and_gradient(net, X, Y, loss_code):
+def loss_and_gradient(net, X, Y, loss_code, weights=None):
     """(mean data loss, flat batch-mean gradient) over the full batch X, Y (batchnorm:
-    batch statistics, running statistics untouched). Scratch is allocated per call."""
+    batch statistics, running statistics untouched); with ``weights`` (float64, one per
+    row) the weighted mean Σ w_i ℓ_i / Σw and its gradient. Scratch is allocated per call."""
     from .optimizers import SGD
     grad = np.zeros(net.n_params, dtype=net.dtype)
     state = _GradientState(grad)
-    work, _ = workspace(net, X.shape[0])
+    work, _ = workspace(net, X.shape[0], weighted=weights is not None)
+    if weights is not None:
+        work.row_weights[...] = weights
     loss = cpu.loss_and_gradient(network_bundle(net, loss_code), optimizer_bundle(net, state, 0),
                                  hyper_bundle(SGD(0.01), 0.0), work, X, Y, batchnorm_bundle(net, work, 1))
-    return loss / X.shape[0], grad
+    return loss / (X.shape[0] if weights is None else weights.sum()), grad
 
 
 class _GradientState:

@@ -10,9 +10,10 @@ supplies its ``CudaEngine``. Per fit: X and Y are copied to the device once, θ,
 gradient and optimizer state live there for the whole fit, the permutation is
 uploaded once per epoch (the same permutations as on the CPU, so both devices see
 the same batches) and the epoch's loss sum, correct count and non-finite count are
-read back once per epoch. θ and the optimizer state are copied back into the network
-at the end (and θ before validation and callbacks, which may inspect the network;
-it is re-uploaded after the callbacks in case they changed it).
+read back once per epoch. θ (with batchnorm's running statistics) and the optimizer
+state are copied back into the network at the end (and θ and the running statistics
+before validation and callbacks, which may inspect the network; they are re-uploaded
+after the callbacks in case they changed them).
 """
 
 import os
@@ -60,9 +61,10 @@ def check_device(device):
 
 def _device_parameters(net, state=None, training=True):
     from .kernels import cuda as kc
+    batchnorm = (net.bn_goff, net.bn_running, net.bn_momentum) if net.batchnorm else None
     return kc.DeviceParameters(net.theta, net.layout, net.codes,
                                None if state is None else state.state1,
-                               None if state is None else state.state2, net.keep, training)
+                               None if state is None else state.state2, net.keep, training, batchnorm)
 
 
 def hyper_vector(optimizer, lr, l1, l2, clip_norm, clip_value):
@@ -92,14 +94,17 @@ class CudaEngine:
     come from ``kernels/rng.py`` with (fit seed, global epoch, step, layer, row, unit),
     as on the CPU. ``checkpoint`` is accepted and changes nothing on the GPU (every
     activation is kept: the results are the same, the memory saving is CPU-only).
-    Batch normalization is CPU-only (``MLP.fit`` refuses it with ``device="cuda"``).
+    Batch normalization's running statistics live on the device with θ (backed up,
+    restored and copied to the network with it).
     """
 
     computes_diagnostics = True
     chunked = False
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
-                 checkpoint=None, seed=0):
+                 checkpoint=None, seed=0, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("sample_weight runs on the CPU only so far; fit with device='cpu'")
         from numba import cuda
 
         from .kernels import cuda as kc
@@ -108,12 +113,12 @@ class CudaEngine:
         self.bmax = min(batch_size, X.shape[0])
         self.n_batches = -(-X.shape[0] // self.bmax)
         kc.check_free_memory(kc.fit_bytes(net.sizes, X.shape[0], Y.shape[1], self.bmax, net.theta.shape[0],
-                                          net.dtype, kc.cuda_config.config), "this fit")
+                                          net.dtype, kc.cuda_config.config, net.batchnorm), "this fit")
         self.params = _device_parameters(net, state)
         reduce = bool(clip_norm > 0 or l1 or l2)
         self.plan = kc.EpochPlan(kc.kernels(net.dtype), self.params, cuda.to_device(X), cuda.to_device(Y),
                                  self.bmax, loss_code, optimizer.code, reduce, dropout=any(net.dropout))
-        self._backup = [cuda.device_array_like(self.params.theta) for _ in range(3)]
+        self._backup = [cuda.device_array_like(live) for live in self._buffers()]
         self.step = int(state.step[0])
         self.seed = int(seed)
         self.loss_code = loss_code
@@ -121,7 +126,10 @@ class CudaEngine:
         self._validation = None
 
     def _buffers(self):
-        return self.params.theta, self.params.state1, self.params.state2
+        """What save_point / restore keep: θ, the optimizer states, the running statistics."""
+        params = self.params
+        running = () if params.batchnorm is None else (params.batchnorm.running,)
+        return (params.theta, params.state1, params.state2, *running)
 
     def train_batches(self, perm, first, stop, epoch, lr):
         params = self.params
@@ -139,14 +147,15 @@ class CudaEngine:
     def finite(self):
         return self._finite
 
-    def validate(self, Xv, Yv):
+    def validate(self, Xv, Yv, weights=None):
         """(summed data loss, correct count) of the current device θ on the validation
-        set, which goes to the device on the first call of the fit."""
+        set, which goes to the device on the first call of the fit (no ``weights``: a
+        weighted fit is refused on the GPU before it starts)."""
         from numba import cuda
         kc = self.kc
         if self._validation is None or self._validation[0] is not Xv:
             chunk = kc.inference_chunk(self.net.sizes, Xv.shape[0], self.net.dtype)
-            work = kc.DeviceWorkspace(self.net.sizes, chunk, self.net.dtype)
+            work = kc.workspace(self.params, self.net.sizes[0], chunk)
             self._validation = (Xv, cuda.to_device(Xv), cuda.to_device(Yv), chunk, work)
         _, Xd, Yd, chunk, work = self._validation
         return kc.evaluate(self.plan.K, self.params, Xd, Yd, self.loss_code, chunk, work)
@@ -164,14 +173,24 @@ class CudaEngine:
             live.copy_to_device(backup)
         self.step = self._saved_step
 
+    def _network_buffers(self):
+        """(device, host) pairs of what the network holds: θ and the running statistics."""
+        params, net = self.params, self.net
+        pairs = [(params.theta, net.theta)]
+        if params.batchnorm is not None:
+            pairs.append((params.batchnorm.running, net.bn_running))
+        return pairs
+
     def to_host(self):
-        self.params.theta.copy_to_host(self.net.theta)
+        for device, host in self._network_buffers():
+            device.copy_to_host(host)
 
     def from_host(self):
-        self.params.theta.copy_to_device(self.net.theta)
+        for device, host in self._network_buffers():
+            device.copy_to_device(host)
 
     def finish(self):
-        self.params.theta.copy_to_host(self.net.theta)
+        self.to_host()
         self.params.state1.copy_to_host(self.state.state1)
         self.params.state2.copy_to_host(self.state.state2)
         self.params.grad.copy_to_host(self.state.grad)

@@ -29,15 +29,20 @@ class Engine(Protocol):
     computes_diagnostics: bool
 
     def __init__(self, net, X, Y, state, *, batch_size: int, optimizer, loss_code: int, l1: float,
-                 l2: float, clip_norm: float, clip_value: float, checkpoint, seed: int):
+                 l2: float, clip_norm: float, clip_value: float, checkpoint=None, seed: int = 0, sample_weight=None):
         """Set up the fit of ``net`` on converted X, Y with the optimizer state ``state``
         (``training.FitState``): ``clip_norm``/``clip_value`` 0 when off, ``checkpoint``
-        None or segment length (``True``: ⌈√layers⌉), ``seed`` the fit seed (dropout masks)."""
+        None or segment length (``True``: ⌈√layers⌉), ``seed`` the fit seed (dropout masks),
+        ``sample_weight`` None or checked float64 weights, one per row (CPU only so far)."""
 
     def train_batches(self, perm: np.ndarray, first: int, stop: int, epoch: int, lr: float) -> tuple:
         """Train batches ``first``..``stop``-1 of the permutation ``perm`` (global epoch
         ``epoch``, learning rate ``lr``); returns the epoch's running (Σ b·(loss + penalty),
         correct count) including these batches. ``first`` 0 starts a new epoch."""
+
+    def validate(self, Xv: np.ndarray, Yv: np.ndarray, weights=None) -> tuple:
+        """(summed data loss, correct count) of the current θ on converted validation rows
+        (``weights``: Σ w_i ℓ_i; CPU only so far), on the engine's device."""
 
     def finite(self) -> bool:
         """True if every parameter is finite."""

@@ -15,7 +15,7 @@ from .optimizers import get_optimizer, get_schedule
 from .threads import blas_threads, check_threads
 from .training import FitState, run_epochs
 from .validation import (check_features, check_int, check_nonnegative, check_positive_or_none,
-                         check_targets)
+                         check_sample_weight, check_targets)
 
 
 def _gradient_monitor(gradient_warnings):
@@ -99,7 +99,7 @@ def _column_mismatch(names, fitted):
 
 DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse",
                 "exp": "poisson"}
-PREDICT_CHUNK = 1024
+PREDICT_CHUNK = cpu_training.PREDICT_CHUNK
 
 
 class MLP:
@@ -259,10 +259,13 @@ class MLP:
         loss = DEFAULT_LOSS[self.output] if loss is None else loss
         return loss, spec.resolve_loss(loss, self.output)
 
-    def _refuse_cpu_only_output(self, device):
+    def _refuse_cpu_only_output(self, device, *sample_weights):
+        """The CPU-only features, refused on the GPU: the exp output and sample weights."""
         if device == "cuda" and self.output in spec.CPU_ONLY_OUTPUTS:
             raise ValueError(f"the {self.output} output (with the poisson loss) runs on the CPU only so far; "
                              "use device='cpu'")
+        if device == "cuda" and any(w is not None for w in sample_weights):
+            raise ValueError("sample_weight runs on the CPU only so far; use device='cpu'")
 
     def _targets(self, y, n, loss_code):
         try:
@@ -279,7 +282,7 @@ class MLP:
             l1=0.0, l2=0.0, clip_norm=None, clip_value=None, schedule=None, seed=None,
             callbacks=(), verbose=0, warm_start=False, device="cpu", validation_data=None,
             validation_split=None, early_stopping=None, restore_best=True, gradient_warnings=True,
-            checkpoint=None, validation_shuffle=False, threads=None):
+            checkpoint=None, validation_shuffle=False, threads=None, sample_weight=None):
         """Train by mini-batch backpropagation; returns a :class:`fastbp.training.History`.
 
         Calling ``fit`` again continues from the trained weights (like Keras, unlike
@@ -327,8 +330,9 @@ class MLP:
             (or of :meth:`load`): epoch e's shuffle is ``default_rng([seed, e])`` and
             the schedule sees e, so 5 + 5 warm-started epochs equal 10 straight ones.
         device : "cpu" or "cuda"
-        validation_data : (X_val, y_val), optional
-            Evaluated after every epoch into ``history.val_loss`` / ``val_accuracy``.
+        validation_data : (X_val, y_val) or (X_val, y_val, sample_weight_val), optional
+            Evaluated after every epoch into ``history.val_loss`` (weighted mean with
+            weights) / ``val_accuracy``.
         validation_split : float in (0, 1), optional
             Hold out this fraction of the rows for validation: the *last* rows, or
             random ones with ``validation_shuffle``. Warns when a classifier's
@@ -352,6 +356,14 @@ class MLP:
         threads : int or None
             BLAS threads of the kernels during the fit (default: chosen per network,
             see ``fastbp.threads``; the user's own thread settings are restored after).
+        sample_weight : array-like (n_samples,), optional
+            Finite weights >= 0, not all zero (CPU only). Each batch minimises
+            (Σ w_i ℓ_i + B·penalty)/Σw over its B rows (scikit-learn's MLP semantics: a
+            weight acts as a repeat count, the penalty stays per B rows); a batch whose
+            weights sum to 0 is skipped. ``history.loss`` is the mean of the batches'
+            objectives weighted by batch size (scikit-learn's ``loss_curve_``);
+            ``accuracy`` still counts rows. ``validation_split`` splits the weights with
+            the rows and weighs ``val_loss``.
 
         Every argument is checked before any kernel runs; on an error the network is
         unchanged. If training is interrupted (Ctrl-C) or anything raises mid-fit (a
@@ -362,11 +374,14 @@ class MLP:
         raise counts as completed.
         """
         X, validation_data, feature_names = self._fit_input(X, validation_data)
-        self._refuse_cpu_only_output(device)
+        validation_weights = validation_data[2] if isinstance(validation_data, (tuple, list)) \
+            and len(validation_data) == 3 else None
+        self._refuse_cpu_only_output(device, sample_weight, validation_weights)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
+        weights = check_sample_weight(sample_weight, X.shape[0])
         optimizer = get_optimizer(optimizer)
         epochs = check_int("epochs", epochs, 1)
         batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
@@ -390,8 +405,8 @@ class MLP:
         if self.batchnorm and batch_size == 1:
             raise ValueError("batchnorm needs batches of at least 2 rows (one row normalises to x̂ = 0); "
                              "use batch_size >= 2")
-        X, Y, validation = self._validation(X, Y, validation_data, validation_split, loss_code,
-                                            validation_shuffle, seed)
+        X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split,
+                                                     loss_code, validation_shuffle, seed)
         callbacks += self._early_stopping(early_stopping, restore_best, verbose)
         monitor = _gradient_monitor(gradient_warnings)
         verbose = _check_verbose(verbose)
@@ -403,12 +418,10 @@ class MLP:
                           "the parameters are kept, the optimizer state starts over", RuntimeWarning,
                           stacklevel=3)
         state = self.fit_state if keep_state else FitState(self.n_params, self.dtype)
-        if device == "cuda" and self.batchnorm:
-            raise ValueError("batchnorm runs on the CPU only; fit with device='cpu'")
         engine_class = cuda_training.CudaEngine if device == "cuda" else cpu_training.CpuEngine
         engine = engine_class(self, X, Y, state, batch_size=batch_size, optimizer=optimizer,
                               loss_code=loss_code, l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
-                              checkpoint=checkpoint, seed=seed)
+                              checkpoint=checkpoint, seed=seed, sample_weight=weights)
         epochs_before = state.epochs_done
         completed = False
         try:
@@ -416,8 +429,6 @@ class MLP:
                 history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
                                      epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
                                      callbacks=callbacks, verbose=verbose, state=state, validation=validation,
-                                     validate=getattr(engine, "validate", None)   # the GPU's, on device θ
-                                     or (lambda Xv, Yv: self._loss_sum(Xv, Yv, loss_code)),
                                      gradient_monitor=monitor)
             completed = True
         finally:
@@ -429,19 +440,23 @@ class MLP:
                     self.feature_names = feature_names
         return history
 
-    def _validation(self, X, Y, validation_data, validation_split, loss_code, validation_shuffle=False,
+    def _validation(self, X, Y, weights, validation_data, validation_split, loss_code, validation_shuffle=False,
                     seed=0):
-        """(X, Y, validation) with validation None or a converted (Xv, Yv) pair."""
+        """(X, Y, weights, validation) with validation None or converted (Xv, Yv, weights
+        or None); ``weights`` (checked sample weights or None) are split with the rows."""
         if validation_data is not None and validation_split is not None:
             raise ValueError("pass validation_data or validation_split, not both")
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise TypeError("validation_data must be a pair (X_val, y_val) or a triple "
+                                "(X_val, y_val, sample_weight_val)")
             Xv = check_features(validation_data[0], self.n_features, self.dtype, name="validation X")
             Yv = self._targets(validation_data[1], Xv.shape[0], loss_code)
-            return X, Y, (Xv, Yv)
+            wv = check_sample_weight(validation_data[2], Xv.shape[0], "validation sample_weight") \
+                if len(validation_data) == 3 else None
+            return X, Y, weights, (Xv, Yv, wv)
         if validation_split is None:
-            return X, Y, None
+            return X, Y, weights, None
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                 or not 0 < validation_split < 1:
             raise ValueError(f"validation_split must be a number in (0, 1), got {validation_split!r}")
@@ -451,13 +466,17 @@ class MLP:
             raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
                              f"{n - n_val} for training and {n_val} for validation; both need one")
         if validation_shuffle is False:
-            X, Y, validation = X[:n - n_val], Y[:n - n_val], (X[n - n_val:], Y[n - n_val:])
+            train_rows, val_rows = slice(0, n - n_val), slice(n - n_val, n)
         else:
             val_rows = self._validation_rows(Y, n_val, validation_shuffle, seed)
             train_rows = np.setdiff1d(np.arange(n), val_rows)
-            X, Y, validation = X[train_rows], Y[train_rows], (X[val_rows], Y[val_rows])
-        self._warn_one_class(validation[1], validation_split, validation_shuffle)
-        return X, Y, validation
+        parts = [(a[train_rows], a[val_rows]) if a is not None else (None, None) for a in (X, Y, weights)]
+        (X, Xv), (Y, Yv), (weights, wv) = parts
+        if weights is not None and not (weights.any() and wv.any()):
+            raise ValueError(f"validation_split={validation_split} leaves sample weights that are all zero in "
+                             f"the {'training' if not weights.any() else 'validation'} rows")
+        self._warn_one_class(Yv, validation_split, validation_shuffle)
+        return X, Y, weights, (Xv, Yv, wv)
 
     def _validation_rows(self, Y, n_val, how, seed):
         """Sorted indices of ``n_val`` validation rows: random (``how=True``) or drawn
@@ -525,8 +544,8 @@ class MLP:
     def _fit_input(self, X, validation_data):
         """(X, validation_data, column names of X or None) as fit uses them."""
         X_in = self._input(X)
-        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            validation_data = (self._input(validation_data[0]), validation_data[1])
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+            validation_data = (self._input(validation_data[0]), *validation_data[1:])
         return X_in, validation_data, _column_names(X)
 
     # --- save / load --------------------------------------------------------------------
@@ -591,16 +610,15 @@ class MLP:
         X = check_features(X, self.n_features, self.dtype)
         chunk = min(PREDICT_CHUNK, X.shape[0])
         if device == "cuda":
-            if self.batchnorm:
-                raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             return cuda_training.forward(self, X, chunk)
         with blas_threads(self.sizes, chunk):
             return cpu_training.forward(self, X, chunk)
 
-    def _loss_sum(self, X, Y, loss_code, batch_stats=False):
-        """(summed data loss, correct) over converted X, Y in chunks, without dropout;
-        BN with running statistics (or each chunk's batch statistics)."""
-        return cpu_training.evaluate(self, X, Y, loss_code, min(PREDICT_CHUNK, X.shape[0]), batch_stats)
+    def _loss_sum(self, X, Y, loss_code, batch_stats=False, weights=None):
+        """(summed data loss — Σ w_i ℓ_i with ``weights`` —, correct) over converted X, Y in
+        chunks, without dropout; BN with running statistics (or each chunk's batch statistics)."""
+        return cpu_training.evaluate(self, X, Y, loss_code, min(PREDICT_CHUNK, X.shape[0]), batch_stats,
+                                     weights=weights)
 
     def predict_proba(self, X, device="cpu"):
         """Class probabilities: softmax rows, or [1 − p, p] for a single sigmoid unit
@@ -622,51 +640,57 @@ class MLP:
             return labels[:, 0] if self.n_outputs == 1 else labels
         return out[:, 0] if self.n_outputs == 1 else out
 
-    def evaluate(self, X, y, loss=None, device="cpu"):
-        """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers)."""
-        self._refuse_cpu_only_output(device)
+    def evaluate(self, X, y, loss=None, device="cpu", sample_weight=None):
+        """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers).
+        With ``sample_weight`` (CPU only) the loss is the weighted mean Σ w_i ℓ_i / Σw;
+        accuracy counts rows."""
+        self._refuse_cpu_only_output(device, sample_weight)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = self._input(X)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
+        weights = check_sample_weight(sample_weight, X.shape[0])
         chunk = min(PREDICT_CHUNK, X.shape[0])
         if device == "cuda":
-            if self.batchnorm:
-                raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
             total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk)
         else:
-            total, correct = self._loss_sum(X, Y, loss_code)
-        result = {"loss": total / X.shape[0]}
+            total, correct = self._loss_sum(X, Y, loss_code, weights=weights)
+        result = {"loss": total / (X.shape[0] if weights is None else weights.sum())}
         if self.output not in spec.REGRESSION_OUTPUTS:
             result["accuracy"] = correct / X.shape[0]
         return result
 
     # --- gradients --------------------------------------------------------------------
 
-    def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu"):
+    def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu", sample_weight=None):
         """(objective, flat gradient) over the full batch X, from the compiled backward
-        pass of ``device``; the objective is the mean data loss plus the L1/L2 penalty."""
-        self._refuse_cpu_only_output(device)
+        pass of ``device``; the objective is the mean data loss plus the L1/L2 penalty
+        (with ``sample_weight``, CPU only: (Σ w_i ℓ_i + n·penalty)/Σw, as in ``fit``)."""
+        self._refuse_cpu_only_output(device, sample_weight)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)
         Y = self._targets(y, X.shape[0], loss_code)
         l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
-        if device == "cuda" and self.batchnorm:
-            raise ValueError("batchnorm networks run on the CPU only; use device='cpu'")
-        training = cuda_training if device == "cuda" else cpu_training
-        value, grad = training.loss_and_gradient(self, X, Y, loss_code)
+        weights = check_sample_weight(sample_weight, X.shape[0])
+        if weights is not None:  # the penalty per n rows: l1, l2 over the mean weight
+            l1, l2 = l1 * X.shape[0] / weights.sum(), l2 * X.shape[0] / weights.sum()
+            value, grad = cpu_training.loss_and_gradient(self, X, Y, loss_code, weights)
+        else:
+            training = cuda_training if device == "cuda" else cpu_training
+            value, grad = training.loss_and_gradient(self, X, Y, loss_code)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W
                 value += l1 * np.abs(W).sum() + 0.5 * l2 * (W.astype(np.float64) ** 2).sum()
         return float(value), grad
 
-    def gradients(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu"):
-        """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y).
-        With batch normalization db is dβ; dγ is in :meth:`flat_gradient` at ``bn_goff[l]``."""
-        _, grad = self.flat_gradient(X, y, loss, l1, l2, device)
+    def gradients(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu", sample_weight=None):
+        """``[(dW, db), ...]`` per layer: batch-mean gradients of the objective on (X, y)
+        (weighted with ``sample_weight``, see :meth:`flat_gradient`). With batch
+        normalization db is dβ; dγ is in :meth:`flat_gradient` at ``bn_goff[l]``."""
+        _, grad = self.flat_gradient(X, y, loss, l1, l2, device, sample_weight)
         return list(zip(*weight_views(grad, self.layout)))
 
     # --- copies -----------------------------------------------------------------------

@@ -29,7 +29,9 @@ Sample weights w (optional, one per row) make a batch's data loss the weighted m
 ``Σ_i w_i ℓ_i / Σ_i w_i`` and divide its L1/L2 penalty by the batch's mean weight
 ``m = Σ_i w_i / B``: the objective is ``(Σ_i w_i ℓ_i + B·penalty) / Σ_i w_i``. A weight
 acts like a repeat count with the penalty kept per B rows (scikit-learn's α / Σ w);
-unit weights change nothing.
+unit weights change nothing. A batch whose weights sum to 0 has no objective: training
+skips it (no step). The epoch's reported loss is scikit-learn's: the mean over batches
+of each batch's (weighted) objective, weighted by the batch's size B.
 
 Regularisation adds ``l1 Σ|W| + (l2/2) Σ W²`` over the weights (not the biases)
 to the objective, hence ``l1·sign(W) + l2·W`` to the weight gradients. Clipping
@@ -414,15 +416,15 @@ def train_epoch(weights, biases, activations, X, Y, perm, batch_size, loss, opti
     """Train one epoch over ``X[perm]`` in batches of ``batch_size`` (the last may be
     partial and is trained on). Updates weights, biases and state in place.
     ``sample_weight`` (one per row of X, gathered through ``perm``) weighs each batch's
-    objective as the module docstring says.
+    objective as the module docstring says; a batch of total weight 0 is skipped.
 
     Returns ``(mean_loss, correct)``: the mean over batches of the objective (data
-    loss + penalty, before each batch's update), weighted by each batch's total
-    sample weight (its size without weights), and the number of correctly
+    loss + penalty, before each batch's update), weighted by each batch's size (as
+    scikit-learn's ``loss_curve_``; a skipped batch adds 0), and the number of correctly
     classified training samples seen during the epoch.
     """
     n = X.shape[0]
-    total, weight_total, correct = 0.0, 0.0, 0
+    total, correct = 0.0, 0
     params = [*weights, *biases]
     for start in range(0, n, batch_size):
         idx = perm[start:start + batch_size]
@@ -435,17 +437,18 @@ def train_epoch(weights, biases, activations, X, Y, perm, batch_size, loss, opti
         else:
             wb = np.asarray(sample_weight, dtype=np.float64)[idx]
             wsum, mean_weight = wb.sum(), wb.mean()
+            if wsum == 0:
+                continue
             batch_loss, row_scale = (wb * losses).sum() / wsum, wb / mean_weight
         l1_batch, l2_batch = l1 / mean_weight, l2 / mean_weight  # the penalty per B rows
-        total += wsum * (batch_loss + penalty(weights, l1_batch, l2_batch))
-        weight_total += wsum
+        total += len(idx) * (batch_loss + penalty(weights, l1_batch, l2_batch))
         correct += correct_count(acts[-1], Yb, activations[-1])
         dWs, dbs = backward(weights, activations, zs, acts, Yb, loss, row_scale=row_scale)
         dWs = [dW + regularisation_gradient(W, l1_batch, l2_batch) for dW, W in zip(dWs, weights)]
         grads = clip([*dWs, *dbs], clip_norm, clip_value)
         state["t"] += 1
         optimizer_step(optimizer, params, grads, state, lr, state["t"], **opt_hyper)
-    return total / weight_total, correct
+    return total / n, correct
 
 
 def predict(weights, biases, activations, X):

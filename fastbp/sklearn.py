@@ -31,10 +31,13 @@ How scikit-learn's objective maps onto fastbp's (documented deviations last):
   ``check_random_state(random_state)``), so both libraries start from the same
   parameters; mini-batch shuffling uses fastbp's generator, seeded from the same
   ``random_state``.
-* ``sample_weight`` (``fit`` and ``partial_fit``): sklearn's batch objective is
-  ``Σ w·loss / Σ w + 0.5·alpha·‖W‖²/Σ w``; equal weights c are therefore training
-  with ``alpha / c``, which is what fastbp does. The early-stopping split takes the
-  weights along (same split as sklearn) and the validation score is weighted.
+* ``sample_weight`` (``fit`` and ``partial_fit``, every solver): sklearn's batch
+  objective is ``(Σ w·loss + 0.5·alpha·‖W‖²) / Σ w``, which is fastbp's weighted
+  objective ``(Σ w·loss + B·penalty) / Σ w`` (``fastbp.MLP.fit(sample_weight=...)``)
+  with the same ``l2 = alpha/(s·B)`` as without weights; ``loss_curve_`` averages
+  the batches' weighted objectives by batch size, as sklearn's does. The
+  early-stopping split takes the weights along (same split as sklearn) and the
+  validation score is weighted.
 * A diverging fit raises sklearn's ``ValueError("Solver produced non-finite
   parameter weights...")``; ``n_iter_``, ``loss_`` (NaN) and ``loss_curve_``
   include the diverging epoch, as in sklearn.
@@ -57,9 +60,9 @@ Deviations (besides scikit-learn's private internals -- ``_forward_pass``,
   same gradient (identical for one output). ``lbfgs`` therefore optimises a
   value and gradient that match (sklearn's disagree by the factor n_outputs).
 * Sparse input is accepted and densified.
-* ``sample_weight`` with unequal (or non-positive) weights raises
-  ``NotImplementedError``: it needs per-sample weights inside fastbp's compiled
-  epoch, which ``fastbp.reference`` defines but the kernels do not have yet.
+* ``sample_weight`` must be >= 0 (sklearn's MLPs accept negative weights, which make
+  the objective unbounded below). A mini-batch whose weights sum to 0 is skipped (no
+  update; it adds 0 to ``loss_``); sklearn raises ``ZeroDivisionError`` there.
 * ``MLPRegressor(loss="poisson")`` (exp output, half Poisson deviance) runs on the
   CPU only (``device="cuda"`` raises ``ValueError``).
 * After a diverging fit the parameters are the last finite ones (fastbp rolls the
@@ -428,7 +431,7 @@ class _BaseMLP(BaseEstimator):
             dtype = np.dtype(self.dtype) if self.dtype is not None else X.dtype
         else:
             dtype = self._synced_net().dtype
-        weight, sample_weight = self._uniform_weight(sample_weight, X)
+        sample_weight = self._check_weights(sample_weight, X)
         X = self._as_kernel_array(X, dtype)
         Y = np.ascontiguousarray(Y.reshape(Y.shape[0], -1), dtype=dtype)
         layer_units = [X.shape[1], *hidden, Y.shape[1]]
@@ -445,30 +448,21 @@ class _BaseMLP(BaseEstimator):
                              "refit with warm_start=False")
         net = self._synced_net()
         if self.solver in _STOCHASTIC_SOLVERS:
-            self._fit_stochastic(net, X, Y, rs, incremental, weight, sample_weight)
+            self._fit_stochastic(net, X, Y, rs, incremental, sample_weight)
         else:
-            self._fit_lbfgs(net, X, Y, weight)
+            self._fit_lbfgs(net, X, Y, sample_weight)
         if not np.isfinite(net.theta).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may"
                              " contain large values and need to be preprocessed.")
         return self
 
     @staticmethod
-    def _uniform_weight(sample_weight, X):
-        """(c, checked weights) for sample weights that are all equal to c > 0 (or None:
-        c = 1). scikit-learn's objective per batch is Σ w·loss / Σ w + α‖W‖²/(2 Σ w), so
-        equal weights c are training with alpha / c. Unequal weights need per-sample
-        weights inside the compiled epoch, which fastbp's kernels do not have yet."""
+    def _check_weights(sample_weight, X):
+        """Sample weights as float64 (n,), >= 0 and not all zero, or None (checked before
+        anything is initialised, so a refused call leaves a fitted estimator as it was)."""
         if sample_weight is None:
-            return 1.0, None
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        weight = float(sample_weight[0])
-        if not (weight > 0 and np.all(sample_weight == weight)):
-            raise NotImplementedError("fastbp's estimators accept sample_weight only when every weight is "
-                                      "the same number > 0 (that is training with alpha / weight); "
-                                      "unequal weights need per-sample weights in fastbp's compiled "
-                                      "kernels, which they do not have yet")
-        return weight, sample_weight
+            return None
+        return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
 
     def _lr_scale(self):
         """Factor from sklearn's learning rate to fastbp's: s for SGD, whose step is
@@ -503,11 +497,11 @@ class _BaseMLP(BaseEstimator):
         if X_val.shape[0] < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                              "or the size of your dataset.")
-        sw_val = parts[5] if sample_weight is not None else None
+        sw_train, sw_val = parts[4:6] if sample_weight is not None else (None, None)
         return np.ascontiguousarray(X_train), np.ascontiguousarray(Y_train), np.ascontiguousarray(X_val), \
-            self._decode(Y_val), sw_val
+            self._decode(Y_val), sw_train, sw_val
 
-    def _fit_stochastic(self, net, X, Y, rs, incremental, weight=1.0, sample_weight=None):
+    def _fit_stochastic(self, net, X, Y, rs, incremental, sample_weight=None):
         early_stopping = self.early_stopping
         if not hasattr(self, "loss_curve_") or \
                 (early_stopping and getattr(self, "validation_scores_", None) is None):
@@ -515,9 +509,9 @@ class _BaseMLP(BaseEstimator):
             # (sklearn raises AttributeError / TypeError in these cases)
             self._init_stochastic_records()
         if early_stopping:
-            X_train, Y_train, X_val, y_val, sw_val = self._split(X, Y, sample_weight, rs)
+            X_train, Y_train, X_val, y_val, sw_train, sw_val = self._split(X, Y, sample_weight, rs)
         else:
-            X_train, Y_train, X_val, y_val, sw_val = X, Y, None, None, None
+            X_train, Y_train, X_val, y_val, sw_train, sw_val = X, Y, None, None, sample_weight, None
         n_samples = X_train.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
@@ -567,7 +561,8 @@ class _BaseMLP(BaseEstimator):
                                     category=RuntimeWarning)  # a changed hyper-parameter: sklearn is silent
             history = net.fit(X_train, Y_train, loss=_LOSS[self.out_activation_],
                               optimizer=self._make_optimizer(), epochs=epochs, batch_size=batch_size,
-                              shuffle=bool(self.shuffle), l2=self.alpha / (weight * scale * batch_size),
+                              shuffle=bool(self.shuffle), l2=self.alpha / (scale * batch_size),
+                              sample_weight=sw_train,
                               schedule=_LiveRate(self, self._lr_scale()),
                               seed=int(rs.randint(np.iinfo(np.int32).max)), callbacks=[end_of_epoch],
                               verbose=0, warm_start=not new_optimizer, gradient_warnings=False)
@@ -607,18 +602,18 @@ class _BaseMLP(BaseEstimator):
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def _fit_lbfgs(self, net, X, Y, weight=1.0):
+    def _fit_lbfgs(self, net, X, Y, sample_weight=None):
         """Full-batch L-BFGS-B over the flat parameter vector, in float64."""
         net64 = net if net.dtype == np.float64 else net.copy(dtype="float64")
         X64 = np.ascontiguousarray(X, dtype=np.float64)
         Y64 = np.ascontiguousarray(Y, dtype=np.float64)
         scale = self._loss_scale()
-        l2 = self.alpha / (weight * scale * X.shape[0])
+        l2 = self.alpha / (scale * X.shape[0])
         loss = _LOSS[self.out_activation_]
 
         def value_and_grad(theta):
             net64.theta[...] = theta
-            value, grad = net64.flat_gradient(X64, Y64, loss=loss, l2=l2)
+            value, grad = net64.flat_gradient(X64, Y64, loss=loss, l2=l2, sample_weight=sample_weight)
             return scale * value, scale * grad
 
         result = scipy.optimize.minimize(
@@ -637,7 +632,7 @@ class _BaseMLP(BaseEstimator):
 
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y; returns self.
-        ``sample_weight``: see :meth:`_uniform_weight` (equal weights only, for now)."""
+        ``sample_weight``: one weight >= 0 per sample (see the module docstring)."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     def _check_solver(self):

@@ -63,12 +63,13 @@ class FitContext:
 
 class History:
     """Per-epoch records of a fit: ``loss`` (objective incl. L1/L2 penalty, averaged
-    over the epoch's batches), ``accuracy`` (training accuracy during the epoch, for
-    classification), ``lr``, ``seconds``, ``samples_per_second``, and per layer
+    over the epoch's batches by batch size; with sample weights each batch's weighted
+    objective), ``accuracy`` (training accuracy during the epoch, for classification:
+    rows, not weights), ``lr``, ``seconds``, ``samples_per_second``, and per layer
     ``grad_norm`` (mean over the epoch's batches of the L2 norm of the layer's
     regularised gradient) and ``update_ratio`` (mean of ‖ΔW‖/‖W‖), both computed
     inside the update kernel. With validation data, ``val_loss`` (mean data loss,
-    no penalty, as :meth:`MLP.evaluate`) and ``val_accuracy`` after each epoch
+    no penalty, weighted with validation weights, as :meth:`MLP.evaluate`) and ``val_accuracy`` after each epoch
     (empty lists otherwise). ``best_epoch`` (0-based) is set by early stopping."""
 
     def __init__(self):
@@ -191,14 +192,15 @@ def train_one_epoch(engine, perm, epoch, lr, bar, chunk):
 
 
 def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedule, seed, callbacks,
-               verbose, state, validation=None, validate=None, gradient_monitor=None):
+               verbose, state, validation=None, gradient_monitor=None):
     """Train ``net`` in place through ``engine`` (see ``engine.Engine``; built over the n
     validated, converted samples); returns a History.
 
     Epoch e of this fit is epoch ``state.epochs_done + e`` of the network: the
     schedule, the shuffle (:func:`epoch_permutation`) and ``lr_scale`` continue
-    across ``warm_start`` fits. ``validation`` is None or a converted (Xv, Yv) pair,
-    scored after every epoch by ``validate(Xv, Yv)`` → (loss sum, correct).
+    across ``warm_start`` fits. ``validation`` is None or converted (Xv, Yv, weights or
+    None), scored after every epoch by ``engine.validate(Xv, Yv, weights)`` → (loss sum,
+    correct) on the engine's device; ``val_loss`` is the sum over n (over Σ weights).
     ``callbacks`` are :class:`fastbp.callbacks.Callback` objects or plain
     ``f(net, epoch, history)``.
 
@@ -253,9 +255,9 @@ def run_epochs(net, engine, *, n, loss_code, optimizer, epochs, shuffle, schedul
             if validation is not None or callbacks:
                 engine.to_host()
             if validation is not None:
-                Xv, Yv = validation
-                val_total, val_correct = validate(Xv, Yv)
-                history.val_loss.append(val_total / Xv.shape[0])
+                Xv, Yv, wv = validation
+                val_total, val_correct = engine.validate(Xv, Yv, wv)
+                history.val_loss.append(val_total / (Xv.shape[0] if wv is None else wv.sum()))
                 history.val_accuracy.append(val_correct / Xv.shape[0] if classification else float("nan"))
             if bar is not None:
                 bar.set_postfix(_epoch_logs(history, classification), refresh=False)

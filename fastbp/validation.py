@@ -132,3 +132,20 @@ def check_positive_or_none(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be None or a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_sample_weight(sample_weight, n_samples, name="sample_weight"):
+    """Sample weights as a C-contiguous float64 array of shape (n_samples,), or None:
+    real, finite, >= 0 and not all zero (each problem named, with the first bad entry)."""
+    if sample_weight is None:
+        return None
+    arr = _numeric_array(sample_weight, name)
+    if arr.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), one weight per sample, got shape {arr.shape}")
+    arr = _cast_finite(arr, np.float64, name)
+    if (arr < 0).any():
+        first = int(np.argmax(arr < 0))
+        raise ValueError(f"{name} must be >= 0, got {arr[first]!r} at entry {first}")
+    if not arr.any():
+        raise ValueError(f"{name} is all zero: there is nothing to fit")
+    return arr

@@ -51,12 +51,12 @@ class ReferenceTrainer:
         self.state = reference.new_optimizer_state([*self.weights, *self.biases])
 
     def epoch(self, X, Y, perm, batch_size, loss, optimizer, lr, l1=0.0, l2=0.0, clip_norm=None,
-              clip_value=None):
+              clip_value=None, sample_weight=None):
         c = optimizer.constants()
         return reference.train_epoch(self.weights, self.biases, self.activations, X, Y, perm,
                                      batch_size, loss, optimizer.name, self.state, lr, l1, l2,
-                                     clip_norm, clip_value, momentum=c["momentum"], beta2=c["beta2"],
-                                     eps=c["eps"])
+                                     clip_norm, clip_value, sample_weight=sample_weight,
+                                     momentum=c["momentum"], beta2=c["beta2"], eps=c["eps"])
 
     def flat(self):
         return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in zip(self.weights, self.biases)])

@@ -69,12 +69,72 @@ def test_sample_weight_in_partial_fit_and_early_stopping_split(regression):
     assert_same_params(ours, theirs)
 
 
-@pytest.mark.parametrize("weights", [np.r_[np.ones(60), np.full(60, 2.0)], np.full(120, -1.0)])
-def test_unequal_sample_weights_are_refused_before_training(regression, weights):
+def unequal_weights(n, seed=0):
+    w = np.random.default_rng(seed).uniform(0.0, 3.0, n)
+    w[::17] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("Estimator,solver,batch_size", [(MLPRegressor, "sgd", 40), (MLPClassifier, "sgd", 40),
+                                                         (MLPClassifier, "sgd", 1), (MLPRegressor, "lbfgs", 40)])
+def test_unequal_sample_weights_follow_sklearn(blobs, regression, Estimator, solver, batch_size):
+    """sklearn's own MLP with the same weights is the oracle: same init, same batches."""
+    X, y = regression if Estimator is MLPRegressor else blobs
+    n = 40 if batch_size == 1 else len(y)
+    X, y = X[:n], y[:n]
+    kw = dict(hidden_layer_sizes=(7,), solver=solver, shuffle=False, random_state=0, max_iter=4,
+              alpha=0.01, learning_rate_init=0.05 if batch_size > 1 else 0.005, batch_size=batch_size)
+    weights = unequal_weights(n) + (batch_size == 1)  # sklearn divides by zero on a batch of weight 0
+    ours = Estimator(**kw).fit(X, y, sample_weight=weights)
+    theirs = getattr(sk, Estimator.__name__)(**kw).fit(X, y, sample_weight=weights)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-6)
+    if solver == "sgd":
+        assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)
+    assert_same_params(ours, theirs)
+    unweighted = Estimator(**kw).fit(X, y)
+    assert not np.allclose(unweighted.coefs_[0], ours.coefs_[0], rtol=1e-3)
+
+
+def test_unequal_sample_weights_in_partial_fit_and_early_stopping(regression):
+    X, y = regression
+    weights = unequal_weights(len(y), seed=1)
+    kw = dict(hidden_layer_sizes=(6,), solver="sgd", shuffle=False, random_state=0, alpha=0.1,
+              learning_rate_init=0.05, batch_size=20)
+    ours, theirs = MLPRegressor(**kw), sk.MLPRegressor(**kw)
+    for _ in range(2):
+        ours.partial_fit(X, y, sample_weight=weights)
+        theirs.partial_fit(X, y, sample_weight=weights)
+    assert_same_params(ours, theirs)
+    kw.update(early_stopping=True, max_iter=4, validation_fraction=0.25, batch_size=30)
+    ours = MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+    theirs = sk.MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+    assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-6)
+    assert_same_params(ours, theirs)
+
+
+def test_zero_weight_batch_is_skipped_where_sklearn_divides_by_zero(regression):
+    """A mini-batch of total weight 0: sklearn raises ZeroDivisionError; fastbp skips it,
+    which is sklearn's training on the other rows (constant rate, same batches)."""
+    X, y = regression
+    weights = unequal_weights(len(y), seed=2) + 0.5
+    weights[40:80] = 0.0
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", shuffle=False, random_state=0, alpha=0.01,
+              learning_rate_init=0.05, batch_size=40, max_iter=3)
+    with pytest.raises(ZeroDivisionError):
+        sk.MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+    ours = MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+    keep = weights > 0
+    theirs = sk.MLPRegressor(**kw).fit(X[keep], y[keep], sample_weight=weights[keep])
+    assert_same_params(ours, theirs)
+
+
+@pytest.mark.parametrize("weights,match", [(np.r_[np.ones(119), -1.0], "Negative"), (np.zeros(120), "zero")])
+def test_bad_sample_weights_are_refused_before_training(regression, weights, match):
     X, y = regression
     reg = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
     before = [c.copy() for c in reg.coefs_]
-    with pytest.raises(NotImplementedError, match="sample_weight"):
+    with pytest.raises(ValueError, match=match):
         reg.set_params(warm_start=True).fit(X, y, sample_weight=weights)
     for a, b in zip(reg.coefs_, before):
         assert_allclose(a, b, rtol=0, atol=0)

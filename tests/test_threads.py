@@ -100,3 +100,13 @@ def test_bench_rows_run_on_tiny_data(monkeypatch):
     assert 0 < r["worst_alternating"] <= r["median_alternating"]
     i = bench.inference(config, repeats=1, rows=7)
     assert i["rows"] == 7 and i["speedup"] > 0
+
+
+def test_measure_crossover_runs_and_reports_each_shape(capsys):
+    """The crossover measurement (``python -m fastbp.threads``) on two tiny shapes: one row
+    per shape with positive times; the crossover is inf or one of the measured m·n·k."""
+    shapes = ((4, 8, 8), (8, 16, 16))
+    rows, crossover = threads.measure_crossover(shapes=shapes, repeats=1, calls=3)
+    assert [r[:3] for r in rows] == list(shapes)
+    assert all(r[3] > 0 and r[4] > 0 for r in rows)
+    assert crossover == float("inf") or crossover in {m * n * k for m, n, k in shapes}

@@ -114,15 +114,15 @@ def test_shuffled_and_stratified_splits(how):
     net = fastbp.MLP(SIZES, dtype="float64")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        net._validation(X, np.eye(3)[y], None, 0.3, 2, how, seed=0)  # no one-class warning
-    Xt, Yt, (Xv, Yv) = net._validation(X, np.eye(3)[y], None, 0.3, 2, how, seed=0)
+        net._validation(X, np.eye(3)[y], None, None, 0.3, 2, how, seed=0)  # no one-class warning
+    Xt, Yt, _, (Xv, Yv, _) = net._validation(X, np.eye(3)[y], None, None, 0.3, 2, how, seed=0)
     assert len(Xv) == 18 and len(Xt) == 42
     rows = {tuple(r) for r in X}
     assert {tuple(r) for r in Xt} | {tuple(r) for r in Xv} == rows and not ({tuple(r) for r in Xt} &
                                                                             {tuple(r) for r in Xv})
     if how == "stratify":
         assert np.bincount(Yv.argmax(axis=1)).tolist() == [6, 6, 6]
-    again = net._validation(X, np.eye(3)[y], None, 0.3, 2, how, seed=0)[2][0]
+    again = net._validation(X, np.eye(3)[y], None, None, 0.3, 2, how, seed=0)[3][0]
     np.testing.assert_array_equal(again, Xv)  # seeded
 
 

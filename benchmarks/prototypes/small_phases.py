@@ -58,7 +58,7 @@ def t_forward(a, w, b, code, z, out, count):
 @njit(nogil=True)
 def t_output(z, a, y, delta, count):
     for _ in range(count):
-        cpu.output_delta(z, a, y, SOFTMAX, CE, 1.0 / 32, delta)
+        cpu.output_delta(z, a, y, SOFTMAX, CE, 1.0 / 32, None, delta)
         cpu.correct_count(a, y, SOFTMAX)
 
 
@@ -128,7 +128,7 @@ def main(argv=None):
                                     loss_code=CE, l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0)
     work, network, optb, hyper = engine.work, engine.network, engine.optimizer, engine.hyper
     perm = rng.permutation(n)
-    data = Data(X, Y, perm)
+    data = Data(X, Y, perm, None)
     f32 = np.float32
     x, y = work.xb, work.yb
     cpu.gather_rows(X, perm, 0, B, x)
@@ -142,7 +142,7 @@ def main(argv=None):
     gb1, gb2 = np.empty_like(b1), np.empty_like(b2)
     cpu.forward_layer(x, W1, b1, RELU, z1, a1)
     cpu.forward_layer(a1, W2, b2, SOFTMAX, z2, a2)
-    cpu.output_delta(z2, a2, y, SOFTMAX, CE, 1.0 / B, d2)
+    cpu.output_delta(z2, a2, y, SOFTMAX, CE, 1.0 / B, None, d2)
     count = max(200, int(2e7 // (B * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * 6)))
     n_batches = -(-n // B)
 

@@ -35,11 +35,13 @@ Hyper = namedtuple("Hyper", "lr momentum beta2 eps l1 l2 clip_norm clip_value")
 #: ``offsets`` (n_layers × 3): column 0 the offset of layer l in ``zs``/``acts`` (within
 #: its checkpoint segment), column 1 its offset in network-long buffers (dropout masks),
 #: column 2 its first unit among all units (batchnorm statistics); ``sums`` (float64[1])
-#: and ``counts`` (int64[1]) accumulate the epoch's Σ b·(loss + penalty) and correct count
-Workspace = namedtuple("Workspace", "xb yb zs acts deltas offsets bmax sums counts")
+#: and ``counts`` (int64[1]) accumulate the epoch's Σ b·(loss + penalty) and correct count;
+#: ``row_weights`` (float64[bmax]) the gathered sample weights of a batch, None without weights
+Workspace = namedtuple("Workspace", "xb yb zs acts deltas offsets bmax sums counts row_weights")
 
-#: the training rows and this epoch's permutation of them
-Data = namedtuple("Data", "X Y perm")
+#: the training rows, this epoch's permutation of them and the rows' sample ``weights``
+#: (float64, one per row of X; None: every row weighs 1, and no weight code is compiled)
+Data = namedtuple("Data", "X Y perm weights")
 
 #: inverted dropout after hidden layer l with keep probability ``keep[l]`` (1: off);
 #: ``masks``/``dacts`` (network-long) hold the masks and the dropped activations;

@@ -22,8 +22,9 @@ in one compiled call), :func:`loss_and_gradient` and :func:`evaluate` (loss and/
 outputs). They take the bundles of ``bundles.py``; an optional mode is an argument
 that is ``None`` when off, so its code is compiled only for the fits that use it.
 
-Conventions: the 1/B of the batch mean is folded into δ^L, so dW = a^{l-1ᵀ}δ^l
-and db = Σ δ^l need no further scaling. Nothing here allocates per batch: every
+Conventions: the 1/B of the batch mean is folded into δ^L (with sample weights
+w_i/Σw, see :func:`output_delta`), so dW = a^{l-1ᵀ}δ^l and db = Σ δ^l need no
+further scaling. Nothing here allocates per batch: every
 buffer comes from the caller (see ``fastbp.cpu_training``). Functions are
 compiled once per dtype (float32, float64); activations, losses and optimizers
 are integer codes from ``fastbp.spec`` branched on outside the inner loops.
@@ -34,6 +35,7 @@ from numba import njit
 
 from .. import spec
 from . import rng
+from .bundles import Hyper
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = (
     spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX, spec.EXP)
@@ -190,18 +192,30 @@ def bias_gradient(delta, dbias):
 
 
 @_jit
-def output_delta(z, a, targets, out_code, loss_code, inv_batch, delta):
+def row_weight(row_weights, i):
+    """Sample weight of batch row i (1.0 without weights: the products with it are then
+    exact, so an unweighted fit keeps its bits)."""
+    if row_weights is None:
+        return 1.0
+    return row_weights[i]
+
+
+@_jit
+def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, delta):
     """Write δ^L (already divided by the batch size) and return the summed loss.
 
     Cross-entropy with softmax and binary cross-entropy with sigmoid use the
     logits z for a stable loss and δ = (p − y)/B; so does the half Poisson deviance
     a − y z + y log y − y with the exp output (a = e^z); MSE uses the activation's
-    derivative (the full Jacobian for softmax).
+    derivative (the full Jacobian for softmax). With ``row_weights`` (None: all 1)
+    row i's loss and δ are multiplied by w_i, and ``inv_batch`` is 1/Σw.
     """
     rows, cols = z.shape
     total = 0.0
     if loss_code == CE:
         for i in range(rows):
+            w = row_weight(row_weights, i)
+            scale = w * inv_batch
             m = -np.inf
             for j in range(cols):
                 m = max(m, z[i, j])
@@ -210,29 +224,34 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, delta):
                 s += np.exp(z[i, j] - m)
             log_s = np.log(s)
             for j in range(cols):
-                total -= targets[i, j] * (z[i, j] - m - log_s)
-                delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
+                total -= w * (targets[i, j] * (z[i, j] - m - log_s))
+                delta[i, j] = (a[i, j] - targets[i, j]) * scale
     elif loss_code == BCE:
         for i in range(rows):
+            w = row_weight(row_weights, i)
+            scale = w * inv_batch
             for j in range(cols):
                 v = z[i, j]
-                total += max(v, 0) - v * targets[i, j] + np.log1p(np.exp(-abs(v)))
-                delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
+                total += w * (max(v, 0) - v * targets[i, j] + np.log1p(np.exp(-abs(v))))
+                delta[i, j] = (a[i, j] - targets[i, j]) * scale
     elif loss_code == POISSON:
         for i in range(rows):
+            w = row_weight(row_weights, i)
+            scale = w * inv_batch
             for j in range(cols):
                 y = targets[i, j]
-                total += a[i, j] - y * z[i, j] - y
+                total += w * (a[i, j] - y * z[i, j] - y)
                 if y > 0:
-                    total += y * np.log(y)
-                delta[i, j] = (a[i, j] - y) * inv_batch
+                    total += w * (y * np.log(y))
+                delta[i, j] = (a[i, j] - y) * scale
     else:  # MSE
-        scale = 2 * inv_batch / cols
         for i in range(rows):
+            w = row_weight(row_weights, i)
+            scale = 2 * (w * inv_batch) / cols
             dot = 0.0
             for j in range(cols):
                 e = a[i, j] - targets[i, j]
-                total += e * e / cols
+                total += w * (e * e / cols)
                 g = scale * e
                 delta[i, j] = g
                 dot += g * a[i, j]
@@ -714,15 +733,58 @@ def segment_input(x, net, work, checkpoint, dropout, start):
 
 
 @_jit
-def output_loss(net, work, y, delta_scale):
+def output_loss(net, work, y, row_weights, delta_scale):
     """(loss sum, correct count, δ^L) from the output layer cached in the workspace;
-    δ^L (scaled by ``delta_scale``, 1/B in training) at the start of ``work.deltas``."""
+    δ^L (scaled by ``delta_scale``, 1/B — 1/Σw with weights — in training) at the start
+    of ``work.deltas``; with ``row_weights`` (None: all 1) the loss sum is Σ w_i ℓ_i."""
     n_layers = net.layout.shape[0]
     rows, k = y.shape[0], net.layout[n_layers - 1, 1]
     z_out, a_out = cached_layer(work, n_layers - 1, rows, k)
     delta = rows_view(work.deltas, np.int64(0), rows, k)  # int64, not Literal[int](0): one specialisation
-    loss = output_delta(z_out, a_out, y, net.codes[n_layers - 1], net.loss_code, delta_scale, delta)
+    loss = output_delta(z_out, a_out, y, net.codes[n_layers - 1], net.loss_code, delta_scale, row_weights, delta)
     return loss, correct_count(a_out, y, net.codes[n_layers - 1]), delta
+
+
+# --- sample weights: helpers that take the optional array as an argument, so that
+# Numba prunes them to nothing when it is None (a plain fit compiles no weight code) ---
+
+
+@_jit
+def leading_rows(row_weights, start, rows):
+    """row_weights[start:start + rows], or None without weights."""
+    if row_weights is None:
+        return None
+    return row_weights[start:start + rows]
+
+
+@_jit
+def weight_total(row_weights, rows):
+    """A batch's normaliser: Σ of its first ``rows`` weights (``rows`` without weights)."""
+    if row_weights is None:
+        return float(rows)
+    total = 0.0
+    for r in range(rows):
+        total += row_weights[r]
+    return total
+
+
+@_jit
+def gather_weights(weights, perm, start, rows, out):
+    """out[r] = weights[perm[start + r]] for r < rows (nothing without weights)."""
+    if weights is None:
+        return
+    for r in range(rows):
+        out[r] = weights[perm[start + r]]
+
+
+@_jit
+def batch_hyper(hyper, weights, scale):
+    """``hyper`` for one batch: with weights L1/L2 times ``scale`` = B/Σw, the penalty
+    per B rows of ``reference.train_epoch`` (``hyper`` itself without weights)."""
+    if weights is None:
+        return hyper
+    return Hyper(hyper.lr, hyper.momentum, hyper.beta2, hyper.eps, hyper.l1 * scale, hyper.l2 * scale,
+                 hyper.clip_norm, hyper.clip_value)
 
 
 @_jit
@@ -750,7 +812,8 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
                 z, a_kept = cached_layer(work, stop - 1, rows, cols)
                 rows_view(checkpoint.kept_z, kept, rows, cols)[...] = z
                 rows_view(checkpoint.kept_a, kept, rows, cols)[...] = a_kept
-    loss, correct, delta = output_loss(net, work, y, 1.0 / rows)
+    loss, correct, delta = output_loss(net, work, y, leading_rows(work.row_weights, 0, rows),
+                                       1.0 / weight_total(work.row_weights, rows))
     penalty = 0.0
     if checkpoint is None:
         for l in range(n_layers - 1, -1, -1):
@@ -799,7 +862,9 @@ def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, 
     applied by the optimizer, in one compiled call; the caller splits an epoch into such
     ranges to return to Python regularly. ``work.sums[0]`` accumulates Σ_batches
     b·(loss_b + penalty_b) and ``work.counts[0]`` the correct count over the epoch (both
-    reset when ``first`` is 0).
+    reset when ``first`` is 0). With ``data.weights`` a batch's objective is
+    (Σ w_i ℓ_i + B·penalty)/Σw (``reference.train_epoch``); a batch whose weights sum
+    to 0 has none and is skipped (no step, no loss, no count).
     """
     n = data.perm.shape[0]
     bmax = work.bmax
@@ -810,32 +875,40 @@ def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, 
     for b in range(first, stop):
         start = b * bmax
         rows = min(bmax, n - start)
+        gather_weights(data.weights, data.perm, start, rows, work.row_weights)
+        weight_sum = weight_total(work.row_weights, rows)
+        if weight_sum == 0:
+            continue
+        scale = rows / weight_sum  # B/Σw: exactly 1 without weights
+        step_hyper = batch_hyper(hyper, data.weights, scale)
         x = work.xb[:rows]
         y = work.yb[:rows]
         gather_rows(data.X, data.perm, start, rows, x)
         gather_rows(data.Y, data.perm, start, rows, y)
         opt.step[0] += 1
         fused = small_batches_fuse and rows <= FUSED_MAX_ROWS
-        loss, hits, penalty = batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fused)
+        loss, hits, penalty = batch_pass(net, opt, step_hyper, work, x, y, dropout, batchnorm, checkpoint, fused)
         if not fused:
-            penalty = update_params(net, opt, hyper)
-        work.sums[0] += loss + rows * penalty
+            penalty = update_params(net, opt, step_hyper)
+        work.sums[0] += loss * scale + rows * penalty
         work.counts[0] += hits
 
 
 @_jit
 def loss_and_gradient(net, opt, hyper, work, X, Y, batchnorm):
     """Full-batch summed data loss and its batch-mean gradient into ``opt.grad`` (batchnorm
-    with the batch statistics; mode 1 leaves the running ones alone). ``hyper`` is not
-    used (no step is taken) but keeps the types of ``train_batches``' callees."""
+    with the batch statistics; mode 1 leaves the running ones alone); with
+    ``work.row_weights`` (the rows' weights) Σ w_i ℓ_i and the weighted mean. ``hyper`` is
+    not used (no step is taken) but keeps the types of ``train_batches``' callees."""
     loss, _, _ = batch_pass(net, opt, hyper, work, X, Y, None, batchnorm, None, False)
     return loss
 
 
 @_jit
-def evaluate(net, work, X, Y, batchnorm, out):
-    """Over the rows of X in chunks of ``work.bmax``, no dropout: the summed data loss and
-    correct count against Y (unless Y is None) and the outputs into ``out`` (unless None)."""
+def evaluate(net, work, X, Y, batchnorm, out, weights):
+    """Over the rows of X in chunks of ``work.bmax``, no dropout: the summed data loss
+    (Σ w_i ℓ_i with ``weights``, unless None) and correct count against Y (unless Y is
+    None) and the outputs into ``out`` (unless None)."""
     n = X.shape[0]
     n_layers = net.layout.shape[0]
     total = 0.0
@@ -848,7 +921,7 @@ def evaluate(net, work, X, Y, batchnorm, out):
         if out is not None:
             out[start:start + rows] = a
         if Y is not None:
-            loss, hits, _ = output_loss(net, work, Y[start:start + rows], 1.0)
+            loss, hits, _ = output_loss(net, work, Y[start:start + rows], leading_rows(weights, start, rows), 1.0)
             total += loss
             correct += hits
     return total, correct

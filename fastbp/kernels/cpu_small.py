@@ -175,7 +175,8 @@ def batch_pass(net, opt, work, x, y, small):
         gemm(a, cpu.weights_view(theta, layout, l), z, small)
         cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
         a = a_out
-    loss, correct, delta = cpu.output_loss(net, work, y, 1.0 / rows)
+    loss, correct, delta = cpu.output_loss(net, work, y, cpu.leading_rows(work.row_weights, 0, rows),
+                                           1.0 / cpu.weight_total(work.row_weights, rows))
     half = work.deltas.shape[0] // 2
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = layout[l, 0], layout[l, 1]
@@ -196,8 +197,8 @@ def batch_pass(net, opt, work, x, y, small):
 
 @_jit
 def train_batches(net, opt, hyper, work, data, first, stop, small):
-    """``cpu.train_batches`` for a plain fit (no dropout, batchnorm or checkpointing) on
-    the small path: each batch gathered, :func:`batch_pass`, the optimizer step
+    """``cpu.train_batches`` for a plain fit (no dropout or batchnorm; sample weights as
+    there) on the small path: each batch gathered, :func:`batch_pass`, the optimizer step
     (:func:`adam_update` for plain Adam, else ``cpu.update_params``)."""
     n = data.perm.shape[0]
     bmax = work.bmax
@@ -209,6 +210,12 @@ def train_batches(net, opt, hyper, work, data, first, stop, small):
     for b in range(first, stop):
         start = b * bmax
         rows = min(bmax, n - start)
+        cpu.gather_weights(data.weights, data.perm, start, rows, work.row_weights)
+        weight_sum = cpu.weight_total(work.row_weights, rows)
+        if weight_sum == 0:
+            continue
+        scale = rows / weight_sum  # B/Σw: exactly 1 without weights
+        step_hyper = cpu.batch_hyper(hyper, data.weights, scale)
         x = work.xb[:rows]
         y = work.yb[:rows]
         cpu.gather_rows(data.X, data.perm, start, rows, x)
@@ -217,8 +224,8 @@ def train_batches(net, opt, hyper, work, data, first, stop, small):
         loss, hits = batch_pass(net, opt, work, x, y, small)
         penalty = 0.0
         if plain_adam:
-            adam_update(net, opt, hyper)
+            adam_update(net, opt, step_hyper)
         else:
-            penalty = cpu.update_params(net, opt, hyper)
-        work.sums[0] += loss + rows * penalty
+            penalty = cpu.update_params(net, opt, step_hyper)
+        work.sums[0] += loss * scale + rows * penalty
         work.counts[0] += hits

@@ -21,8 +21,14 @@ Kernels (one launch each):
   finishes them itself), then one elementwise pass summing the split-K slices and
   doing L1/L2, clipping by norm and by value and the SGD / momentum / Nesterov /
   RMSprop / Adam rule; :func:`sum_gradient` sums the slices where no update follows;
+* :func:`bn_forward` / :func:`bn_backward` — batch normalization of a hidden layer
+  (its GEMM stores u = a·W): per-feature column reductions (one block per tile of
+  features, a shared-memory tree over the rows) for μ, σ² (and the running statistics)
+  and for dβ, dγ, with the normalisation, activation and dropout, or the backward
+  through the statistics, in the same kernel (``cpu.bn_forward`` / ``cpu.bn_backward``);
 * :func:`gather_batch` — a batch of X and Y gathered through the device permutation;
-* :func:`count_nonfinite` — the per-epoch divergence check without copying θ back.
+* :func:`count_nonfinite` — the per-epoch divergence check (θ and the optimizer
+  states) without copying them back.
 
 The host-side functions of the same names as the CPU drivers (:func:`forward_pass`,
 :func:`backward_pass`, :func:`train_batches`, :func:`loss_and_gradient`,
@@ -51,7 +57,8 @@ registers per SM; geometry from ``cuda_config``, defaults below):
 * fused epilogues — bias + activation, and the activation derivative, are applied
   to the accumulators before the single store: z and a (or δ) make one trip to
   global memory; db is summed from the δ tiles weight_gradient loads anyway;
-* few launches and no host round trips — 3L + 2 per training step of L layers:
+* few launches and no host round trips — 3L + 2 per training step of L layers (+ 2
+  per batch-normalized hidden layer):
   one gather, one launch per layer per phase (forward, delta, gradient), one for
   softmax + loss + δ^L, one for the update (two with clip_norm / L1 / L2); every
   launch is configured once per fit (:func:`configure`); X and Y are copied to the device once per fit, the
@@ -72,10 +79,13 @@ vectorised shared loads, the waves × cost constants of :func:`gemm`), a warp pe
 thread per row in softmax_rows and
 output_delta for wide outputs (hundreds of classes: today each thread walks its row
 with a stride, uncoalesced), tensor-core (TF32 / BF16) GEMMs, CUDA-graph capture of one batch to
-remove the per-launch Python overhead of numba-cuda, and — for narrow nets (widths ≤
-128) — a fully fused kernel à la tiny-cuda-nn where one block keeps a tile of samples
-in shared memory / registers through every layer of the forward and backward pass,
-so activations never touch global memory.
+remove the per-launch Python overhead of numba-cuda. Narrow nets (widths ≤ 128) train
+with the fully fused step of ``kernels/cuda_fused.py`` instead (:class:`EpochPlan`
+chooses; 2 launches per step; batch-normalized or dropout nets take the per-layer
+kernels). The batchnorm column kernels give one block to each 32 features and walk
+all rows of the batch in it: a narrow layer over a long batch (width 64, 2^16 rows:
+2 blocks) leaves most SMs idle; split the rows across blocks (partial sums, then a
+second pass) when that is measured to matter.
 
 Numerics: float32 networks compute in float32 (constants are cast with the dtype, so
 no silent float64 promotion); the loss, penalty and norm sums accumulate in float64
@@ -111,8 +121,9 @@ H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
 LEAKY_SLOPE = spec.LEAKY_SLOPE
 
 #: kernel names in launch order of a training step (the PTX report compiles these)
-KERNEL_NAMES = ("gather_batch", "forward_layer", "softmax_rows", "output_delta", "weight_gradient",
-                "backprop_delta", "clip_partials", "update_params", "sum_gradient", "count_nonfinite")
+KERNEL_NAMES = ("gather_batch", "forward_layer", "bn_forward", "softmax_rows", "output_delta", "bn_backward",
+                "weight_gradient", "backprop_delta", "clip_partials", "update_params", "sum_gradient",
+                "count_nonfinite")
 
 
 # --- kernel builds ------------------------------------------------------------------------
@@ -129,6 +140,8 @@ def build_kernels(dtype, cfg):
     NT = S * S                 # threads per GEMM block
     TP, DP = T + 1, D + 1      # padded shared-tile widths
     LOADS = -(-T * D // NT)    # shared-tile elements each GEMM thread loads per step
+    BN_COLS = cfg.bn_columns   # features per batchnorm column block
+    BN_ROWS = BLOCK // BN_COLS  # row threads per batchnorm column block
     device = cuda.jit(device=True)
 
     @device
@@ -333,6 +346,125 @@ def build_kernels(dtype, cfg):
         inv = DT(1) / s
         for j in range(cols):
             a[i, j] *= inv
+
+    # --- batch normalization ------------------------------------------------------------
+    #
+    # A hidden layer with BN: forward_layer stores u = a·W (a zero bias, the softmax
+    # epilogue: z only), bn_forward turns it into y = γ x̂ + β and a = f(y) (· mask);
+    # in the backward pass bn_backward turns δ = dL/dy into dL/du before the weight
+    # gradient, writing dβ and dγ. Both need sums over the whole batch per feature, so
+    # a block owns BN_COLS features and all rows of them: its BN_COLS × BN_ROWS threads
+    # stride down the rows (consecutive threads on consecutive features: coalesced),
+    # and a shared-memory tree over the row threads finishes each column. Statistics
+    # and sums are float64, as on the CPU; the variance is two-pass (Σ(u − μ)²).
+
+    @device
+    def column_sum(buffer, tx, ty):
+        """Tree reduction of the (BN_ROWS, BN_COLS) shared ``buffer`` down its rows into
+        buffer[0, tx]; every thread of the block must call it (it synchronises)."""
+        cuda.syncthreads()
+        half = BN_ROWS // 2
+        while half > 0:
+            if ty < half:
+                buffer[ty, tx] += buffer[ty + half, tx]
+            cuda.syncthreads()
+            half //= 2
+
+    def bn_forward(z, xhat, gamma, beta, mean, inv_std, running_mean, running_var, eps, momentum, mode, rows, a,
+                   code, keep, threshold, counters, layer):
+        """In place over the first ``rows`` rows: z (= u = a·W) becomes y = γ x̂ + β with
+        x̂ = (u − μ)·inv_std into ``xhat``, and a = f(y) (· the dropout mask of hidden
+        layer ``layer`` where ``keep`` < 1, as forward_layer). μ and 1/√(σ² + ε) go to
+        ``mean`` / ``inv_std``: the running statistics in mode 0, the batch's in modes 1
+        and 2 (mode 2 also updates the running ones: r ← m·r + (1 − m)·batch value, the
+        variance unbiased by B/(B − 1) when B > 1). Grid ⌈features/BN_COLS⌉, block
+        (BN_COLS, BN_ROWS)."""
+        partial = cuda.shared.array((BN_ROWS, BN_COLS), F64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        j = cuda.blockIdx.x * BN_COLS + tx
+        active = j < z.shape[1]
+        mu = F64(0)
+        scale = F64(1)
+        if mode == 0:
+            if active:
+                mu = running_mean[j]
+                scale = 1 / math.sqrt(running_var[j] + eps)
+        else:
+            total = F64(0)
+            if active:
+                for i in range(ty, rows, BN_ROWS):
+                    total += F64(z[i, j])
+            partial[ty, tx] = total
+            column_sum(partial, tx, ty)
+            mu = partial[0, tx] / rows
+            cuda.syncthreads()   # every thread has read the sum before the buffer is reused
+            total = F64(0)
+            if active:
+                for i in range(ty, rows, BN_ROWS):
+                    d = F64(z[i, j]) - mu
+                    total += d * d
+            partial[ty, tx] = total
+            column_sum(partial, tx, ty)
+            var = partial[0, tx] / rows
+            scale = 1 / math.sqrt(var + eps)
+            if mode == 2 and active and ty == 0:
+                unbiased = var * rows / (rows - 1) if rows > 1 else var
+                running_mean[j] = momentum * running_mean[j] + (1 - momentum) * mu
+                running_var[j] = momentum * running_var[j] + (1 - momentum) * unbiased
+        if not active:
+            return
+        if ty == 0:
+            mean[j] = mu
+            inv_std[j] = scale
+        g = F64(gamma[j])
+        b = F64(beta[j])
+        dropping = keep < 1
+        key = dropout_key(counters, layer) if dropping else numba.uint64(0)
+        for i in range(ty, rows, BN_ROWS):
+            x = (F64(z[i, j]) - mu) * scale
+            xhat[i, j] = DT(x)
+            y = DT(g * x + b)
+            z[i, j] = y
+            value = activate(y, code)
+            if dropping:
+                value *= dropout_factor(key, i, j, keep, threshold)
+            a[i, j] = value
+
+    def bn_backward(delta, xhat, gamma, inv_std, rows, dnorm):
+        """In place over the first ``rows`` rows: δ = dL/dy (batch mean folded in)
+        becomes dL/du = inv_std·(g − Σδ·γ/B − x̂·Σ(δ x̂)·γ/B) with g = γ δ; writes
+        dβ = Σ δ to dnorm[:features] and dγ = Σ δ x̂ to dnorm[features:] (β and γ
+        are adjacent in θ). Grid and block as :func:`bn_forward`."""
+        shift_sums = cuda.shared.array((BN_ROWS, BN_COLS), F64)
+        gain_sums = cuda.shared.array((BN_ROWS, BN_COLS), F64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        cols = delta.shape[1]
+        j = cuda.blockIdx.x * BN_COLS + tx
+        active = j < cols
+        shift = F64(0)
+        gain = F64(0)
+        if active:
+            for i in range(ty, rows, BN_ROWS):
+                d = F64(delta[i, j])
+                shift += d
+                gain += d * F64(xhat[i, j])
+        shift_sums[ty, tx] = shift
+        gain_sums[ty, tx] = gain
+        column_sum(shift_sums, tx, ty)
+        column_sum(gain_sums, tx, ty)
+        if not active:
+            return
+        shift = shift_sums[0, tx]
+        gain = gain_sums[0, tx]
+        if ty == 0:
+            dnorm[j] = DT(shift)
+            dnorm[cols + j] = DT(gain)
+        g = F64(gamma[j])
+        scale = inv_std[j]
+        for i in range(ty, rows, BN_ROWS):
+            delta[i, j] = DT(scale * (g * F64(delta[i, j]) - g * shift / rows - F64(xhat[i, j]) * g * gain / rows))
 
     # --- fused delta propagation ----------------------------------------------------------
 
@@ -690,7 +822,9 @@ def build_kernels(dtype, cfg):
 
     scope = locals()
     kernels = {name: scope[name] for name in KERNEL_NAMES}
-    return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, **kernels)
+    # the device functions kernels/cuda_fused.py shares
+    return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, activate=activate,
+                                 times_derivative=times_derivative, **kernels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -776,21 +910,27 @@ def line(n, cfg):
     return (_blocks(n, cfg.block),), (cfg.block,)
 
 
+def columns(n, cfg):
+    """(grid, block) of a batchnorm column kernel over n features."""
+    return (_blocks(n, cfg.bn_columns),), (cfg.bn_columns, cfg.block // cfg.bn_columns)
+
+
 def strided(n, cfg):
     """(grid, block) of a grid-stride kernel over n items (at most reduce_blocks blocks)."""
     return (min(cfg.reduce_blocks, _blocks(n, cfg.block)),), (cfg.block,)
 
 
-def configure(kernel, grid, block):
-    """``kernel[grid, block]``, made once per launch site of a fit so that a batch only
+def configure(kernel, grid, block, shared_bytes=0):
+    """``kernel[grid, block]`` (with ``shared_bytes`` of dynamic shared memory), made once
+    per launch site of a fit so that a batch only
     calls it. numba-cuda warns (NumbaPerformanceWarning) when it configures a grid of
     fewer than 128 blocks; fastbp's small grids (narrow layers, small batches, the
     update) are deliberate, so that warning is silenced here, once. The simulator
     configures a kernel in place, so there the configuration is applied per call."""
     if numba.config.ENABLE_CUDASIM:
-        return functools.partial(_simulated_launch, kernel, grid, block)
+        return functools.partial(_simulated_launch, kernel, grid, block, shared_bytes)
     with quiet_small_grids():
-        return kernel[grid, block]
+        return kernel[grid, block, 0, shared_bytes]
 
 
 @contextlib.contextmanager
@@ -802,8 +942,8 @@ def quiet_small_grids():
         yield
 
 
-def _simulated_launch(kernel, grid, block, *args):
-    kernel[grid, block](*args)
+def _simulated_launch(kernel, grid, block, shared_bytes, *args):
+    kernel[grid, block, 0, shared_bytes](*args)
 
 
 # --- device buffers -----------------------------------------------------------------------------
@@ -823,7 +963,10 @@ class DeviceWorkspace:
     """Device scratch for batches of at most ``bmax`` rows (the GPU twin of
     ``training.Workspace``) with its per-layer (bmax, width) views made once."""
 
-    def __init__(self, sizes, bmax, dtype):
+    def __init__(self, sizes, bmax, dtype, batchnorm=None):
+        """``batchnorm``: None, or one bool per layer (True: batch-normalized), which adds
+        the layer's cached x̂ (``xhats[l]``, bmax × width) and its float64 μ and
+        1/√(σ² + ε) (``means[l]``, ``inv_stds[l]``); None for the other layers."""
         sizes = [int(s) for s in sizes]   # Python ints: real numba-cuda rejects NumPy integer shapes
         widths = sizes[1:]
         self.bmax = bmax = int(bmax)
@@ -848,6 +991,26 @@ class DeviceWorkspace:
             self.deltas[l] = deltas[which * half:which * half + bmax * widths[l]].reshape(bmax, widths[l])
         self.sums = cuda.to_device(np.zeros(1, dtype=np.float64))     # loss (+ penalty) sum
         self.counts = cuda.to_device(np.zeros(2, dtype=np.int64))     # correct, non-finite
+        self.xhats, self.means, self.inv_stds = self._batchnorm_buffers(widths, batchnorm, dtype)
+
+    def _batchnorm_buffers(self, widths, batchnorm, dtype):
+        n_layers, bmax = len(widths), self.bmax
+        xhats, means, inv_stds = [None] * n_layers, [None] * n_layers, [None] * n_layers
+        if batchnorm is None or not any(batchnorm):
+            return xhats, means, inv_stds
+        normalised = [w for w, on in zip(widths, batchnorm) if on]
+        xhat = cuda.device_array(bmax * sum(normalised), dtype=dtype)
+        stats = cuda.device_array(2 * sum(normalised), dtype=np.float64)
+        offset = unit = 0
+        for l in range(n_layers):
+            if batchnorm[l]:
+                width = widths[l]
+                xhats[l] = xhat[offset:offset + bmax * width].reshape(bmax, width)
+                means[l] = stats[2 * unit:2 * unit + width]
+                inv_stds[l] = stats[2 * unit + width:2 * unit + 2 * width]
+                offset += bmax * width
+                unit += width
+        return xhats, means, inv_stds
 
 
 class DeviceParameters:
@@ -857,10 +1020,12 @@ class DeviceParameters:
     argument), the per-layer keep probabilities of dropout (``keep``, 1: off; the
     output layer's always 1) and the gradient-diagnostics sums (``diagnostics``:
     n_layers × [Σ ‖g‖, Σ ‖ΔW‖/‖W‖] over the epoch's steps, ``layer_sums`` / ``done``
-    the update's per-step scratch)."""
+    the update's per-step scratch); ``batchnorm`` (:class:`DeviceBatchNorm` or None)
+    and ``bn_layers`` (one bool per layer)."""
 
-    def __init__(self, theta, layout, codes, state1=None, state2=None, keep=None, training=True):
-        """``training`` False: θ only (forward / evaluate need no gradient or state)."""
+    def __init__(self, theta, layout, codes, state1=None, state2=None, keep=None, training=True, batchnorm=None):
+        """``training`` False: θ only (forward / evaluate need no gradient or state);
+        ``batchnorm``: None or (gamma_offsets, running statistics, momentum) of the network."""
         dtype = theta.dtype
         self.layout = np.asarray(layout)
         self.codes = [int(c) for c in codes]
@@ -873,6 +1038,8 @@ class DeviceParameters:
         self.done = cuda.to_device(np.zeros(1, dtype=np.int64))
         self.theta = cuda.to_device(theta)
         self.weights, self.biases = weight_views(self.theta, self.layout)
+        self.batchnorm = None if batchnorm is None else DeviceBatchNorm(self.theta, self.layout, *batchnorm)
+        self.bn_layers = [False] * n_layers if batchnorm is None else self.batchnorm.layers
         self.hyper = cuda.to_device(np.zeros(spec.N_HYPER, dtype=np.float64))
         if not training:
             self.grad = self.state1 = self.state2 = self.dweights = self.dbiases = None
@@ -883,12 +1050,43 @@ class DeviceParameters:
         self.dweights, self.dbiases = weight_views(self.grad, self.layout)
 
 
+class DeviceBatchNorm:
+    """Batch normalization's network state on the device (the GPU twin of the network
+    part of ``bundles.BatchNorm``): ``layers`` (one bool per layer), per BN layer its γ
+    (``gammas[l]``, a view of θ right after β), its running mean and variance
+    (``running_means[l]`` / ``running_vars[l]``, float64 views of ``running``, the one
+    device copy of ``MLP.bn_running``: every unit's mean, then every unit's variance)
+    and a zero bias for its GEMM (u = a·W; β is added by bn_forward); ``momentum``,
+    ``eps``."""
+
+    def __init__(self, theta, layout, gamma_offsets, running, momentum, eps=spec.BN_EPS):
+        self.running = cuda.to_device(np.ascontiguousarray(running, dtype=np.float64))
+        self.momentum, self.eps = float(momentum), float(eps)
+        total = self.running.shape[0] // 2
+        widths = [int(w) for w in np.asarray(layout)[:, 1]]
+        self.no_bias = cuda.to_device(np.zeros(max(widths), dtype=theta.dtype))
+        self.layers = [int(g) >= 0 for g in gamma_offsets]
+        self.gammas, self.running_means, self.running_vars = [], [], []
+        unit = 0
+        for width, g_off, on in zip(widths, gamma_offsets, self.layers):
+            g_off = int(g_off)
+            self.gammas.append(theta[g_off:g_off + width] if on else None)
+            self.running_means.append(self.running[unit:unit + width] if on else None)
+            self.running_vars.append(self.running[total + unit:total + unit + width] if on else None)
+            unit += width
+
+
 class GradientParts:
     """Where weight_gradient writes its split-K partial gradients. Per parameter block
     (each layer's weights, then its biases) ``splits`` slices of the block's size, one
     after the other; the update (or sum_gradient) adds the slices into ``grad``.
     ``table`` has one int64 row per block: [offset in θ, size, splits, offset in
-    ``buffer``, is_weight]. With one slice everywhere the buffer is the gradient itself."""
+    ``buffer``, is_weight]. With one slice everywhere the buffer is the gradient itself.
+
+    A batch-normalized layer's second block is [dβ, dγ] (β and γ are adjacent in θ;
+    ``update_layout`` on the CPU), one slice written by bn_backward (``dnorms[l]``);
+    the bias sums its weight_gradient forms anyway (Σ dL/du, meaningless there) go
+    to ``dbiases[l]`` in a scratch buffer (the CPU's ``batchnorm.scratch``)."""
 
     def __init__(self, params, splits):
         # plain ints throughout: real numba-cuda refuses numpy integers as array shapes
@@ -896,29 +1094,50 @@ class GradientParts:
         splits = [int(s) for s in splits]
         split_any = any(s > 1 for s in splits)
         table, at = [], 0
-        for (fan_in, fan_out, w_off, b_off), s in zip(params.layout.tolist(), splits):
-            for offset, size, is_weight in ((w_off, fan_in * fan_out, 1), (b_off, fan_out, 0)):
-                table.append((offset, size, s, at if split_any else offset, is_weight))
-                at += s * size
+        for (fan_in, fan_out, w_off, b_off), s, bn in zip(params.layout.tolist(), splits, params.bn_layers):
+            second = (b_off, 2 * fan_out, 1) if bn else (b_off, fan_out, s)
+            for offset, size, slices, is_weight in ((w_off, fan_in * fan_out, s, 1), (*second, 0)):
+                table.append((offset, size, slices, at if split_any else offset, is_weight))
+                at += slices * size
         self.splits = list(splits)
         self.buffer = cuda.device_array(int(at), dtype=params.grad.dtype) if split_any else params.grad
         self.table = cuda.to_device(np.array(table, dtype=np.int64))
-        self.dweights, self.dbiases = [], []
+        scratch_size = max([s * fan_out for (_, fan_out, _, _), s, bn
+                            in zip(params.layout.tolist(), splits, params.bn_layers) if bn], default=0)
+        scratch = cuda.device_array(int(scratch_size), dtype=params.grad.dtype) if scratch_size else None
+        self.dweights, self.dbiases, self.dnorms = [], [], []
         for l, s in enumerate(splits):
             (_, w_size, _, w_at, _), (_, b_size, _, b_at, _) = table[2 * l], table[2 * l + 1]
             self.dweights.append(self.buffer[w_at:w_at + s * w_size].reshape(s, w_size))
-            self.dbiases.append(self.buffer[b_at:b_at + s * b_size].reshape(s, b_size))
+            if params.bn_layers[l]:
+                self.dbiases.append(scratch[:s * (b_size // 2)].reshape(s, b_size // 2))
+                self.dnorms.append(self.buffer[b_at:b_at + b_size])
+            else:
+                self.dbiases.append(self.buffer[b_at:b_at + s * b_size].reshape(s, b_size))
+                self.dnorms.append(None)
 
 
-def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg):
-    """Device bytes a fit allocates: X and Y, the workspace, θ, gradient, two optimizer
-    states, three divergence backups and the split-K gradient slices."""
+def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg, batchnorm=False):
+    """Device bytes a fit allocates: X and Y, the workspace (with ``batchnorm`` the
+    hidden layers' x̂ too), θ, gradient, two optimizer states, three divergence backups
+    and the split-K gradient slices (or the fused step's per-block slices, where it may
+    run: never with ``batchnorm``)."""
+    from . import cuda_fused
     widths = [int(w) for w in sizes[1:]]
     splits = [splits_for(batch_size, fan_in, fan_out, cfg) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
     parts = sum((s * (fan_in + 1) * fan_out) if s > 1 else 0
                 for s, fan_in, fan_out in zip(splits, sizes[:-1], sizes[1:]))
-    work = batch_size * (sizes[0] + sizes[-1] + 2 * sum(widths) + 2 * max(widths))
+    if cfg.fused != "never" and cuda_fused.why_not(sizes, dtype, cfg, batchnorm=batchnorm) is None:
+        parts = max(parts, cuda_fused.splits(sizes, batch_size, dtype, cfg)[0] * n_params)
+    work = batch_size * (sizes[0] + sizes[-1] + 2 * sum(widths) + 2 * max(widths)
+                         + (sum(widths[:-1]) if batchnorm else 0))
     return np.dtype(dtype).itemsize * (n * (sizes[0] + y_width) + work + 7 * n_params + parts) + 8 * n
+
+
+def workspace(params, n_features, bmax):
+    """A DeviceWorkspace for the network of ``params`` on ``n_features`` inputs."""
+    return DeviceWorkspace([n_features, *[w.shape[1] for w in params.weights]], bmax, params.theta.dtype,
+                           params.bn_layers)
 
 
 def check_free_memory(needed, what):
@@ -937,7 +1156,16 @@ def check_free_memory(needed, what):
 # synchronisation. Launches per training step of an L-layer network: 1 gather, L
 # forward, 1 output delta (softmax, loss, δ^L and hit count together), L weight
 # gradients (bias gradient included), L − 1 delta propagations, 1 update (plus 1
-# norm/penalty reduction with clip_norm, l1 or l2): 3L + 2.
+# norm/penalty reduction with clip_norm, l1 or l2): 3L + 2; with batchnorm 2 more per
+# hidden layer (bn_forward after its GEMM, bn_backward before its weight gradient):
+# 5L, or 5L + 1 with the reduction.
+
+#: forward_layer's code for a batch-normalized layer's GEMM: the softmax epilogue
+#: stores z (= a·W with the zero bias) and stops; bn_forward applies the activation
+Z_ONLY = SOFTMAX
+#: batchnorm modes of bn_forward: running statistics (inference), batch statistics
+#: (a gradient), batch statistics and an update of the running ones (training)
+BN_RUNNING, BN_BATCH, BN_TRAIN = 0, 1, 2
 
 
 def launch(launches):
@@ -952,22 +1180,45 @@ def dropout_args(params, l, dropout):
     return keep, params.thresholds[l] if dropout else rng.keep_threshold(1.0), params.counters, l
 
 
-def forward_pass(K, params, work, x, rows, softmax=True, dropout=False):
+def forward_pass(K, params, work, x, rows, softmax=True, dropout=False, bn_mode=BN_RUNNING):
     """Launches of the forward pass of ``rows`` rows of ``x`` into work.zs/work.acts;
     a softmax output layer stores z only unless ``softmax`` (output_delta computes
-    the softmax when the loss follows); ``dropout``: training, with params.keep."""
+    the softmax when the loss follows); ``dropout``: training, with params.keep;
+    ``bn_mode`` the statistics batch-normalized layers use (``BN_*``)."""
     cfg = K.config
     launches = []
     a_prev = x
     for l, code in enumerate(params.codes):
         z, a = work.zs[l], work.acts[l]
         kernel, grid, block = gemm(K, "forward_layer", rows, z.shape[1])
-        launches.append((configure(kernel, grid, block), (a_prev, params.weights[l], params.biases[l], code, rows,
-                                                          z, a, *dropout_args(params, l, dropout))))
+        normalised = params.bn_layers[l]
+        bias, gemm_code = (params.batchnorm.no_bias[:z.shape[1]], Z_ONLY) if normalised else (params.biases[l], code)
+        launches.append((configure(kernel, grid, block), (a_prev, params.weights[l], bias, gemm_code, rows,
+                                                          z, a, *dropout_args(params, l, dropout and not normalised))))
+        if normalised:
+            launches.append(bn_forward_launch(K, params, work, l, rows, bn_mode, dropout))
         if code == SOFTMAX and softmax:
             launches.append((configure(K.softmax_rows, *line(rows, cfg)), (z, rows, a)))
         a_prev = a
     return launches
+
+
+def bn_forward_launch(K, params, work, l, rows, bn_mode, dropout):
+    """The bn_forward launch of batch-normalized layer l over ``rows`` rows of work.zs[l]."""
+    bn = params.batchnorm
+    z = work.zs[l]
+    return (configure(K.bn_forward, *columns(z.shape[1], K.config)),
+            (z, work.xhats[l], bn.gammas[l], params.biases[l], work.means[l], work.inv_stds[l], bn.running_means[l],
+             bn.running_vars[l], bn.eps, bn.momentum, bn_mode, rows, work.acts[l], params.codes[l],
+             *dropout_args(params, l, dropout)))
+
+
+def bn_backward_launch(K, params, parts, work, l, rows):
+    """The bn_backward launch of batch-normalized layer l: δ^l becomes dL/du, [dβ, dγ]
+    into parts.dnorms[l]."""
+    delta = work.deltas[l]
+    return (configure(K.bn_backward, *columns(delta.shape[1], K.config)),
+            (delta, work.xhats[l], params.batchnorm.gammas[l], work.inv_stds[l], rows, parts.dnorms[l]))
 
 
 def output_launch(K, params, work, y, rows, loss_code, inv_batch):
@@ -979,16 +1230,19 @@ def output_launch(K, params, work, y, rows, loss_code, inv_batch):
              work.sums, work.counts))
 
 
-def backward_pass(K, params, parts, work, x, y, rows, loss_code, dropout=False):
+def backward_pass(K, params, parts, work, x, y, rows, loss_code, dropout=False, bn_mode=BN_BATCH):
     """Launches of forward, loss and backward for ``rows`` rows of (x, y): the split-K
     slices of the batch-mean data-loss gradient land in ``parts``, the summed loss in
     work.sums[0] and the correct count in work.counts[0]; ``dropout``: training with
-    the masks of params.keep (a full-batch gradient is taken without)."""
-    launches = forward_pass(K, params, work, x, rows, softmax=False, dropout=dropout)
+    the masks of params.keep (a full-batch gradient is taken without); batchnorm with
+    the batch statistics (``bn_mode`` BN_TRAIN also updates the running ones)."""
+    launches = forward_pass(K, params, work, x, rows, softmax=False, dropout=dropout, bn_mode=bn_mode)
     launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0 / rows))
     for l in range(len(params.codes) - 1, -1, -1):
         a_prev = work.acts[l - 1] if l > 0 else x
         fan_in, fan_out = params.weights[l].shape
+        if params.bn_layers[l]:
+            launches.append(bn_backward_launch(K, params, parts, work, l, rows))
         kernel, grid, block = gemm(K, "weight_gradient", fan_in, fan_out, parts.splits[l])
         launches.append((configure(kernel, grid, block),
                          (a_prev, work.deltas[l], rows, parts.dweights[l], parts.dbiases[l])))
@@ -1026,15 +1280,22 @@ class EpochPlan:
         self.n = n = X.shape[0]
         self.batch_size = batch_size
         self.n_batches = -(-n // batch_size)
-        self.work = work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]],
-                                           batch_size, params.theta.dtype)
-        self.parts = parts = GradientParts(params, [splits_for(batch_size, *w.shape, K.config)
-                                                    for w in params.weights])
+        from . import cuda_fused   # here: it imports this module
+        sizes = [X.shape[1], *[w.shape[1] for w in params.weights]]
+        self.work = work = workspace(params, X.shape[1], batch_size)
+        # narrow nets: one fused launch per step instead of gather + 3L + 1 (kernels/cuda_fused.py)
+        self.fused = cuda_fused.chosen(sizes, params.theta.dtype, K.config, dropout, batchnorm=any(params.bn_layers))
+        self.parts = parts = GradientParts(params, cuda_fused.splits(sizes, batch_size, params.theta.dtype, K.config)
+                                           if self.fused else [splits_for(batch_size, *w.shape, K.config)
+                                                               for w in params.weights])
         self.perm = cuda.device_array(int(n), dtype=np.int64)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
-            gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
-            steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout)
+            if self.fused:   # called as gather_batch is; nothing else before the update
+                gather, steps = cuda_fused.FusedStep(params, parts, work, loss_code, sizes, batch_size), []
+            else:
+                gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
+                steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout, BN_TRAIN)
             self.shapes[rows] = (gather, steps + update_launches(K, params, parts, work, rows, reduce, opt_code))
         self.check = configure(K.count_nonfinite, *strided(params.theta.shape[0], K.config))
 
@@ -1044,8 +1305,9 @@ def train_batches(plan, perm, first, stop):
     (uploaded when ``first`` is 0, which also clears the epoch's sums); the step count,
     dropout seed and epoch are in plan.params.counters. The epoch's Σ b·(loss_b +
     penalty_b) accumulates in plan.work.sums[0], the correct count in
-    plan.work.counts[0]; after the last batch the non-finite count of θ goes to
-    plan.work.counts[1]."""
+    plan.work.counts[0]; after the last batch the non-finite count of θ and of the
+    optimizer's two states goes to plan.work.counts[1] (an Adam/RMSprop second moment
+    that overflowed to inf freezes θ: divergence, as on the CPU)."""
     params, work = plan.params, plan.work
     if first == 0:
         plan.perm.copy_to_device(perm)
@@ -1060,13 +1322,14 @@ def train_batches(plan, perm, first, stop):
         gather(X, Y, perm_d, start, rows, work.xb, work.yb, counters)
         launch(steps)
     if stop == plan.n_batches:
-        plan.check(params.theta, work.counts)
+        for values in (params.theta, params.state1, params.state2):
+            plan.check(values, work.counts)
 
 
 def loss_and_gradient(K, params, X, Y, loss_code):
     """Full-batch mean data loss and its gradient (left in params.grad)."""
     rows = X.shape[0]
-    work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], rows, params.theta.dtype)
+    work = workspace(params, X.shape[1], rows)
     parts = GradientParts(params, [splits_for(rows, *w.shape, K.config) for w in params.weights])
     launches = backward_pass(K, params, parts, work, X, Y, rows, loss_code)
     if parts.buffer is not params.grad:
@@ -1080,7 +1343,7 @@ def predict(K, params, X, out, chunk):
     """Network output for every row of the device array X into the device array out,
     in chunks of ``chunk`` rows."""
     n = X.shape[0]
-    work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], chunk, params.theta.dtype)
+    work = workspace(params, X.shape[1], chunk)
     for start in range(0, n, chunk):
         rows = min(chunk, n - start)
         launch(forward_pass(K, params, work, X[start:start + rows], rows))
@@ -1100,7 +1363,7 @@ def evaluate(K, params, X, Y, loss_code, chunk, work=None):
     DeviceWorkspace of at least ``chunk`` rows) is reused if given."""
     n = X.shape[0]
     if work is None:
-        work = DeviceWorkspace([X.shape[1], *[w.shape[1] for w in params.weights]], chunk, params.theta.dtype)
+        work = workspace(params, X.shape[1], chunk)
     else:
         work.sums.copy_to_device(np.zeros(1, dtype=np.float64))
         work.counts.copy_to_device(np.zeros(2, dtype=np.int64))

@@ -33,8 +33,11 @@ def signatures(dtype):
     return {
         "gather_batch": f"void({a2}, {a2}, {i64}, int64, int64, {a2}, {a2}, {i64})",
         "forward_layer": f"void({a2}, {a2}, {a1}, int64, int64, {a2}, {a2}, float64, uint64, {i64}, int64)",
+        "bn_forward": f"void({a2}, {a2}, {a1}, {a1}, {f64}, {f64}, {f64}, {f64}, float64, float64, int64, int64, "
+                      f"{a2}, int64, float64, uint64, {i64}, int64)",
         "softmax_rows": f"void({a2}, int64, {a2})",
         "output_delta": f"void({a2}, {a2}, {a2}, int64, int64, int64, float64, {a2}, {f64}, {i64})",
+        "bn_backward": f"void({a2}, {a2}, {a1}, {f64}, int64, {a1})",
         "weight_gradient": f"void({a2}, {a2}, int64, {a2}, {a2})",
         "backprop_delta": f"void({a2}, {a2}, {a2}, {a2}, int64, int64, {a2}, float64, uint64, {i64}, int64)",
         "clip_partials": f"void({a1}, {a1}, {t2}, {f64}, {f64})",
@@ -42,6 +45,8 @@ def signatures(dtype):
                          f"{f64}, {f64}, float64[:, ::1], {i64})",
         "sum_gradient": f"void({a1}, {t2}, {a1})",
         "count_nonfinite": f"void({a1}, {i64})",
+        "train_step": f"void({a2}, {a2}, {i64}, int64, int64, {a1}, {t2}, {i64}, int64, int64, {a1}, {t2}, {f64}, "
+                      f"{i64}, {i64})",
     }
 
 
@@ -49,6 +54,9 @@ GEMMS = ("forward_layer", "backprop_delta", "weight_gradient")
 
 
 def threads_per_block(name, cfg):
+    from . import cuda_fused
+    if name in cuda_fused.KERNEL_NAMES:
+        return cfg.fused_threads
     return (cfg.tile // cfg.micro) ** 2 if name in GEMMS else cfg.block
 
 
@@ -73,7 +81,9 @@ def compile_ptx(name, dtype, cc, cfg=None):
     from numba import cuda
 
     from . import cuda as kc
-    functions = kc.build_kernels(dtype, cfg or cuda_config.config)  # fresh device functions per target
+    from . import cuda_fused
+    build = cuda_fused.build_kernels if name in cuda_fused.KERNEL_NAMES else kc.build_kernels
+    functions = build(dtype, cfg or cuda_config.config)  # fresh device functions per target
     with _target(cc):
         ptx, _ = cuda.compile_ptx(getattr(functions, name), signatures(dtype)[name], cc=cc)
     return ptx
@@ -141,7 +151,10 @@ def _capped(line):
 
 
 def resources(name, dtype, cc, cfg=None, narrow=False):
-    """ptxas resources of kernel ``name``; ``narrow``: the narrow GEMM variant."""
+    """ptxas resources of kernel ``name``; ``narrow``: the narrow GEMM variant. The fused
+    kernel's dynamic shared memory (which ptxas does not see) is counted at its most,
+    STATIC_SHARED_LIMIT."""
+    from . import cuda_fused
     cfg = cfg or cuda_config.config
     if narrow:
         cfg = cfg.narrow()
@@ -150,8 +163,9 @@ def resources(name, dtype, cc, cfg=None, narrow=False):
     stack, stores, loads = (int(v) for v in _INFO.search(report).groups())
     registers = int(_REGS.search(report).group(1))
     smem = _SMEM.search(report)
+    dynamic = cuda_config.STATIC_SHARED_LIMIT if name in cuda_fused.KERNEL_NAMES else 0
     return Resources(name + " (narrow)" * narrow, np.dtype(dtype).name, arch, registers,
-                     int(smem.group(1)) if smem else 0,
+                     (int(smem.group(1)) if smem else 0) + dynamic,
                      stack, stores, loads, threads_per_block(name, cfg))
 
 
@@ -163,7 +177,9 @@ def report(ccs=((9, 0), (8, 0)), dtypes=("float32", "float64"), cfg=None):
 def variants():
     """(kernel name, narrow) of every kernel build: the GEMMs in both variants."""
     from . import cuda as kc
-    return [(name, False) for name in kc.KERNEL_NAMES] + [(name, True) for name in GEMMS]
+    from . import cuda_fused
+    return ([(name, False) for name in kc.KERNEL_NAMES] + [(name, True) for name in GEMMS]
+            + [(name, False) for name in cuda_fused.KERNEL_NAMES])
 
 
 def markdown(rows):

@@ -15,10 +15,14 @@ from fastbp.kernels import cuda_config
 
 #: several blocks and partial tiles on every test shape, both GEMM variants (wide:
 #: 4 × 4 tiles of 2 × 2 outputs per thread, reduction steps of 3; narrow: 2 × 2 tiles),
-#: split-K weight gradients from 8 rows on (slices of ≥ 4 rows, at most 3); small
-#: enough for the simulator
+#: split-K weight gradients from 8 rows on (slices of ≥ 4 rows, at most 3), batchnorm
+#: column blocks of 2 features × 4 row threads; small enough for the simulator. The
+#: per-layer kernels run (fused="never"); test_cuda_fused.py switches to the fused
+#: step: tiles of 4 rows, 2 × 2 outputs per thread, 8 threads, at most 2 blocks (so a
+#: block loops over tiles)
 SMALL = cuda_config.CudaConfig(tile=4, micro=2, depth=3, block=8, reduce_blocks=3, sms=2, split_rows=4,
-                               max_splits=3)
+                               max_splits=3, bn_columns=2, fused="never", fused_rows=4, fused_micro=2,
+                               fused_threads=8, fused_blocks=2)
 
 
 @pytest.fixture(autouse=True)

@@ -533,6 +533,25 @@ def test_divergence_restores_previous_epoch():
     np.testing.assert_array_equal(net.theta, before)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # v = g² overflows float32
+@pytest.mark.filterwarnings("ignore::fastbp.GradientWarning")
+@pytest.mark.parametrize("optimizer", [fastbp.Adam(0.01), fastbp.RMSprop(0.01)])
+def test_second_moment_overflow_is_divergence(optimizer):
+    """Squared float32 gradients of ~1e21 overflow Adam's / RMSprop's second moment to
+    inf while θ stays finite (m/√v = 0 freezes it): the device's divergence check counts
+    the optimizer state too, as the CPU's does (tests/test_api.py has the CPU twin)."""
+    rng = np.random.default_rng(21)
+    X = (rng.standard_normal((6, 3)) * 1e4).astype(np.float32)
+    y = (rng.standard_normal((6, 1)) * 1e17).astype(np.float32)
+    net = network([3, 4, 1], "identity", "identity", "float32")
+    before = net.theta.copy()
+    with pytest.warns(RuntimeWarning, match="training diverged in epoch 1"):
+        history = net.fit(X, y, loss="mse", optimizer=optimizer, epochs=2, batch_size=None, device="cuda")
+    assert history.epochs == 0 and history.stopped_early
+    np.testing.assert_array_equal(net.theta, before)
+    assert np.isfinite(net.fit_state.state2).all() and np.isfinite(net.fit_state.state1).all()
+
+
 def test_train_epoch_allocates_and_reads_back_nothing(monkeypatch):
     """The hot path: once the plan exists, an epoch (three batches, the last partial)
     makes no device allocation and no device-to-host copy."""
@@ -567,8 +586,11 @@ HYPER[[spec.H_LR, spec.H_MOMENTUM, spec.H_BETA2, spec.H_EPS, spec.H_CLIP_NORM]] 
 def test_launches_per_training_step(monkeypatch):
     """A 3-layer network (3 weight layers) takes 3L + 2 = 11 launches per step, 12 with
     clip_norm / L1 / L2 (one norm reduction): gather, 3 forward, output delta (softmax,
-    loss, δ, hits), 3 weight gradients (bias included), 2 delta propagations, update.
-    Counted by wrapping ``configure`` and running one epoch of two full batches."""
+    loss, δ, hits), 3 weight gradients (bias included), 2 delta propagations, update;
+    with batchnorm 5L = 15 (16 with the reduction): a bn_forward and a bn_backward per
+    hidden layer. Counted by wrapping ``configure`` and running one epoch of two full
+    batches (one batch with batchnorm); each epoch ends with 3 non-finite counts (θ and
+    the two optimizer states)."""
     calls = []
     configure = kc.configure
 
@@ -592,8 +614,18 @@ def test_launches_per_training_step(monkeypatch):
         plan = kc.EpochPlan(K, params, dev(X), dev(Y), 5, spec.CROSS_ENTROPY, spec.OPT_ADAM, reduce=reduce)
         calls.clear()
         kc.train_batches(plan, np.arange(10), 0, plan.n_batches)
-        assert len(calls) == 2 * per_step + 1, calls   # + the epoch's non-finite check
+        assert len(calls) == 2 * per_step + 3, calls   # + the epoch's non-finite checks
         assert calls.count("forward_layer") == 6 and "softmax_rows" not in calls
+        assert calls.count("count_nonfinite") == 3
+    bn_net = fastbp.MLP([4, 5, 6, 3], activation="relu", batchnorm=True)
+    params = kc.DeviceParameters(bn_net.theta, bn_net.layout, bn_net.codes,
+                                 batchnorm=(bn_net.bn_goff, bn_net.bn_running, bn_net.bn_momentum))
+    params.hyper.copy_to_device(HYPER)
+    plan = kc.EpochPlan(K, params, dev(X[:5]), dev(Y[:5]), 5, spec.CROSS_ENTROPY, spec.OPT_ADAM, reduce=True)
+    calls.clear()
+    kc.train_batches(plan, np.arange(5), 0, plan.n_batches)
+    assert len(calls) == 16 + 3, calls
+    assert calls.count("bn_forward") == calls.count("bn_backward") == 2
 
 
 def test_gemm_choice_by_waves():

@@ -79,16 +79,19 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path, capsys):
     tests = sections["tests"]["result"]
     assert tests["failures"] == tests["errors"] == 0 and tests["passed"] >= 3, tests
     cases = {c["case"]: c for c in sections["parity"]["cases"]}
-    for key in ("float64/adam-clip-l2/auto", "float64/adam-clip-l2/wide", "float32/adam-clip-l2/auto"):
+    for key in ("float64/adam-clip-l2/auto", "float64/adam-clip-l2/layers", "float64/adam-clip-l2/wide",
+                "float32/adam-clip-l2/auto"):
         assert cases[key]["status"] == "ok", cases[key]
     assert cases["float64/adam-clip-l2/wide"]["rel_diff_theta"] <= 1e-9
     assert all(c["status"] == "ok" or c["status"].startswith("refused on cuda") for c in cases.values()), cases
-    for mode in ("dropout", "checkpoint"):
+    for mode in ("dropout", "batchnorm", "checkpoint"):
         assert cases[f"float64/{mode}/auto"]["status"] == "ok", cases[f"float64/{mode}/auto"]
     assert "skipped" in sections["sanitizer"]
     rows = sections["speed"]["rows"]
     assert [(r["width"], r["batch"]) for r in rows] == [(4, 2), (4, 4)]
     assert all(r["fastbp_cuda"] > 0 and r["fastbp_cpu"] > 0 for r in rows), rows
+    # width 4 fits the fused step: timed by default and with the per-layer kernels forced
+    assert all(r["fastbp_cuda_path"] == "fused" and r["fastbp_cuda_layers"] > 0 for r in rows), rows
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| 4 | 4 |" in table and "parity" in table
     assert table in capsys.readouterr().out
