@@ -108,3 +108,12 @@ def test_prototype_runs(name, capsys):
     module.main(PROTOTYPE_ARGS[name])
     out = capsys.readouterr().out
     assert out.count("\n") >= 2, out
+
+
+def test_prototypes_define_no_asv_benchmark_names():
+    """asv collects every module under benchmarks/, prototypes included: a prototype
+    function named like a benchmark (time_*, track_*, ...) breaks `asv check` in CI."""
+    for path in sorted((ROOT / "benchmarks" / "prototypes").glob("*.py")):
+        module = importlib.import_module(f"benchmarks.prototypes.{path.stem}")
+        named = [name for name, _ in inspect.getmembers(module) if name.startswith(PREFIXES)]
+        assert not named, (path.name, named)

@@ -41,7 +41,7 @@ def engines(sizes, batch, work=WORK, seed=0):
     return pair, rng.permutation(rows)
 
 
-def time_epoch(engine, perm):
+def seconds_per_batch(engine, perm):
     t0 = time.perf_counter()
     engine.train_batches(perm, 0, engine.n_batches, 1, 1e-3)
     return (time.perf_counter() - t0) / engine.n_batches
@@ -51,11 +51,11 @@ def compare(sizes, batch, rounds, work=WORK):
     """µs per batch: (median BLAS, median small, best BLAS, best small)."""
     (blas, small), perm = engines(sizes, batch, work)
     for engine in (blas, small):
-        time_epoch(engine, perm)
+        seconds_per_batch(engine, perm)
     times = [[], []]
     for _ in range(rounds):
         for k, engine in enumerate((blas, small)):
-            times[k].append(time_epoch(engine, perm))
+            times[k].append(seconds_per_batch(engine, perm))
     return [float(np.median(t)) * 1e6 for t in times] + [float(np.min(t)) * 1e6 for t in times]
 
 
