@@ -19,6 +19,8 @@ from fastbp.kernels.bundles import Data
 from fastbp.network import FitState
 from fastbp.threads import blas_pools
 
+from .small_microkernel import per_call
+
 RELU, SOFTMAX, CE = cpu.RELU, cpu.SOFTMAX, cpu.CE
 
 
@@ -101,12 +103,6 @@ def t_small_backprop(d, w, wt, z, a, out, small, count):
         cpu.delta_epilogue(z, a, RELU, out)
 
 
-def median_time(fn, args, count):
-    t0 = time.perf_counter()
-    fn(*args, count)
-    return (time.perf_counter() - t0) / count
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -168,28 +164,28 @@ def main(argv=None):
         return (time.perf_counter() - t0) / n_batches
 
     phases = [
-        ("gather x, y rows", lambda c: median_time(t_gather, (data, work), c)),
-        (f"GEMM a0·W1 ({B}x{sizes[0]}x{sizes[1]})", lambda c: median_time(t_dot, (x, W1, z1), c)),
-        ("forward_layer 1 (GEMM + bias + ReLU)", lambda c: median_time(t_forward, (x, W1, b1, RELU, z1, a1), c)),
-        (f"GEMM a1·W2 ({B}x{sizes[1]}x{sizes[2]})", lambda c: median_time(t_dot, (a1, W2, z2), c)),
+        ("gather x, y rows", lambda c: per_call(t_gather, (data, work), c)),
+        (f"GEMM a0·W1 ({B}x{sizes[0]}x{sizes[1]})", lambda c: per_call(t_dot, (x, W1, z1), c)),
+        ("forward_layer 1 (GEMM + bias + ReLU)", lambda c: per_call(t_forward, (x, W1, b1, RELU, z1, a1), c)),
+        (f"GEMM a1·W2 ({B}x{sizes[1]}x{sizes[2]})", lambda c: per_call(t_dot, (a1, W2, z2), c)),
         ("forward_layer 2 (GEMM + bias + softmax)",
-         lambda c: median_time(t_forward, (a1, W2, b2, SOFTMAX, z2, a2), c)),
-        ("output delta + loss + correct", lambda c: median_time(t_output, (z2, a2, y, d2), c)),
-        (f"GEMM a1ᵀ·δ2 ({sizes[1]}x{B}x{sizes[2]})", lambda c: median_time(t_dot_tn, (a1, d2, g2), c)),
-        ("weight_gradient 2 (GEMM + db)", lambda c: median_time(t_wgrad, (a1, d2, g2, gb2), c)),
-        (f"GEMM δ2·W2ᵀ ({B}x{sizes[2]}x{sizes[1]})", lambda c: median_time(t_dot_nt, (d2, W2, d1), c)),
-        ("backprop_delta 1 (GEMM + ReLU')", lambda c: median_time(t_backprop, (d2, W2, z1, a1, d1), c)),
-        (f"GEMM xᵀ·δ1 ({sizes[0]}x{B}x{sizes[1]})", lambda c: median_time(t_dot_tn, (x, d1, g1), c)),
-        ("weight_gradient 1 (GEMM + db)", lambda c: median_time(t_wgrad, (x, d1, g1, gb1), c)),
+         lambda c: per_call(t_forward, (a1, W2, b2, SOFTMAX, z2, a2), c)),
+        ("output delta + loss + correct", lambda c: per_call(t_output, (z2, a2, y, d2), c)),
+        (f"GEMM a1ᵀ·δ2 ({sizes[1]}x{B}x{sizes[2]})", lambda c: per_call(t_dot_tn, (a1, d2, g2), c)),
+        ("weight_gradient 2 (GEMM + db)", lambda c: per_call(t_wgrad, (a1, d2, g2, gb2), c)),
+        (f"GEMM δ2·W2ᵀ ({B}x{sizes[2]}x{sizes[1]})", lambda c: per_call(t_dot_nt, (d2, W2, d1), c)),
+        ("backprop_delta 1 (GEMM + ReLU')", lambda c: per_call(t_backprop, (d2, W2, z1, a1, d1), c)),
+        (f"GEMM xᵀ·δ1 ({sizes[0]}x{B}x{sizes[1]})", lambda c: per_call(t_dot_tn, (x, d1, g1), c)),
+        ("weight_gradient 1 (GEMM + db)", lambda c: per_call(t_wgrad, (x, d1, g1, gb1), c)),
         (f"update_params (Adam, {net.n_params} params)",
-         lambda c: median_time(t_update, (network, optb, hyper), c)),
+         lambda c: per_call(t_update, (network, optb, hyper), c)),
         ("whole step (train_batches, one epoch / batches)", whole_step),
-        ("small path: gemm a0·W1", lambda c: median_time(t_small_gemm, (x, W1, z1, small), c)),
-        ("small path: gemm a1·W2", lambda c: median_time(t_small_gemm, (a1, W2, z2, small), c)),
-        ("small path: gemm a1ᵀ·δ2", lambda c: median_time(t_small_gemm_tn, (a1, d2, g2, small), c)),
+        ("small path: gemm a0·W1", lambda c: per_call(t_small_gemm, (x, W1, z1, small), c)),
+        ("small path: gemm a1·W2", lambda c: per_call(t_small_gemm, (a1, W2, z2, small), c)),
+        ("small path: gemm a1ᵀ·δ2", lambda c: per_call(t_small_gemm_tn, (a1, d2, g2, small), c)),
         ("small path: W2ᵀ, gemm δ2·W2ᵀ, ReLU'",
-         lambda c: median_time(t_small_backprop, (d2, W2, W2t, z1, a1, d1, small), c)),
-        ("small path: gemm xᵀ·δ1", lambda c: median_time(t_small_gemm_tn, (x, d1, g1, small), c)),
+         lambda c: per_call(t_small_backprop, (d2, W2, W2t, z1, a1, d1, small), c)),
+        ("small path: gemm xᵀ·δ1", lambda c: per_call(t_small_gemm_tn, (x, d1, g1, small), c)),
         ("small path: whole step", lambda c: whole_step(c, small_engine, True)),
         ("MLP.fit epoch / batches (its path; Python per chunk)", fit_epoch),
     ]

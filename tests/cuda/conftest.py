@@ -50,3 +50,24 @@ def device_array_takes_python_ints(monkeypatch):
             raise TypeError(f"device_array shape {shape!r}: numba-cuda on a GPU takes Python ints only")
         return original(shape, *args, **kwargs)
     monkeypatch.setattr(cuda, "device_array", strict)
+
+
+@pytest.fixture
+def launch_names(monkeypatch):
+    """The names of the kernels launched from now on, in order: ``kernels.cuda.configure``
+    (which every launch goes through) wrapped to record each launch."""
+    from fastbp.kernels import cuda as kc
+    calls = []
+    configure = kc.configure
+
+    def counting(kernel, grid, block, shared_bytes=0):
+        run = configure(kernel, grid, block, shared_bytes)
+        name = getattr(kernel, "__name__", None) or kernel.py_func.__name__
+
+        def counted(*args):
+            calls.append(name)
+            return run(*args)
+        return counted
+
+    monkeypatch.setattr(kc, "configure", counting)
+    return calls

@@ -189,22 +189,10 @@ def test_free_memory_estimate_counts_the_fused_gradient_slices():
         sizes, 1 << 16, 10, 1 << 14, n_params, "float32", per_layer, batchnorm=True)
 
 
-def test_fused_launches_per_training_step(monkeypatch):
+def test_fused_launches_per_training_step(monkeypatch, launch_names):
     """The fused path: 2 launches per step whatever the depth (train_step, update), 3
     with clip_norm / L1 / L2 (+ the norm reduction), against 3L + 2 per layer."""
-    calls = []
-    configure = kc.configure
-
-    def counting(kernel, grid, block, shared_bytes=0):
-        run = configure(kernel, grid, block, shared_bytes)
-        name = getattr(kernel, "__name__", None) or kernel.py_func.__name__
-
-        def counted(*args):
-            calls.append(name)
-            return run(*args)
-        return counted
-
-    monkeypatch.setattr(kc, "configure", counting)
+    calls = launch_names
     use(monkeypatch, "always")
     net = fastbp.MLP([4, 5, 6, 3], activation="relu", dtype="float64")
     X, Y = make_data(5, net.sizes, "softmax", "float64", seed=12)

@@ -583,7 +583,7 @@ HYPER = np.zeros(spec.N_HYPER)
 HYPER[[spec.H_LR, spec.H_MOMENTUM, spec.H_BETA2, spec.H_EPS, spec.H_CLIP_NORM]] = 1e-3, 0.9, 0.999, 1e-8, 1.0
 
 
-def test_launches_per_training_step(monkeypatch):
+def test_launches_per_training_step(monkeypatch, launch_names):
     """A 3-layer network (3 weight layers) takes 3L + 2 = 11 launches per step, 12 with
     clip_norm / L1 / L2 (one norm reduction): gather, 3 forward, output delta (softmax,
     loss, δ, hits), 3 weight gradients (bias included), 2 delta propagations, update;
@@ -591,19 +591,7 @@ def test_launches_per_training_step(monkeypatch):
     hidden layer. Counted by wrapping ``configure`` and running one epoch of two full
     batches (one batch with batchnorm); each epoch ends with 3 non-finite counts (θ and
     the two optimizer states)."""
-    calls = []
-    configure = kc.configure
-
-    def counting(kernel, grid, block):
-        run = configure(kernel, grid, block)
-        name = getattr(kernel, "__name__", None) or kernel.py_func.__name__
-
-        def counted(*args):
-            calls.append(name)
-            return run(*args)
-        return counted
-
-    monkeypatch.setattr(kc, "configure", counting)
+    calls = launch_names
     net = network([4, 5, 6, 3], "relu", "softmax", "float64")
     rng = np.random.default_rng(12)
     X, Y = rng.standard_normal((10, 4)), one_hot(rng, 10, 3, "float64")
