@@ -98,6 +98,9 @@ def test_bench_rows_run_on_tiny_data(monkeypatch):
     r = bench.robustness(config, epochs=2)
     assert len(r["seconds_alone"]) == len(r["seconds_alternating"]) == 2
     assert 0 < r["worst_alternating"] <= r["median_alternating"]
+    assert 0 < r["worst_alone"] <= r["median_alone"]
+    assert r["rows"] == config.rows() * bench.ROBUSTNESS_ROWS_SCALE
+    assert r["worst_alone_over_median_alone"] == r["worst_alone"] / r["median_alone"] <= 1
     i = bench.inference(config, repeats=1, rows=7)
     assert i["rows"] == 7 and i["speedup"] > 0
 
