@@ -144,3 +144,22 @@ def test_standardizer():
     for mean, scale in (([0.0], [0.0]), ([0.0, 1.0], [1.0]), ([np.nan], [1.0]), ([0.0], [np.inf])):
         with pytest.raises(ValueError, match="finite means and finite positive scales of one length"):
             data.Standardizer(mean, scale)
+
+
+def test_digits_read_directly_equal_scikit_learns_loader(monkeypatch):
+    """The bundled CSV read without importing scikit-learn; its own loader where the file
+    moved; a clear ImportError without scikit-learn."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from fastbp import datasets
+    X_ref, y_ref = sklearn_digits(return_X_y=True)
+    X, y = datasets.load_digits()
+    np.testing.assert_array_equal(X, X_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    assert y.dtype == np.int64
+    monkeypatch.setattr(datasets.os.path, "exists", lambda path: False)
+    X, y = datasets.load_digits()
+    np.testing.assert_array_equal(X, X_ref)
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        datasets.load_digits()
