@@ -299,7 +299,7 @@ def _label_codes(net, y, source):
     from . import data
     if net.classes is None:
         values = data.numeric_target(y)
-        if values is None or not np.all(np.mod(values, 1) == 0):
+        if values is None or not np.all(np.mod(values, 1) == 0) or not np.all((values >= 0) & (values < net.n_outputs)):
             raise _Fail(f"{source}: the target must hold class indices 0..{net.n_outputs - 1}")
         return values.astype(np.int64)
     labels = np.char.strip(y.astype(str))
@@ -322,7 +322,11 @@ def _r2(y, pred):
 
 
 def _early_stopping(value):
-    return int(value)
+    """``--early-stopping N``: N an integer (EarlyStopping checks its range)."""
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patience must be an integer >= 1, got {value!r}") from None
 
 
 def build_parser():

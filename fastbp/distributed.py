@@ -193,6 +193,12 @@ def _local_round(block, spec, packed, step, chunk, start, fit_args):
 
 # --- on the client -----------------------------------------------------------------------------
 
+def _check_net(net):
+    """Before anything reads the network's attributes."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a fastbp.MLP, got {type(net).__name__}")
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -208,17 +214,15 @@ def _nonnegative(name, value):
 def _check_inputs(net, X, y):
     """X, y as dask arrays with one column chunk and y's rows chunked like X's."""
     import dask.array as da
-    if not isinstance(net, MLP):
-        raise TypeError(f"net must be a fastbp.MLP, got {type(net).__name__}")
     if not isinstance(X, da.Array) or not isinstance(y, da.Array):
         raise TypeError("X and y must be dask arrays chunked by rows (built on the workers, or "
                         "dask.array.from_array(X, chunks=(rows, -1))); for NumPy arrays use net.fit")
     if X.ndim != 2 or X.shape[1] != net.n_features:
         raise ValueError(f"X must have shape (n, {net.n_features}) for this network, got {X.shape}")
-    if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
-        raise ValueError(f"y must have {X.shape[0]} rows like X, got shape {y.shape}")
     if any(np.isnan(c) for c in X.chunks[0]):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y must have {X.shape[0]} rows like X, got shape {y.shape}")
     if net.batchnorm:
         raise ValueError("batchnorm networks cannot be fitted on Dask in this version (per-chunk batch "
                          "statistics differ from the full batch's)")
@@ -296,6 +300,7 @@ def fit_lbfgs(net, X, y, client=None, *, loss=None, l1=0.0, l2=0.0, max_iter=100
     ``client`` defaults to ``distributed.get_client()``.
     """
     from scipy.optimize import minimize
+    _check_net(net)
     loss = _Core.loss_name(net, loss)
     l1, l2 = _nonnegative("l1", l1), _nonnegative("l2", l2)
     max_iter = _positive_int("max_iter", max_iter)
@@ -355,6 +360,7 @@ def fit_averaged(net, X, y, client=None, *, optimizer=None, batch_size=32, local
     completed round.
     """
     from .optimizers import get_optimizer
+    _check_net(net)
     optimizer = get_optimizer(optimizer)
     loss = _Core.loss_name(net, loss)
     l1, l2 = _nonnegative("l1", l1), _nonnegative("l2", l2)

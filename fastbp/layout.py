@@ -55,11 +55,3 @@ def weight_views(theta, table):
         weights.append(theta[w_off:w_off + fan_in * fan_out].reshape(fan_in, fan_out))
         biases.append(theta[b_off:b_off + fan_out])
     return weights, biases
-
-
-def weight_mask(table, n_params):
-    """Boolean mask of the entries of ``theta`` that are weights (regularised)."""
-    mask = np.zeros(n_params, dtype=bool)
-    for fan_in, fan_out, w_off, _ in table:
-        mask[w_off:w_off + fan_in * fan_out] = True
-    return mask

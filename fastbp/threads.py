@@ -165,12 +165,18 @@ def measure_crossover(shapes=MEASURED_SHAPES, repeats=7, calls=None):
                     products(a, b, out, count)
                     times[threads].append((time.perf_counter() - t0) / count)
         rows.append((m, n, k, statistics.median(times[1]), statistics.median(times[cores])))
+    return rows, crossover_of(rows)
+
+
+def crossover_of(rows):
+    """The smallest m·n·k of ``rows`` (m, n, k, t_one, t_all) from which every larger
+    shape ran faster with all threads; inf if the largest did not."""
     crossover = float("inf")
     for m, n, k, t_one, t_all in sorted(rows, key=lambda r: -r[0] * r[1] * r[2]):
         if t_all >= t_one:
             break
         crossover = m * n * k
-    return rows, crossover
+    return crossover
 
 
 def main():

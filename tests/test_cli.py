@@ -287,3 +287,66 @@ def test_a_csv_is_not_held_twice(tmp_path):
         tracemalloc.stop()
     assert table.X.shape == (20000, 5)
     assert peak < 1.5 * table.X.nbytes + table.y.nbytes + 2 ** 18
+
+
+def test_early_stopping_patience_must_be_a_number(class_csv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", class_csv, "--target", "species", "--early-stopping", "x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "argument --early-stopping: patience must be an integer >= 1, got 'x'" in err and "_early" not in err
+    code, _, err = run(["train", class_csv, "--target", "species", "--early-stopping", "0"], capsys)
+    assert code == 2 and "patience must be an integer >= 1, got 0" in err
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, class_csv, capsys):
+    """--early-stopping 2 with a learning rate too large to settle (seeded: the validation loss
+    stops improving after epoch 3): training stops two epochs later, the best epoch's
+    parameters are kept and reported."""
+    code, out, _ = run(["train", class_csv, "--target", "species", "--hidden", "4", "--epochs", "8", "--lr", "3",
+                        "--validation-split", "0.25", "--early-stopping", "2"], capsys)
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2] in {f"{e}/" for e in range(1, 9)}]
+    val_losses = [float(r[3]) for r in rows]
+    best = int(np.argmin(val_losses))
+    assert len(rows) == best + 3 < 8  # two epochs without improvement, then stop
+    assert f"val_loss {val_losses[best]:.4f}" in out and f"(epoch {best + 1}, the model's parameters)" in out
+
+
+def test_digits_demo_times_the_reference_and_checks_min_accuracy(capsys):
+    code, out, err = run(["train", "--epochs", "2", "--hidden", "8", "--min-accuracy", "0.999"], capsys)
+    assert code == 1 and "held-out accuracy below --min-accuracy 0.999" in err  # 2 epochs of 8 units: ~0.9
+    rate = {line.split(":")[0]: line.split(":")[1].split()[0] for line in out.splitlines()
+            if line.startswith(("fastbp: ", "NumPy reference:", "speed-up:"))}
+    fast, ref = (float(rate[k].replace(",", "")) for k in ("fastbp", "NumPy reference"))
+    assert ref > 0 and float(rate["speed-up"].rstrip("x")) == pytest.approx(fast / ref, abs=0.051)
+
+
+def test_predict_refuses_what_the_model_cannot_do(tmp_path, regression_csv, capsys):
+    path, X, _ = regression_csv
+    model = tmp_path / "r.npz"
+    assert run(["train", path, "--target", "price", "--hidden", "4", "--epochs", "1", "--save", model],
+               capsys)[0] == 0
+    code, _, err = run(["predict", model, path, "--proba"], capsys)
+    assert code == 2 and "is a regression model: it has no probabilities (drop --proba)" in err
+    np.save(tmp_path / "X.npy", X[:, :1])
+    code, _, err = run(["predict", model, tmp_path / "X.npy"], capsys)
+    assert code == 2 and "X.npy has 1 feature columns, the model takes 2" in err
+
+
+@pytest.mark.parametrize("labels, ok", [([0, 1, 2, 0, 1, 2], True), ([0, 1, 0.5, 0, 1, 2], False),
+                                        ([0, 1, 7, 0, 1, 2], False), ([0, -1, 2, 0, 1, 2], False)])
+def test_evaluate_a_model_without_class_names(tmp_path, capsys, labels, ok):
+    """A model trained through the API on integer labels keeps no classes: the target must
+    hold its output indices, and anything else is one line and exit 2 (7 and -1 were a
+    traceback from the network's own check)."""
+    X = np.random.default_rng(0).standard_normal((6, 2))
+    net = fastbp.MLP([2, 3, 3], seed=0)
+    net.fit(X, np.array([0, 1, 2, 0, 1, 2]), epochs=1)
+    net.save(tmp_path / "m.npz")
+    np.savez(tmp_path / "d.npz", X=X, y=np.array(labels))
+    code, out, err = run(["evaluate", tmp_path / "m.npz", tmp_path / "d.npz", "--target", "y"], capsys)
+    if ok:
+        assert code == 0 and f"accuracy {net.evaluate(X, np.array(labels))['accuracy']:.4f}" in out
+    else:
+        assert code == 2 and "the target must hold class indices 0..2" in err

@@ -113,3 +113,90 @@ def test_measure_crossover_runs_and_reports_each_shape(capsys):
     assert [r[:3] for r in rows] == list(shapes)
     assert all(r[3] > 0 and r[4] > 0 for r in rows)
     assert crossover == float("inf") or crossover in {m * n * k for m, n, k in shapes}
+
+
+def test_measure_crossover_gives_the_users_pool_back(pools):
+    kernels, _ = pools
+    with kernels.limit(limits=1):
+        threads.measure_crossover(shapes=((4, 8, 8),), repeats=1, calls=2)
+        assert pool_threads(kernels) == [1] * len(kernels.lib_controllers)
+
+
+@pytest.mark.parametrize("rows, expected", [
+    # (m, n, k, seconds with one thread, seconds with all): all threads win from 8·8·8 up
+    ([(2, 2, 2, 1.0, 2.0), (4, 4, 4, 1.0, 1.5), (8, 8, 8, 2.0, 1.0), (16, 16, 16, 9.0, 5.0)], 512),
+    # the largest shape lost: no crossover, whatever the smaller ones did
+    ([(2, 2, 2, 2.0, 1.0), (16, 16, 16, 5.0, 5.0)], float("inf")),
+    # a loss in the middle: the crossover is above it, even though a smaller shape won
+    ([(16, 16, 16, 9.0, 5.0), (2, 2, 2, 2.0, 1.0), (8, 8, 8, 1.0, 2.0)], 4096),
+    # every shape won, in any order
+    ([(8, 8, 8, 2.0, 1.0), (2, 2, 2, 2.0, 1.0)], 8),
+])
+def test_crossover_is_where_all_threads_win_from_there_up(rows, expected):
+    assert threads.crossover_of(rows) == expected
+
+
+def test_main_prints_one_row_per_shape_and_the_crossover(monkeypatch, capsys):
+    rows = [(32, 128, 64, 20e-6, 30e-6), (256, 1024, 1024, 9e-3, 5e-3)]
+    monkeypatch.setattr(threads, "measure_crossover", lambda: (rows, threads.crossover_of(rows)))
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    threads.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 threads us" in lines[0]
+    assert lines[1].split() == ["32", "128", "64", "262,144", "20.0", "30.0"]
+    assert lines[2].split() == ["256", "1024", "1024", "268,435,456", "9000.0", "5000.0"]
+    assert lines[3] == "crossover m*n*k: 268,435,456"
+
+
+def test_available_cores_without_sched_getaffinity(monkeypatch):
+    """Not on Linux (no os.sched_getaffinity): the machine's CPU count, at least one."""
+    monkeypatch.delattr(threads.os, "sched_getaffinity")
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 6)
+    assert threads.available_cores() == 6
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: None)  # "undeterminable"
+    assert threads.available_cores() == 1
+
+
+def test_cores_default_to_the_available_ones(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    monkeypatch.setattr(threads, "CROSSOVER_MNK", 1.0)
+    assert threads.threads_for_gemm(1, 1, 1) == 3
+    assert threads.choose_threads([4, 3, 2], 8) == 3
+
+
+def test_override_may_exceed_the_users_limit(pools):
+    """``threads=`` is the user's own request: it is not capped by the current setting,
+    and the setting comes back afterwards."""
+    kernels, _ = pools
+    with kernels.limit(limits=1):
+        with threads.blas_threads([4, 3, 2], 8, threads=2):
+            assert pool_threads(kernels) == [2] * len(kernels.lib_controllers)
+        assert pool_threads(kernels) == [1] * len(kernels.lib_controllers)
+
+
+def test_without_threadpoolctl_nothing_is_changed(pools, monkeypatch):
+    """threadpoolctl not importable: no pools, and blas_threads runs its block untouched."""
+    import sys
+    kernels, numpy_only = pools
+    monkeypatch.setattr(threads, "_pools", None)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
+    assert threads.blas_pools() is None
+    ran = []
+    with kernels.limit(limits=2), numpy_only.limit(limits=2):
+        with threads.blas_threads([4, 3, 2], 8, threads=1):
+            ran.append(pool_threads(kernels) + pool_threads(numpy_only))
+    assert ran == [[2] * (len(kernels.lib_controllers) + len(numpy_only.lib_controllers))]
+
+
+def test_crossover_from_the_environment(monkeypatch):
+    import importlib
+    monkeypatch.setenv("FASTBP_BLAS_CROSSOVER", "4096")
+    try:
+        importlib.reload(threads)
+        assert threads.CROSSOVER_MNK == 4096.0
+        assert threads.threads_for_gemm(16, 16, 16, cores=2) == 2
+        assert threads.threads_for_gemm(16, 16, 15, cores=2) == 1
+    finally:
+        monkeypatch.delenv("FASTBP_BLAS_CROSSOVER")
+        importlib.reload(threads)
+    assert threads.CROSSOVER_MNK == 2.0 ** 29
