@@ -424,3 +424,48 @@ def test_optimizer_hyper_parameters_are_checked_after_construction(name, value):
     X, y = data()
     with pytest.raises(ValueError, match=name):
         fastbp.MLP(SIZES).fit(X, y, epochs=1, optimizer=opt)
+
+
+# --- the remaining header and member checks of persist.load_arrays -------------------------
+
+
+def _meta(**fields):
+    return np.array(json.dumps(fields))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: with_header(a, sizes=[5]), "header field 'sizes' must list 2 to 10000 widths, got 1"),
+    (lambda a: with_header(a, batchnorm="yes"), "header field 'batchnorm' must be true or false, got 'yes'"),
+    (lambda a: {**a, "bn_running": np.concatenate([a["bn_running"][:-1], [-1.0]])},
+     "negative running variance in 'bn_running'"),
+    (lambda a: {**a, "metadata": np.array(json.dumps(["v", "w"]))}, "metadata is not a JSON object"),
+    (lambda a: {**a, "metadata": _meta(classes=["a", "b"])}, "metadata: 2 class labels for 3 outputs"),
+    (lambda a: {**a, "metadata": _meta(classes="abc")}, "metadata: 'abc' class labels for 3 outputs"),
+    (lambda a: {**a, "metadata": np.array([1.0])}, "metadata is not a JSON string"),
+])
+def test_forged_fields_are_named(tmp_path, change, match):
+    net = fastbp.MLP(SIZES, dtype="float64", batchnorm=True)
+    net.classes = np.array(["a", "b", "c"])
+    path = tmp_path / "forged.npz"
+    net.save(path)
+    arrays = archive_members(path)
+    assert {"header", "theta", "bn_running", "metadata"} <= set(arrays)
+    write_archive(path, change(arrays))
+    assert_rejected(str(path), match)
+
+
+@pytest.mark.parametrize("sizes, output, y, error, match", [
+    ([5, 3], "softmax", None, TypeError, "y is None"),
+    ([5, 3], "softmax", np.zeros((6, 3, 1)), ValueError, r"y must be 1-D labels or a 2-D \(n_samples, n_outputs\)"),
+    ([5, 2], "identity", np.zeros(6), ValueError, r"y is 1-D but the network has 2 outputs; pass a \(n, 2\) array"),
+    ([5, 1], "sigmoid", np.array([0, 1, 2, 0, 1, 0]), ValueError, "labels for a single sigmoid output must be 0 or 1"),
+    ([5, 3], "softmax", np.full((6, 3), -0.5), ValueError, r"cross-entropy targets must lie in \[0, 1\]"),
+    ([5, 2], "sigmoid", np.full((6, 2), 1.5), ValueError, r"cross-entropy targets must lie in \[0, 1\]"),
+])
+def test_bad_targets_are_refused_before_training(sizes, output, y, error, match):
+    X = np.random.default_rng(0).normal(size=(6, 5))
+    net = fastbp.MLP(sizes, output=output, dtype="float64")
+    before = net.theta.copy()
+    with pytest.raises(error, match=match):
+        net.fit(X, y, epochs=1)
+    np.testing.assert_array_equal(net.theta, before)
