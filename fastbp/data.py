@@ -141,12 +141,34 @@ def _read_csv(path, target, required_target, features):
         raise DataError(_first_bad_cell(path, names, delimiter, feature_index)) from None
     if X.shape[0] == 0:
         raise DataError(f"{path} has a header but no data rows")
+    long_row = _first_long_row(path, names, delimiter)
+    if long_row:
+        raise DataError(long_row)
     bad = np.argwhere(np.isnan(X))
     if bad.size:
         row, col = bad[0]
         raise DataError(f"{path}: column {names[feature_index[col]]!r} has a missing value (NaN) "
                         f"at line {row + 2}")
     return Table(X, [names[i] for i in feature_index], y, target)
+
+
+def _first_long_row(path, names, delimiter):
+    """The message for the first row with more fields than the header, or None.
+
+    NumPy's ``usecols`` reads the columns it is given and drops the rest of a row
+    without a word, so a stray delimiter (an unquoted "1,5" in a European file) would
+    shift nothing NumPy notices; this pass counts delimiters per line (a C count per
+    line; the csv module only for lines with quotes) so such a file is refused."""
+    columns = len(names)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        next(f)
+        for line_no, line in enumerate(f, start=2):
+            if line.count(delimiter) < columns:
+                continue
+            fields = next(csv.reader([line], delimiter=delimiter)) if '"' in line else line.split(delimiter)
+            if len(fields) > columns:
+                return f"{path}: line {line_no} has {len(fields)} fields but the header names {columns} columns"
+    return None
 
 
 def _first_bad_cell(path, names, delimiter, feature_index):

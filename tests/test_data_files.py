@@ -22,6 +22,8 @@ def write(path, text, encoding="utf-8"):
     (b"a,b\n", "has a header but no data rows"),
     (b"a,b\n1,2\n3,nan\n", "column 'b' has a missing value (NaN) at line 3"),
     (b"a,b\n1,2\n3\n", "line 3 has 1 fields but the header names 2 columns"),
+    (b"a,b\n1,2\n3,4,5\n", "line 3 has 3 fields but the header names 2 columns"),  # NumPy's usecols drops it
+    (b"a,b\n1,2\n3,\"4\",\"5,6\"\n", "line 3 has 3 fields but the header names 2 columns"),
     (b"a,b\n1,2\n3,x\n", "feature column 'b' is not numeric: line 3 holds 'x'"),
     (b"a,b\n1_0,2\n", "could not be read as a numeric CSV file"),  # Python's float() reads 1_0, NumPy not
 ])
@@ -30,6 +32,13 @@ def test_unreadable_csv_files(tmp_path, content, message):
     with pytest.raises(DataError) as info:
         data.read_table(path, required_target=False)
     assert str(info.value).startswith(str(path)) and message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_quoted_delimiters_are_one_field(tmp_path):
+    """A quoted target holding the delimiter is one field, not a long row."""
+    path = write(tmp_path / "d.csv", b'a,b,label\n1,2,"x,y"\n3,4,z\n')
+    table = data.read_table(path, target="label")
+    assert table.X.tolist() == [[1.0, 2.0], [3.0, 4.0]] and table.y.tolist() == ["x,y", "z"]
 
 
 def test_a_non_numeric_feature_is_named_with_its_line(tmp_path):
