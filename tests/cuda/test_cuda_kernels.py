@@ -202,8 +202,8 @@ def test_output_delta_and_correct_count(dtype, rows, output, loss):
     counts = dev(np.array([2, 0], dtype=np.int64))
     batch = rows + 2                        # inv_batch is an argument, not 1/rows
     K.output_delta[kc.line(rows, K.config)](dev(z), a_device, dev(Y), spec.ACTIVATIONS[output],
-                                            spec.resolve_loss(loss, output), rows, 1.0 / batch, delta,
-                                            sums, counts)
+                                            spec.resolve_loss(loss, output), rows, 1.0 / batch, None, None,
+                                            delta, sums, counts)
     z64, a64, Y64 = z.astype(np.float64), a.astype(np.float64), Y.astype(np.float64)
     close(a_device.copy_to_host(), a64, dtype)
     close(delta.copy_to_host(), reference.output_delta(z64, a64, Y64, loss, output) / batch, dtype)
