@@ -27,6 +27,8 @@ Kernels (one launch each):
   and for dβ, dγ, with the normalisation, activation and dropout, or the backward
   through the statistics, in the same kernel (``cpu.bn_forward`` / ``cpu.bn_backward``);
 * :func:`gather_batch` — a batch of X and Y gathered through the device permutation;
+* :func:`batch_weights` — with sample weights: the batch's weights gathered, Σw, the
+  batch's 1/Σw and B/Σw (:func:`row_factors`) and its L1/L2 (× B/Σw), one block;
 * :func:`count_nonfinite` — the per-epoch divergence check (θ and the optimizer
   states) without copying them back.
 
@@ -58,7 +60,8 @@ registers per SM; geometry from ``cuda_config``, defaults below):
   to the accumulators before the single store: z and a (or δ) make one trip to
   global memory; db is summed from the δ tiles weight_gradient loads anyway;
 * few launches and no host round trips — 3L + 2 per training step of L layers (+ 2
-  per batch-normalized hidden layer):
+  per batch-normalized hidden layer, + 1 with sample weights, whose array goes to the
+  device once per fit with X and Y):
   one gather, one launch per layer per phase (forward, delta, gradient), one for
   softmax + loss + δ^L, one for the update (two with clip_norm / L1 / L2); every
   launch is configured once per fit (:func:`configure`); X and Y are copied to the device once per fit, the
@@ -1197,7 +1200,8 @@ def check_free_memory(needed, what):
 # gradients (bias gradient included), L − 1 delta propagations, 1 update (plus 1
 # norm/penalty reduction with clip_norm, l1 or l2): 3L + 2; with batchnorm 2 more per
 # hidden layer (bn_forward after its GEMM, bn_backward before its weight gradient):
-# 5L, or 5L + 1 with the reduction.
+# 5L, or 5L + 1 with the reduction. Sample weights add 1 (batch_weights, first):
+# 3L + 3 (fused: 3), and a batch whose weights sum to 0 launches nothing.
 
 #: forward_layer's code for a batch-normalized layer's GEMM: the softmax epilogue
 #: stores z (= a·W with the zero bias) and stops; bn_forward applies the activation

@@ -13,7 +13,8 @@ its weight gradient is taken). Blocks loop over tiles, so the grid is at most
 ``CudaConfig.fused_blocks``; the update kernel of ``kernels/cuda.py`` (``update_params``,
 with ``clip_partials`` for clipping / L1 / L2) sums the slices and steps, as it sums
 the split-K slices of the per-layer path. A training step is 2 launches (3 with
-clip_norm / L1 / L2) whatever the depth, against 3L + 2 (3L + 3) per layer.
+clip_norm / L1 / L2) whatever the depth, against 3L + 2 (3L + 3) per layer; sample
+weights add ``cuda.batch_weights`` before it (3, or 4).
 
 Arithmetic: FP32 (or FP64) FMAs on CUDA cores — Numba has no WMMA / tensor-core
 intrinsics, so unlike tiny-cuda-nn the weights are not staged in shared memory as
