@@ -112,7 +112,7 @@ class MLP:
     activation : str or sequence of str
         Hidden-layer activation(s): identity, sigmoid, tanh, relu, leaky_relu.
     output : str
-        Output activation: softmax, sigmoid, identity or exp (Poisson regression, CPU only).
+        Output activation: softmax, sigmoid, identity or exp (Poisson regression).
     init : str
         Weight initialisation (see ``fastbp.init``): he, xavier/glorot, *_uniform, *_normal.
     seed : int
@@ -259,12 +259,6 @@ class MLP:
         loss = DEFAULT_LOSS[self.output] if loss is None else loss
         return loss, spec.resolve_loss(loss, self.output)
 
-    def _refuse_cpu_only_output(self, device):
-        """The CPU-only feature, refused on the GPU: the exp output."""
-        if device == "cuda" and self.output in spec.CPU_ONLY_OUTPUTS:
-            raise ValueError(f"the {self.output} output (with the poisson loss) runs on the CPU only so far; "
-                             "use device='cpu'")
-
     def _targets(self, y, n, loss_code):
         try:
             return check_targets(y, n, self.output, self.n_outputs, self.dtype, loss_code != spec.MSE)
@@ -372,7 +366,6 @@ class MLP:
         raise counts as completed.
         """
         X, validation_data, feature_names = self._fit_input(X, validation_data)
-        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
@@ -600,7 +593,6 @@ class MLP:
     def forward(self, X, device="cpu"):
         """Output activations a^L for every row of X (compiled, in chunks; on the GPU
         with ``device="cuda"``)."""
-        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         X = self._input(X)
         X = check_features(X, self.n_features, self.dtype)
@@ -640,7 +632,6 @@ class MLP:
         """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers).
         With ``sample_weight`` the loss is the weighted mean Σ w_i ℓ_i / Σw;
         accuracy counts rows."""
-        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = self._input(X)
@@ -663,7 +654,6 @@ class MLP:
         """(objective, flat gradient) over the full batch X, from the compiled backward
         pass of ``device``; the objective is the mean data loss plus the L1/L2 penalty
         (with ``sample_weight``: (Σ w_i ℓ_i + n·penalty)/Σw, as in ``fit``)."""
-        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)

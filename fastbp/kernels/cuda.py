@@ -12,9 +12,9 @@ Kernels (one launch each):
   blocks that own the first weight rows, split-K: the batch is cut into slices, each
   reduced by its own blocks into its own partial gradient (:class:`GradientParts`),
   so a small layer over a long batch still fills the GPU;
-* :func:`output_delta` — softmax (for a softmax output), loss, δ^L (1/B folded in, as
-  on the CPU) and the :func:`correct_count` of each row, one thread per row; the loss
-  and hit counts are reduced per block in shared memory and added atomically to
+* :func:`output_delta` — softmax (for a softmax output), loss (CE, BCE, MSE, or the
+  half Poisson deviance of the exp output), δ^L (1/B folded in, as on the CPU) and
+  the :func:`correct_count` of each row, one thread per row; the loss and hit counts are reduced per block in shared memory and added atomically to
   per-epoch totals that stay on the device;
 * :func:`clip_partials` / :func:`update_params` — the global norm of the regularised
   gradient and the L1/L2 penalty (grid-stride partial sums; every update block
@@ -113,9 +113,9 @@ from numba import cuda
 from .. import spec
 from . import cuda_config, rng
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
-    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
-MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = (
+    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX, spec.EXP)
+MSE, BCE, CE, POISSON = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY, spec.POISSON
 OPT_SGD, OPT_MOMENTUM, OPT_NESTEROV, OPT_RMSPROP, OPT_ADAM = (
     spec.OPT_SGD, spec.OPT_MOMENTUM, spec.OPT_NESTEROV, spec.OPT_RMSPROP, spec.OPT_ADAM)
 H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
@@ -157,6 +157,8 @@ def build_kernels(dtype, cfg):
             return DT(1) / (DT(1) + math.exp(-v))
         if code == TANH:
             return math.tanh(v)
+        if code == EXP:   # an output only (Poisson regression): δ^L never needs its f'
+            return math.exp(v)
         return v
 
     @device
@@ -617,6 +619,13 @@ def build_kernels(dtype, cfg):
                     v = z[i, j]
                     total += weight * F64(max(v, DT(0)) - v * targets[i, j] + math.log1p(math.exp(-abs(v))))
                     delta[i, j] = (a[i, j] - targets[i, j]) * scale
+            elif loss_code == POISSON:   # half deviance a − y z − y + y log y, a = e^z
+                for j in range(cols):
+                    t = targets[i, j]
+                    total += weight * F64(a[i, j] - t * z[i, j] - t)
+                    if t > 0:
+                        total += weight * F64(t * math.log(t))
+                    delta[i, j] = (a[i, j] - t) * scale
             else:  # MSE
                 scale = DT(2 * factor / cols)
                 dot = DT(0)

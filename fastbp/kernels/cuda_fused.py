@@ -45,7 +45,7 @@ from . import cuda as cuda_kernels
 from . import cuda_config
 
 IDENTITY, SIGMOID, SOFTMAX = spec.IDENTITY, spec.SIGMOID, spec.SOFTMAX
-MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
+MSE, BCE, CE, POISSON = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY, spec.POISSON
 
 #: the kernels of this module (the PTX report compiles these)
 KERNEL_NAMES = ("train_step",)
@@ -141,6 +141,10 @@ def build_kernels(dtype, cfg):
                     total -= weight * F64(t * (z - top - log_s))
                 elif loss_code == BCE:
                     total += weight * F64(max(z, DT(0)) - z * t + math.log1p(math.exp(-abs(z))))
+                elif loss_code == POISSON:   # a = e^z
+                    total += weight * F64(a - t * z - t)
+                    if t > 0:
+                        total += weight * F64(t * math.log(t))
                 else:
                     e = a - t
                     total += weight * (F64(e * e) / width)

@@ -181,13 +181,16 @@ def targets_for(output, loss, rng, rows, k, dtype):
         return one_hot(rng, rows, k, dtype)
     if output == "sigmoid":
         return rng.integers(0, 2, (rows, k)).astype(dtype)
+    if output == "exp":   # counts, zeros included
+        return rng.poisson(1.5, (rows, k)).astype(dtype)
     return rng.standard_normal((rows, k)).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 19])
 @pytest.mark.parametrize("output, loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
-                                          ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse")])
+                                          ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse"),
+                                          ("exp", "poisson")])
 def test_output_delta_and_correct_count(dtype, rows, output, loss):
     k = 3
     rng = np.random.default_rng(4)

@@ -50,7 +50,8 @@ def weights_with_an_empty_batch(n, batch, seed, fit_seed, empty=1):
 
 
 @pytest.mark.parametrize("output, loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
-                                          ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse")])
+                                          ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse"),
+                                          ("exp", "poisson")])
 def test_weighted_output_delta(output, loss):
     """output_delta with row weights w and scalars [s, c]: δ_i = δ_ref,i · w_i · s and the
     loss sum Σ w_i ℓ_i · c (the plain call is tested in test_cuda_kernels.py)."""
