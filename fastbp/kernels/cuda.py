@@ -14,7 +14,8 @@ Kernels (one launch each):
   so a small layer over a long batch still fills the GPU;
 * :func:`output_delta` — softmax (for a softmax output), loss (CE, BCE, MSE, or the
   half Poisson deviance of the exp output), δ^L (1/B folded in, as on the CPU) and
-  the :func:`correct_count` of each row, one thread per row; the loss and hit counts are reduced per block in shared memory and added atomically to
+  the :func:`correct_count` of each row, one thread per row; the loss and hit counts
+  are reduced per block in shared memory and added atomically to
   per-epoch totals that stay on the device;
 * :func:`clip_partials` / :func:`update_params` — the global norm of the regularised
   gradient and the L1/L2 penalty (grid-stride partial sums; every update block
