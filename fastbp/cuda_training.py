@@ -95,7 +95,9 @@ class CudaEngine:
     as on the CPU. ``checkpoint`` is accepted and changes nothing on the GPU (every
     activation is kept: the results are the same, the memory saving is CPU-only).
     Batch normalization's running statistics live on the device with θ (backed up,
-    restored and copied to the network with it).
+    restored and copied to the network with it). ``sample_weight`` (float64, one per
+    row) goes to the device once with X and Y (``kernels.cuda.BatchWeights``: one more
+    launch per step, a batch whose weights sum to 0 is skipped, as on the CPU).
     """
 
     computes_diagnostics = True
@@ -103,8 +105,6 @@ class CudaEngine:
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
                  checkpoint=None, seed=0, sample_weight=None):
-        if sample_weight is not None:
-            raise ValueError("sample_weight runs on the CPU only so far; fit with device='cpu'")
         from numba import cuda
 
         from .kernels import cuda as kc
@@ -113,11 +113,13 @@ class CudaEngine:
         self.bmax = min(batch_size, X.shape[0])
         self.n_batches = -(-X.shape[0] // self.bmax)
         kc.check_free_memory(kc.fit_bytes(net.sizes, X.shape[0], Y.shape[1], self.bmax, net.theta.shape[0],
-                                          net.dtype, kc.cuda_config.config, net.batchnorm), "this fit")
+                                          net.dtype, kc.cuda_config.config, net.batchnorm,
+                                          sample_weight is not None), "this fit")
         self.params = _device_parameters(net, state)
         reduce = bool(clip_norm > 0 or l1 or l2)
         self.plan = kc.EpochPlan(kc.kernels(net.dtype), self.params, cuda.to_device(X), cuda.to_device(Y),
-                                 self.bmax, loss_code, optimizer.code, reduce, dropout=any(net.dropout))
+                                 self.bmax, loss_code, optimizer.code, reduce, dropout=any(net.dropout),
+                                 weights=sample_weight)
         self._backup = [cuda.device_array_like(live) for live in self._buffers()]
         self.step = int(state.step[0])
         self.seed = int(seed)
@@ -132,13 +134,13 @@ class CudaEngine:
         return (params.theta, params.state1, params.state2, *running)
 
     def train_batches(self, perm, first, stop, epoch, lr):
-        params = self.params
-        params.hyper.copy_to_device(hyper_vector(self.optimizer, lr, *self.constants))
+        params, weights = self.params, self.plan.weights
+        hyper = params.hyper if weights is None else weights.epoch_hyper   # batch_weights scales L1/L2 per batch
+        hyper.copy_to_device(hyper_vector(self.optimizer, lr, *self.constants))
         params.counters.copy_to_device(np.array([self.step, self.seed, epoch], dtype=np.int64))
         if first == 0:
             params.diagnostics.copy_to_device(np.zeros((len(self.net.codes), 2)))
-        self.kc.train_batches(self.plan, perm, first, stop)
-        self.step += stop - first
+        self.step += self.kc.train_batches(self.plan, perm, first, stop)
         total = float(self.plan.work.sums.copy_to_host()[0])  # synchronises
         correct, nonfinite = (int(c) for c in self.plan.work.counts.copy_to_host())
         self._finite = not nonfinite
@@ -148,17 +150,17 @@ class CudaEngine:
         return self._finite
 
     def validate(self, Xv, Yv, weights=None):
-        """(summed data loss, correct count) of the current device θ on the validation
-        set, which goes to the device on the first call of the fit (no ``weights``: a
-        weighted fit is refused on the GPU before it starts)."""
+        """(summed data loss — Σ w_i ℓ_i with ``weights`` —, correct count) of the current
+        device θ on the validation set, which goes to the device (with its weights) on the
+        first call of the fit."""
         from numba import cuda
         kc = self.kc
         if self._validation is None or self._validation[0] is not Xv:
             chunk = kc.inference_chunk(self.net.sizes, Xv.shape[0], self.net.dtype)
             work = kc.workspace(self.params, self.net.sizes[0], chunk)
-            self._validation = (Xv, cuda.to_device(Xv), cuda.to_device(Yv), chunk, work)
-        _, Xd, Yd, chunk, work = self._validation
-        return kc.evaluate(self.plan.K, self.params, Xd, Yd, self.loss_code, chunk, work)
+            self._validation = (Xv, cuda.to_device(Xv), cuda.to_device(Yv), chunk, work, _to_device(weights))
+        _, Xd, Yd, chunk, work, wd = self._validation
+        return kc.evaluate(self.plan.K, self.params, Xd, Yd, self.loss_code, chunk, work, wd)
 
     def diagnostics(self):
         return self.params.diagnostics.copy_to_host()
@@ -209,20 +211,30 @@ def forward(net, X, chunk):
     return out.copy_to_host()
 
 
-def evaluate(net, X, Y, loss_code, chunk):
-    """(summed data loss, correct count) over X, Y computed on the device."""
+def _to_device(weights):
+    """Sample weights (float64) on the device, or None."""
+    from numba import cuda
+    return None if weights is None else cuda.to_device(np.ascontiguousarray(weights, dtype=np.float64))
+
+
+def evaluate(net, X, Y, loss_code, chunk, weights=None):
+    """(summed data loss — Σ w_i ℓ_i with ``weights`` —, correct count) over X, Y
+    computed on the device."""
     from numba import cuda
 
     from .kernels import cuda as kc
     return kc.evaluate(kc.kernels(net.dtype), _device_parameters(net, training=False), cuda.to_device(X),
-                       cuda.to_device(Y), loss_code, max(chunk, kc.inference_chunk(net.sizes, X.shape[0], net.dtype)))
+                       cuda.to_device(Y), loss_code, max(chunk, kc.inference_chunk(net.sizes, X.shape[0], net.dtype)),
+                       weights=_to_device(weights))
 
 
-def loss_and_gradient(net, X, Y, loss_code):
-    """(mean data loss, flat gradient) over the full batch X, Y computed on the device."""
+def loss_and_gradient(net, X, Y, loss_code, weights=None):
+    """(mean data loss, flat gradient) over the full batch X, Y computed on the device;
+    with ``weights`` the weighted mean Σ w_i ℓ_i / Σw and its gradient."""
     from numba import cuda
 
     from .kernels import cuda as kc
     params = _device_parameters(net)
-    value = kc.loss_and_gradient(kc.kernels(net.dtype), params, cuda.to_device(X), cuda.to_device(Y), loss_code)
+    value = kc.loss_and_gradient(kc.kernels(net.dtype), params, cuda.to_device(X), cuda.to_device(Y), loss_code,
+                                 weights)
     return value, params.grad.copy_to_host()

@@ -33,7 +33,7 @@ class Engine(Protocol):
         """Set up the fit of ``net`` on converted X, Y with the optimizer state ``state``
         (``training.FitState``): ``clip_norm``/``clip_value`` 0 when off, ``checkpoint``
         None or segment length (``True``: ⌈√layers⌉), ``seed`` the fit seed (dropout masks),
-        ``sample_weight`` None or checked float64 weights, one per row (CPU only so far)."""
+        ``sample_weight`` None or checked float64 weights, one per row."""
 
     def train_batches(self, perm: np.ndarray, first: int, stop: int, epoch: int, lr: float) -> tuple:
         """Train batches ``first``..``stop``-1 of the permutation ``perm`` (global epoch
@@ -42,7 +42,7 @@ class Engine(Protocol):
 
     def validate(self, Xv: np.ndarray, Yv: np.ndarray, weights=None) -> tuple:
         """(summed data loss, correct count) of the current θ on converted validation rows
-        (``weights``: Σ w_i ℓ_i; CPU only so far), on the engine's device."""
+        (``weights``: Σ w_i ℓ_i), on the engine's device."""
 
     def finite(self) -> bool:
         """True if every parameter is finite."""

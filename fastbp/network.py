@@ -112,7 +112,7 @@ class MLP:
     activation : str or sequence of str
         Hidden-layer activation(s): identity, sigmoid, tanh, relu, leaky_relu.
     output : str
-        Output activation: softmax, sigmoid, identity or exp (Poisson regression, CPU only).
+        Output activation: softmax, sigmoid, identity or exp (Poisson regression).
     init : str
         Weight initialisation (see ``fastbp.init``): he, xavier/glorot, *_uniform, *_normal.
     seed : int
@@ -259,14 +259,6 @@ class MLP:
         loss = DEFAULT_LOSS[self.output] if loss is None else loss
         return loss, spec.resolve_loss(loss, self.output)
 
-    def _refuse_cpu_only_output(self, device, *sample_weights):
-        """The CPU-only features, refused on the GPU: the exp output and sample weights."""
-        if device == "cuda" and self.output in spec.CPU_ONLY_OUTPUTS:
-            raise ValueError(f"the {self.output} output (with the poisson loss) runs on the CPU only so far; "
-                             "use device='cpu'")
-        if device == "cuda" and any(w is not None for w in sample_weights):
-            raise ValueError("sample_weight runs on the CPU only so far; use device='cpu'")
-
     def _targets(self, y, n, loss_code):
         try:
             return check_targets(y, n, self.output, self.n_outputs, self.dtype, loss_code != spec.MSE)
@@ -357,7 +349,7 @@ class MLP:
             BLAS threads of the kernels during the fit (default: chosen per network,
             see ``fastbp.threads``; the user's own thread settings are restored after).
         sample_weight : array-like (n_samples,), optional
-            Finite weights >= 0, not all zero (CPU only). Each batch minimises
+            Finite weights >= 0, not all zero. Each batch minimises
             (Σ w_i ℓ_i + B·penalty)/Σw over its B rows (scikit-learn's MLP semantics: a
             weight acts as a repeat count, the penalty stays per B rows); a batch whose
             weights sum to 0 is skipped. ``history.loss`` is the mean of the batches'
@@ -374,9 +366,6 @@ class MLP:
         raise counts as completed.
         """
         X, validation_data, feature_names = self._fit_input(X, validation_data)
-        validation_weights = validation_data[2] if isinstance(validation_data, (tuple, list)) \
-            and len(validation_data) == 3 else None
-        self._refuse_cpu_only_output(device, sample_weight, validation_weights)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(loss)
         X = check_features(X, self.n_features, self.dtype)
@@ -604,7 +593,6 @@ class MLP:
     def forward(self, X, device="cpu"):
         """Output activations a^L for every row of X (compiled, in chunks; on the GPU
         with ``device="cuda"``)."""
-        self._refuse_cpu_only_output(device)
         device = cuda_training.check_device(device)
         X = self._input(X)
         X = check_features(X, self.n_features, self.dtype)
@@ -642,9 +630,8 @@ class MLP:
 
     def evaluate(self, X, y, loss=None, device="cpu", sample_weight=None):
         """{"loss": mean data loss (no penalty), "accuracy": ...} (accuracy for classifiers).
-        With ``sample_weight`` (CPU only) the loss is the weighted mean Σ w_i ℓ_i / Σw;
+        With ``sample_weight`` the loss is the weighted mean Σ w_i ℓ_i / Σw;
         accuracy counts rows."""
-        self._refuse_cpu_only_output(device, sample_weight)
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = self._input(X)
@@ -653,7 +640,7 @@ class MLP:
         weights = check_sample_weight(sample_weight, X.shape[0])
         chunk = min(PREDICT_CHUNK, X.shape[0])
         if device == "cuda":
-            total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk)
+            total, correct = cuda_training.evaluate(self, X, Y, loss_code, chunk, weights)
         else:
             total, correct = self._loss_sum(X, Y, loss_code, weights=weights)
         result = {"loss": total / (X.shape[0] if weights is None else weights.sum())}
@@ -666,8 +653,7 @@ class MLP:
     def flat_gradient(self, X, y, loss=None, l1=0.0, l2=0.0, device="cpu", sample_weight=None):
         """(objective, flat gradient) over the full batch X, from the compiled backward
         pass of ``device``; the objective is the mean data loss plus the L1/L2 penalty
-        (with ``sample_weight``, CPU only: (Σ w_i ℓ_i + n·penalty)/Σw, as in ``fit``)."""
-        self._refuse_cpu_only_output(device, sample_weight)
+        (with ``sample_weight``: (Σ w_i ℓ_i + n·penalty)/Σw, as in ``fit``)."""
         device = cuda_training.check_device(device)
         loss, loss_code = self._loss_code(self.loss if loss is None else loss)
         X = check_features(X, self.n_features, self.dtype)
@@ -676,10 +662,8 @@ class MLP:
         weights = check_sample_weight(sample_weight, X.shape[0])
         if weights is not None:  # the penalty per n rows: l1, l2 over the mean weight
             l1, l2 = l1 * X.shape[0] / weights.sum(), l2 * X.shape[0] / weights.sum()
-            value, grad = cpu_training.loss_and_gradient(self, X, Y, loss_code, weights)
-        else:
-            training = cuda_training if device == "cuda" else cpu_training
-            value, grad = training.loss_and_gradient(self, X, Y, loss_code)
+        training = cuda_training if device == "cuda" else cpu_training
+        value, grad = training.loss_and_gradient(self, X, Y, loss_code, weights)
         if l1 or l2:
             for W, dW in zip(self.weights, weight_views(grad, self.layout)[0]):
                 dW += l1 * np.sign(W) + l2 * W

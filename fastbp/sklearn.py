@@ -63,8 +63,6 @@ Deviations (besides scikit-learn's private internals -- ``_forward_pass``,
 * ``sample_weight`` must be >= 0 (sklearn's MLPs accept negative weights, which make
   the objective unbounded below). A mini-batch whose weights sum to 0 is skipped (no
   update; it adds 0 to ``loss_``); sklearn raises ``ZeroDivisionError`` there.
-* ``MLPRegressor(loss="poisson")`` (exp output, half Poisson deviance) runs on the
-  CPU only (``device="cuda"`` raises ``ValueError``).
 * After a diverging fit the parameters are the last finite ones (fastbp rolls the
   diverging epoch back), where sklearn leaves non-finite ones.
 * A class too small to stratify the early-stopping split is named by its original
@@ -744,7 +742,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     A drop-in for ``sklearn.neural_network.MLPRegressor`` (squared error, one or
     several outputs); see :class:`MLPClassifier` and the module docstring.
-    ``loss="poisson"``: exp output and half Poisson deviance, as scikit-learn's (CPU only).
+    ``loss="poisson"``: exp output and half Poisson deviance, as scikit-learn's.
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,

@@ -13,7 +13,7 @@ TANH = 2
 RELU = 3
 LEAKY_RELU = 4
 SOFTMAX = 5  # output layer only
-EXP = 6  # output layer only (Poisson regression); CPU kernels only
+EXP = 6  # output layer only (Poisson regression)
 
 ACTIVATIONS = {
     "identity": IDENTITY,
@@ -27,13 +27,10 @@ ACTIVATIONS = {
     "exp": EXP,
 }
 HIDDEN_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
-#: the output activations the compiled kernels implement (and fastbp.MLP accepts);
-#: "exp" (with the poisson loss) runs on the CPU only so far
+#: the output activations the compiled kernels implement (and fastbp.MLP accepts)
 OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "softmax", "exp")
 #: outputs that regress (values, no classes, no accuracy)
 REGRESSION_OUTPUTS = ("identity", "exp")
-#: outputs the CUDA kernels do not implement yet
-CPU_ONLY_OUTPUTS = ("exp",)
 ACTIVATION_NAMES = {IDENTITY: "identity", SIGMOID: "sigmoid", TANH: "tanh",
                     RELU: "relu", LEAKY_RELU: "leaky_relu", SOFTMAX: "softmax", EXP: "exp"}
 

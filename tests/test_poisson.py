@@ -41,15 +41,6 @@ def test_negative_targets_are_refused_before_training():
     np.testing.assert_array_equal(net.theta, before)
 
 
-def test_exp_output_on_cuda_is_refused_clearly():
-    net = fastbp.MLP(SIZES, output="exp", seed=1)
-    X, Y = make_data(9, SIZES, "exp", np.float32)
-    for call in (lambda: net.fit(X, Y, device="cuda"), lambda: net.forward(X, device="cuda"),
-                 lambda: net.evaluate(X, Y, device="cuda"), lambda: net.flat_gradient(X, Y, device="cuda")):
-        with pytest.raises(ValueError, match="exp output .* CPU only"):
-            call()
-
-
 def test_saved_poisson_model_predicts_and_evaluates_from_the_command_line(tmp_path, capsys):
     from fastbp import cli
     net = fastbp.MLP([3, 4, 1], output="exp", seed=1, dtype="float64")

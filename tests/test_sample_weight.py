@@ -136,10 +136,6 @@ def test_bad_sample_weight_is_refused_before_training(weights, match):
         net.fit(X, Y, epochs=1, sample_weight=weights, warm_start=True)
     assert_array_equal(net.theta, before)
     assert net.fit_state.step[0] == step
-    for weights_of in ({"sample_weight": np.ones(N)}, {"validation_data": (X, Y, np.ones(N))}):
-        with pytest.raises(ValueError, match="CPU only"):
-            net.fit(X, Y, epochs=1, device="cuda", **weights_of)
-    assert_array_equal(net.theta, before)
 
 
 def test_weights_combine_with_dropout_and_batchnorm():

@@ -12,9 +12,10 @@ Kernels (one launch each):
   blocks that own the first weight rows, split-K: the batch is cut into slices, each
   reduced by its own blocks into its own partial gradient (:class:`GradientParts`),
   so a small layer over a long batch still fills the GPU;
-* :func:`output_delta` — softmax (for a softmax output), loss, δ^L (1/B folded in, as
-  on the CPU) and the :func:`correct_count` of each row, one thread per row; the loss
-  and hit counts are reduced per block in shared memory and added atomically to
+* :func:`output_delta` — softmax (for a softmax output), loss (CE, BCE, MSE, or the
+  half Poisson deviance of the exp output), δ^L (1/B folded in, as on the CPU) and
+  the :func:`correct_count` of each row, one thread per row; the loss and hit counts
+  are reduced per block in shared memory and added atomically to
   per-epoch totals that stay on the device;
 * :func:`clip_partials` / :func:`update_params` — the global norm of the regularised
   gradient and the L1/L2 penalty (grid-stride partial sums; every update block
@@ -27,6 +28,8 @@ Kernels (one launch each):
   and for dβ, dγ, with the normalisation, activation and dropout, or the backward
   through the statistics, in the same kernel (``cpu.bn_forward`` / ``cpu.bn_backward``);
 * :func:`gather_batch` — a batch of X and Y gathered through the device permutation;
+* :func:`batch_weights` — with sample weights: the batch's weights gathered, Σw, the
+  batch's 1/Σw and B/Σw (:func:`row_factors`) and its L1/L2 (× B/Σw), one block;
 * :func:`count_nonfinite` — the per-epoch divergence check (θ and the optimizer
   states) without copying them back.
 
@@ -58,7 +61,8 @@ registers per SM; geometry from ``cuda_config``, defaults below):
   to the accumulators before the single store: z and a (or δ) make one trip to
   global memory; db is summed from the δ tiles weight_gradient loads anyway;
 * few launches and no host round trips — 3L + 2 per training step of L layers (+ 2
-  per batch-normalized hidden layer):
+  per batch-normalized hidden layer, + 1 with sample weights, whose array goes to the
+  device once per fit with X and Y):
   one gather, one launch per layer per phase (forward, delta, gradient), one for
   softmax + loss + δ^L, one for the update (two with clip_norm / L1 / L2); every
   launch is configured once per fit (:func:`configure`); X and Y are copied to the device once per fit, the
@@ -110,9 +114,9 @@ from numba import cuda
 from .. import spec
 from . import cuda_config, rng
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
-    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX)
-MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = (
+    spec.IDENTITY, spec.SIGMOID, spec.TANH, spec.RELU, spec.LEAKY_RELU, spec.SOFTMAX, spec.EXP)
+MSE, BCE, CE, POISSON = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY, spec.POISSON
 OPT_SGD, OPT_MOMENTUM, OPT_NESTEROV, OPT_RMSPROP, OPT_ADAM = (
     spec.OPT_SGD, spec.OPT_MOMENTUM, spec.OPT_NESTEROV, spec.OPT_RMSPROP, spec.OPT_ADAM)
 H_LR, H_MOMENTUM, H_BETA2, H_EPS, H_L1, H_L2, H_CLIP_NORM, H_CLIP_VALUE = (
@@ -123,7 +127,7 @@ LEAKY_SLOPE = spec.LEAKY_SLOPE
 #: kernel names in launch order of a training step (the PTX report compiles these)
 KERNEL_NAMES = ("gather_batch", "forward_layer", "bn_forward", "softmax_rows", "output_delta", "bn_backward",
                 "weight_gradient", "backprop_delta", "clip_partials", "update_params", "sum_gradient",
-                "count_nonfinite")
+                "batch_weights", "count_nonfinite")
 
 
 # --- kernel builds ------------------------------------------------------------------------
@@ -154,6 +158,8 @@ def build_kernels(dtype, cfg):
             return DT(1) / (DT(1) + math.exp(-v))
         if code == TANH:
             return math.tanh(v)
+        if code == EXP:   # an output only (Poisson regression): δ^L never needs its f'
+            return math.exp(v)
         return v
 
     @device
@@ -236,6 +242,18 @@ def build_kernels(dtype, cfg):
                     return 0
             return 1
         return 0
+
+    @device
+    def row_factors(row_weights, batch_scalars, i, inv_batch):
+        """(δ factor, loss factor) of batch row i: (``inv_batch``, 1) without sample
+        weights (``row_weights`` None: Numba compiles no weight code, and the products
+        with 1 are exact, so an unweighted fit keeps its bits), else (w_i/Σw, w_i·B/Σw)
+        from the row's weight and ``batch_scalars`` = [1/Σw, B/Σw] (:func:`batch_weights`;
+        ``cpu.output_delta`` with ``row_weights`` and the CPU's loss · B/Σw)."""
+        if row_weights is None:
+            return inv_batch, F64(1)
+        w = row_weights[i]
+        return w * batch_scalars[0], w * batch_scalars[1]
 
     # --- register-blocked tiled GEMMs -------------------------------------------------------
     #
@@ -566,11 +584,14 @@ def build_kernels(dtype, cfg):
 
     # --- loss and output delta --------------------------------------------------------------
 
-    def output_delta(z, a, targets, out_code, loss_code, rows, inv_batch, delta, sums, counts):
+    def output_delta(z, a, targets, out_code, loss_code, rows, inv_batch, row_weights, batch_scalars, delta, sums,
+                     counts):
         """δ^L (times ``inv_batch``) for the first ``rows`` rows, one thread per row;
         adds the summed loss to sums[0] and the correct count to counts[0]. A softmax
         output is computed here (a = softmax(z), written to ``a``): the forward pass
-        of a training step or an evaluation stores the output layer's z only."""
+        of a training step or an evaluation stores the output layer's z only. With
+        sample weights (``row_weights``, ``batch_scalars``: see :func:`row_factors`;
+        None without) row i's δ is times w_i/Σw and its loss times w_i·B/Σw."""
         losses = cuda.shared.array(BLOCK, F64)
         hits = cuda.shared.array(BLOCK, I64)
         tid = cuda.threadIdx.x
@@ -579,7 +600,8 @@ def build_kernels(dtype, cfg):
         total = F64(0)
         hit = 0
         if i < rows:
-            scale = DT(inv_batch)
+            factor, weight = row_factors(row_weights, batch_scalars, i, inv_batch)
+            scale = DT(factor)
             if out_code == SOFTMAX:
                 softmax_row(z, i, a)
             if loss_code == CE:
@@ -591,19 +613,26 @@ def build_kernels(dtype, cfg):
                     s += math.exp(z[i, j] - m)
                 log_s = math.log(s)
                 for j in range(cols):
-                    total -= F64(targets[i, j] * (z[i, j] - m - log_s))
+                    total -= weight * F64(targets[i, j] * (z[i, j] - m - log_s))
                     delta[i, j] = (a[i, j] - targets[i, j]) * scale
             elif loss_code == BCE:
                 for j in range(cols):
                     v = z[i, j]
-                    total += F64(max(v, DT(0)) - v * targets[i, j] + math.log1p(math.exp(-abs(v))))
+                    total += weight * F64(max(v, DT(0)) - v * targets[i, j] + math.log1p(math.exp(-abs(v))))
                     delta[i, j] = (a[i, j] - targets[i, j]) * scale
+            elif loss_code == POISSON:   # half deviance a − y z − y + y log y, a = e^z
+                for j in range(cols):
+                    t = targets[i, j]
+                    total += weight * F64(a[i, j] - t * z[i, j] - t)
+                    if t > 0:
+                        total += weight * F64(t * math.log(t))
+                    delta[i, j] = (a[i, j] - t) * scale
             else:  # MSE
-                scale = DT(2 * inv_batch / cols)
+                scale = DT(2 * factor / cols)
                 dot = DT(0)
                 for j in range(cols):
                     e = a[i, j] - targets[i, j]
-                    total += F64(e * e) / cols
+                    total += weight * (F64(e * e) / cols)
                     g = scale * e
                     delta[i, j] = g
                     dot += g * a[i, j]
@@ -811,6 +840,28 @@ def build_kernels(dtype, cfg):
             else:
                 y[r, j - cx] = Y[source, j - cx]
 
+    def batch_weights(weights, perm, start, rows, row_weights, epoch_hyper, hyper, batch_scalars):
+        """Sample weights of a batch, one block: row_weights[r] = weights[perm[start + r]]
+        for r < rows, Σw by a shared-memory tree (float64), batch_scalars = [1/Σw, B/Σw]
+        (:func:`row_factors`) and hyper = epoch_hyper with L1 and L2 times B/Σw (the
+        penalty per B rows, ``cpu.batch_hyper``), read by the update launches that
+        follow. Never launched for a batch whose weights sum to 0 (the host skips it)."""
+        totals = cuda.shared.array(BLOCK, F64)
+        tid = cuda.threadIdx.x
+        total = F64(0)
+        for r in range(tid, rows, BLOCK):
+            w = weights[perm[start + r]]
+            row_weights[r] = w
+            total += w
+        totals[tid] = total
+        block_sum(totals, tid)
+        scale = rows / totals[0]
+        if tid == 0:
+            batch_scalars[0] = 1.0 / totals[0]
+            batch_scalars[1] = scale
+        for h in range(tid, hyper.shape[0], BLOCK):
+            hyper[h] = epoch_hyper[h] * scale if h == H_L1 or h == H_L2 else epoch_hyper[h]
+
     def count_nonfinite(values, counts):
         """counts[1] += number of NaN/±inf entries of ``values`` (grid-stride)."""
         bad = 0
@@ -824,7 +875,7 @@ def build_kernels(dtype, cfg):
     kernels = {name: scope[name] for name in KERNEL_NAMES}
     # the device functions kernels/cuda_fused.py shares
     return types.SimpleNamespace(dtype=np.dtype(dtype), config=cfg, activate=activate,
-                                 times_derivative=times_derivative, **kernels)
+                                 times_derivative=times_derivative, row_factors=row_factors, **kernels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1117,11 +1168,11 @@ class GradientParts:
                 self.dnorms.append(None)
 
 
-def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg, batchnorm=False):
+def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg, batchnorm=False, weighted=False):
     """Device bytes a fit allocates: X and Y, the workspace (with ``batchnorm`` the
     hidden layers' x̂ too), θ, gradient, two optimizer states, three divergence backups
     and the split-K gradient slices (or the fused step's per-block slices, where it may
-    run: never with ``batchnorm``)."""
+    run: never with ``batchnorm``); ``weighted``: the sample weights (:class:`BatchWeights`)."""
     from . import cuda_fused
     widths = [int(w) for w in sizes[1:]]
     splits = [splits_for(batch_size, fan_in, fan_out, cfg) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
@@ -1131,7 +1182,8 @@ def fit_bytes(sizes, n, y_width, batch_size, n_params, dtype, cfg, batchnorm=Fal
         parts = max(parts, cuda_fused.splits(sizes, batch_size, dtype, cfg)[0] * n_params)
     work = batch_size * (sizes[0] + sizes[-1] + 2 * sum(widths) + 2 * max(widths)
                          + (sum(widths[:-1]) if batchnorm else 0))
-    return np.dtype(dtype).itemsize * (n * (sizes[0] + y_width) + work + 7 * n_params + parts) + 8 * n
+    weights = 8 * (n + batch_size) if weighted else 0
+    return np.dtype(dtype).itemsize * (n * (sizes[0] + y_width) + work + 7 * n_params + parts) + 8 * n + weights
 
 
 def workspace(params, n_features, bmax):
@@ -1158,7 +1210,8 @@ def check_free_memory(needed, what):
 # gradients (bias gradient included), L − 1 delta propagations, 1 update (plus 1
 # norm/penalty reduction with clip_norm, l1 or l2): 3L + 2; with batchnorm 2 more per
 # hidden layer (bn_forward after its GEMM, bn_backward before its weight gradient):
-# 5L, or 5L + 1 with the reduction.
+# 5L, or 5L + 1 with the reduction. Sample weights add 1 (batch_weights, first):
+# 3L + 3 (fused: 3), and a batch whose weights sum to 0 launches nothing.
 
 #: forward_layer's code for a batch-normalized layer's GEMM: the softmax epilogue
 #: stores z (= a·W with the zero bias) and stops; bn_forward applies the activation
@@ -1221,23 +1274,26 @@ def bn_backward_launch(K, params, parts, work, l, rows):
             (delta, work.xhats[l], params.batchnorm.gammas[l], work.inv_stds[l], rows, parts.dnorms[l]))
 
 
-def output_launch(K, params, work, y, rows, loss_code, inv_batch):
+def output_launch(K, params, work, y, rows, loss_code, inv_batch, weighting=None):
     """The output_delta launch: softmax (if the output is softmax), loss sum, δ^L scaled
-    by ``inv_batch`` and hit count of ``rows`` rows."""
+    by ``inv_batch`` and hit count of ``rows`` rows; ``weighting``: None, or the rows'
+    sample weights and [1/Σw, B/Σw] (device arrays; see ``row_factors``)."""
     out = len(params.codes) - 1
+    row_weights, batch_scalars = (None, None) if weighting is None else weighting
     return (configure(K.output_delta, *line(rows, K.config)),
-            (work.zs[out], work.acts[out], y, params.codes[out], loss_code, rows, inv_batch, work.deltas[out],
-             work.sums, work.counts))
+            (work.zs[out], work.acts[out], y, params.codes[out], loss_code, rows, inv_batch, row_weights,
+             batch_scalars, work.deltas[out], work.sums, work.counts))
 
 
-def backward_pass(K, params, parts, work, x, y, rows, loss_code, dropout=False, bn_mode=BN_BATCH):
+def backward_pass(K, params, parts, work, x, y, rows, loss_code, dropout=False, bn_mode=BN_BATCH, weighting=None):
     """Launches of forward, loss and backward for ``rows`` rows of (x, y): the split-K
     slices of the batch-mean data-loss gradient land in ``parts``, the summed loss in
     work.sums[0] and the correct count in work.counts[0]; ``dropout``: training with
     the masks of params.keep (a full-batch gradient is taken without); batchnorm with
-    the batch statistics (``bn_mode`` BN_TRAIN also updates the running ones)."""
+    the batch statistics (``bn_mode`` BN_TRAIN also updates the running ones; they are
+    unweighted, as on the CPU); ``weighting``: sample weights (:func:`output_launch`)."""
     launches = forward_pass(K, params, work, x, rows, softmax=False, dropout=dropout, bn_mode=bn_mode)
-    launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0 / rows))
+    launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0 / rows, weighting))
     for l in range(len(params.codes) - 1, -1, -1):
         a_prev = work.acts[l - 1] if l > 0 else x
         fan_in, fan_out = params.weights[l].shape
@@ -1269,12 +1325,52 @@ def update_launches(K, params, parts, work, rows, reduce, opt_code):
     return [*reductions, update]
 
 
+class BatchWeights:
+    """The sample weights of a fit: ``weights`` (float64, one per training row) copied to
+    the device once; per batch :func:`batch_weights` gathers the batch's into ``rows``
+    and writes ``scalars`` = [1/Σw, B/Σw] and params.hyper from ``epoch_hyper`` (the
+    epoch's hyper-parameters, uploaded there instead of to params.hyper). The host copy
+    finds the batches whose weights sum to 0, which are skipped as on the CPU."""
+
+    def __init__(self, weights, bmax):
+        self.host = np.ascontiguousarray(weights, dtype=np.float64)
+        self.weights = cuda.to_device(self.host)
+        self.rows = cuda.device_array(int(bmax), dtype=np.float64)
+        self.scalars = cuda.device_array(2, dtype=np.float64)
+        self.epoch_hyper = cuda.to_device(np.zeros(spec.N_HYPER, dtype=np.float64))
+
+    def batches(self, perm, first, stop, batch_size):
+        """Indices of batches ``first``..``stop``-1 of the permutation ``perm`` whose
+        weights do not all vanish (weights are ≥ 0: Σw > 0 exactly when the largest is)."""
+        if stop <= first:
+            return []
+        starts = np.arange(first, stop) * batch_size
+        largest = np.maximum.reduceat(self.host[perm[first * batch_size:stop * batch_size]], starts - starts[0])
+        return [int(b) for b in np.flatnonzero(largest > 0) + first]
+
+
+class WeightedStart:
+    """A batch's first launches with sample weights, called as ``gather_batch`` is:
+    :func:`batch_weights`, then ``gather`` (gather_batch, or the fused step)."""
+
+    def __init__(self, K, params, weights, gather):
+        self.weigh = configure(K.batch_weights, (1,), (K.config.block,))
+        self.fixed = (weights.rows, weights.epoch_hyper, params.hyper, weights.scalars)
+        self.weights, self.gather = weights.weights, gather
+
+    def __call__(self, X, Y, perm, start, rows, xb, yb, counters):
+        self.weigh(self.weights, perm, start, rows, *self.fixed)
+        self.gather(X, Y, perm, start, rows, xb, yb, counters)
+
+
 class EpochPlan:
     """The launch sequences of one fit: X, Y and the workspace on the device, the
     split-K gradient slices and the prebuilt launches of a full and of the (possibly
-    partial) last batch; ``dropout``: train with the masks of params.keep."""
+    partial) last batch; ``dropout``: train with the masks of params.keep; ``weights``
+    (host float64, one per row, or None): sample weights (:class:`BatchWeights`, one
+    more launch per step)."""
 
-    def __init__(self, K, params, X, Y, batch_size, loss_code, opt_code, reduce, dropout=False):
+    def __init__(self, K, params, X, Y, batch_size, loss_code, opt_code, reduce, dropout=False, weights=None):
         self.K, self.params = K, params
         self.X, self.Y = X, Y
         self.n = n = X.shape[0]
@@ -1289,13 +1385,18 @@ class EpochPlan:
                                            if self.fused else [splits_for(batch_size, *w.shape, K.config)
                                                                for w in params.weights])
         self.perm = cuda.device_array(int(n), dtype=np.int64)
+        self.weights = None if weights is None else BatchWeights(weights, batch_size)
+        weighting = None if weights is None else (self.weights.rows, self.weights.scalars)
         self.shapes = {}
         for rows in {batch_size, n - (n - 1) // batch_size * batch_size}:
             if self.fused:   # called as gather_batch is; nothing else before the update
-                gather, steps = cuda_fused.FusedStep(params, parts, work, loss_code, sizes, batch_size), []
+                gather, steps = cuda_fused.FusedStep(params, parts, work, loss_code, sizes, batch_size, weighting), []
             else:
                 gather = configure(K.gather_batch, *line(rows * (X.shape[1] + Y.shape[1]), K.config))
-                steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout, BN_TRAIN)
+                steps = backward_pass(K, params, parts, work, work.xb, work.yb, rows, loss_code, dropout, BN_TRAIN,
+                                      weighting)
+            if weights is not None:
+                gather = WeightedStart(K, params, self.weights, gather)
             self.shapes[rows] = (gather, steps + update_launches(K, params, parts, work, rows, reduce, opt_code))
         self.check = configure(K.count_nonfinite, *strided(params.theta.shape[0], K.config))
 
@@ -1307,7 +1408,9 @@ def train_batches(plan, perm, first, stop):
     penalty_b) accumulates in plan.work.sums[0], the correct count in
     plan.work.counts[0]; after the last batch the non-finite count of θ and of the
     optimizer's two states goes to plan.work.counts[1] (an Adam/RMSprop second moment
-    that overflowed to inf freezes θ: divergence, as on the CPU)."""
+    that overflowed to inf freezes θ: divergence, as on the CPU). With sample weights
+    a batch's loss is (B/Σw)·Σ w_i ℓ_i and a batch whose weights sum to 0 is skipped (no
+    launch, no step). Returns the number of steps taken."""
     params, work = plan.params, plan.work
     if first == 0:
         plan.perm.copy_to_device(perm)
@@ -1315,7 +1418,8 @@ def train_batches(plan, perm, first, stop):
         work.counts.copy_to_device(np.zeros(2, dtype=np.int64))
     n, batch_size = plan.n, plan.batch_size
     X, Y, perm_d, counters = plan.X, plan.Y, plan.perm, params.counters
-    for b in range(first, stop):
+    batches = range(first, stop) if plan.weights is None else plan.weights.batches(perm, first, stop, batch_size)
+    for b in batches:
         start = b * batch_size
         rows = min(batch_size, n - start)
         gather, steps = plan.shapes[rows]
@@ -1324,19 +1428,26 @@ def train_batches(plan, perm, first, stop):
     if stop == plan.n_batches:
         for values in (params.theta, params.state1, params.state2):
             plan.check(values, work.counts)
+    return len(batches)
 
 
-def loss_and_gradient(K, params, X, Y, loss_code):
-    """Full-batch mean data loss and its gradient (left in params.grad)."""
+def loss_and_gradient(K, params, X, Y, loss_code, weights=None):
+    """Full-batch mean data loss and its gradient (left in params.grad); with ``weights``
+    (host float64, one per row) the weighted mean Σ w_i ℓ_i / Σw and its gradient."""
     rows = X.shape[0]
     work = workspace(params, X.shape[1], rows)
     parts = GradientParts(params, [splits_for(rows, *w.shape, K.config) for w in params.weights])
-    launches = backward_pass(K, params, parts, work, X, Y, rows, loss_code)
+    weighting, total = None, rows
+    if weights is not None:   # δ times w_i/Σw, the loss sum Σ w_i ℓ_i
+        total = float(np.sum(weights))
+        weighting = (cuda.to_device(np.ascontiguousarray(weights, dtype=np.float64)),
+                     cuda.to_device(np.array([1.0 / total, 1.0])))
+    launches = backward_pass(K, params, parts, work, X, Y, rows, loss_code, weighting=weighting)
     if parts.buffer is not params.grad:
         launches.append((configure(K.sum_gradient, *strided(params.theta.shape[0], K.config)),
                          (parts.buffer, parts.table, params.grad)))
     launch(launches)
-    return float(work.sums.copy_to_host()[0]) / rows
+    return float(work.sums.copy_to_host()[0]) / total
 
 
 def predict(K, params, X, out, chunk):
@@ -1358,9 +1469,11 @@ def inference_chunk(sizes, n, dtype, budget=1 << 28):
     return int(max(1, min(n, max(1024, budget // per_row))))
 
 
-def evaluate(K, params, X, Y, loss_code, chunk, work=None):
+def evaluate(K, params, X, Y, loss_code, chunk, work=None, weights=None):
     """Summed data loss and correct count over every row (no update); ``work`` (a
-    DeviceWorkspace of at least ``chunk`` rows) is reused if given."""
+    DeviceWorkspace of at least ``chunk`` rows) is reused if given; with ``weights`` (a
+    float64 device array, one per row) the loss sum is Σ w_i ℓ_i."""
+    unit = None if weights is None else cuda.to_device(np.ones(2))   # [1/Σw, B/Σw] → 1: no scaling
     n = X.shape[0]
     if work is None:
         work = workspace(params, X.shape[1], chunk)
@@ -1371,6 +1484,7 @@ def evaluate(K, params, X, Y, loss_code, chunk, work=None):
         rows = min(chunk, n - start)
         x, y = X[start:start + rows], Y[start:start + rows]
         launches = forward_pass(K, params, work, x, rows, softmax=False)
-        launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0))
+        weighting = None if weights is None else (weights[start:start + rows], unit)
+        launches.append(output_launch(K, params, work, y, rows, loss_code, 1.0, weighting))
         launch(launches)
     return float(work.sums.copy_to_host()[0]), int(work.counts.copy_to_host()[0])

@@ -13,7 +13,8 @@ its weight gradient is taken). Blocks loop over tiles, so the grid is at most
 ``CudaConfig.fused_blocks``; the update kernel of ``kernels/cuda.py`` (``update_params``,
 with ``clip_partials`` for clipping / L1 / L2) sums the slices and steps, as it sums
 the split-K slices of the per-layer path. A training step is 2 launches (3 with
-clip_norm / L1 / L2) whatever the depth, against 3L + 2 (3L + 3) per layer.
+clip_norm / L1 / L2) whatever the depth, against 3L + 2 (3L + 3) per layer; sample
+weights add ``cuda.batch_weights`` before it (3, or 4).
 
 Arithmetic: FP32 (or FP64) FMAs on CUDA cores — Numba has no WMMA / tensor-core
 intrinsics, so unlike tiny-cuda-nn the weights are not staged in shared memory as
@@ -44,7 +45,7 @@ from . import cuda as cuda_kernels
 from . import cuda_config
 
 IDENTITY, SIGMOID, SOFTMAX = spec.IDENTITY, spec.SIGMOID, spec.SOFTMAX
-MSE, BCE, CE = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY
+MSE, BCE, CE, POISSON = spec.MSE, spec.BINARY_CROSS_ENTROPY, spec.CROSS_ENTROPY, spec.POISSON
 
 #: the kernels of this module (the PTX report compiles these)
 KERNEL_NAMES = ("train_step",)
@@ -58,6 +59,7 @@ def build_kernels(dtype, cfg):
     MICRO, THREADS = cfg.fused_micro, cfg.fused_threads
     shared_functions = cuda_kernels.build_kernels(dtype, cfg)
     activate, times_derivative = shared_functions.activate, shared_functions.times_derivative
+    row_factors = shared_functions.row_factors
     device = cuda.jit(device=True)
 
     # Every product below: thread item e → a group of MICRO rows (r0 …) and MICRO
@@ -101,10 +103,12 @@ def build_kernels(dtype, cfg):
                         shared[z_at + (r0 + m) * fan_out + j] = activate(acc[m, c] + theta[b_at + j], code)
 
     @device
-    def output_rows(shared, at, rows, valid, width, Y, perm, first, out_code, loss_code, inv_batch, tid):
+    def output_rows(shared, at, rows, valid, width, Y, perm, first, out_code, loss_code, inv_batch, row_weights,
+                    batch_scalars, tile_at, tid):
         """The output rows (z^L at ``at``) become δ^L in place, as ``cuda.output_delta``
-        computes it (softmax, loss, δ scaled by ``inv_batch``); rows past ``valid`` get
-        δ = 0. Returns this thread's (Σ loss, correct count)."""
+        computes it (softmax, loss, δ scaled by ``inv_batch``, or with sample weights by
+        the factors of ``cuda.row_factors`` for batch row ``tile_at`` + r); rows past
+        ``valid`` get δ = 0. Returns this thread's (Σ loss, correct count)."""
         total = F64(0)
         hits = 0
         for r in range(tid, rows, THREADS):
@@ -122,7 +126,8 @@ def build_kernels(dtype, cfg):
                 s += math.exp(shared[row + j] - top)
             inv = DT(1) / s
             log_s = math.log(s)
-            scale = DT(2 * inv_batch / width) if loss_code == MSE else DT(inv_batch)
+            factor, weight = row_factors(row_weights, batch_scalars, tile_at + r, inv_batch)
+            scale = DT(2 * factor / width) if loss_code == MSE else DT(factor)
             dot = DT(0)
             best_a = -math.inf
             best_t = -math.inf
@@ -133,12 +138,16 @@ def build_kernels(dtype, cfg):
                 t = Y[target, j]
                 a = math.exp(z - top) * inv if out_code == SOFTMAX else activate(z, out_code)
                 if loss_code == CE:
-                    total -= F64(t * (z - top - log_s))
+                    total -= weight * F64(t * (z - top - log_s))
                 elif loss_code == BCE:
-                    total += F64(max(z, DT(0)) - z * t + math.log1p(math.exp(-abs(z))))
+                    total += weight * F64(max(z, DT(0)) - z * t + math.log1p(math.exp(-abs(z))))
+                elif loss_code == POISSON:   # a = e^z
+                    total += weight * F64(a - t * z - t)
+                    if t > 0:
+                        total += weight * F64(t * math.log(t))
                 else:
                     e = a - t
-                    total += F64(e * e) / width
+                    total += weight * (F64(e * e) / width)
                     dot += scale * e * a
                 if a > best_a:
                     best_a, hit_a = a, j
@@ -230,15 +239,17 @@ def build_kernels(dtype, cfg):
                         shared[p] = times_derivative(acc[m, c], a, a, code)   # f' from a: sign(a) = sign(z)
 
     def train_step(X, Y, perm, start, rows, theta, layout, codes, loss_code, tile_rows, parts, table, sums, counts,
-                   counters):
+                   counters, row_weights, batch_scalars):
         """Forward, loss, δ^L and backward of the batch perm[start : start + rows] of (X, Y):
         block b takes tiles b, b + gridDim.x, … of ``tile_rows`` rows and leaves its
         slice b of the batch-mean gradient in ``parts`` (layout of ``table``, see
         ``cuda.GradientParts``; zeros where it had no tile); adds the summed loss to
         sums[0], the correct count to counts[0] and 1 to the step count counters[0].
         ``layout``: per layer [fan_in, fan_out, weight offset, bias offset] in θ;
-        ``codes``: per-layer activation codes. Dynamic shared memory: tile_rows · Σ
-        widths elements (:func:`shared_bytes`); block (fused_threads,)."""
+        ``codes``: per-layer activation codes; sample weights: ``row_weights`` (the
+        batch's, gathered by ``cuda.batch_weights``) and ``batch_scalars`` (None without;
+        see ``cuda.row_factors``). Dynamic shared memory: tile_rows · Σ widths elements
+        (:func:`shared_bytes`); block (fused_threads,)."""
         shared = cuda.shared.array(0, DT)
         tid = cuda.threadIdx.x
         block = cuda.blockIdx.x
@@ -264,7 +275,7 @@ def build_kernels(dtype, cfg):
                 at += tile_rows * fan_in
                 cuda.syncthreads()
             loss, hit = output_rows(shared, at, tile_rows, valid, layout[n_layers - 1, 1], Y, perm, first, out_code,
-                                    loss_code, inv_batch, tid)
+                                    loss_code, inv_batch, row_weights, batch_scalars, first - start, tid)
             total += loss
             hits += hit
             cuda.syncthreads()
@@ -376,7 +387,9 @@ class FusedStep:
     ``cuda.train_batches`` replays it unchanged): X, Y, perm, start, rows, then the
     per-layer path's batch buffers (unused) and the counters."""
 
-    def __init__(self, params, parts, work, loss_code, sizes, batch_size):
+    def __init__(self, params, parts, work, loss_code, sizes, batch_size, weighting=None):
+        """``weighting``: None, or the batch's sample weights and [1/Σw, B/Σw] on the
+        device (``cuda.BatchWeights``)."""
         F = kernels(params.theta.dtype)
         cfg = F.config
         self.tile_rows = tile_rows(sizes, params.theta.dtype, cfg)
@@ -388,6 +401,7 @@ class FusedStep:
         self.codes = cuda.to_device(np.array(params.codes, dtype=np.int64))
         self.fixed = (params.theta, self.layout, self.codes, int(loss_code), self.tile_rows, parts.buffer, parts.table,
                       work.sums, work.counts)
+        self.weighting = (None, None) if weighting is None else weighting
 
     def __call__(self, X, Y, perm, start, rows, xb, yb, counters):
-        self.run(X, Y, perm, start, rows, *self.fixed, counters)
+        self.run(X, Y, perm, start, rows, *self.fixed, counters, *self.weighting)

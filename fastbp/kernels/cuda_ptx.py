@@ -26,17 +26,25 @@ H100 = dict(regs_per_sm=65536, smem_per_sm=228 * 1024, smem_per_block_reserved=1
 PTXAS_MAX_VERSION = "9.0"
 
 
+#: suffix of the sample-weighted build of a kernel that takes optional weights (None
+#: when a fit has none: Numba compiles the weight code away)
+WEIGHTED = " (weighted)"
+#: the kernels with such an optional-weights build
+WEIGHTED_KERNELS = ("output_delta", "train_step")
+
+
 def signatures(dtype):
-    """Kernel name -> signature string, with the argument types the driver passes."""
+    """Kernel name -> signature string, with the argument types the driver passes (the
+    weighted builds of WEIGHTED_KERNELS under ``name + WEIGHTED``)."""
     a2, a1 = f"{dtype}[:, ::1]", f"{dtype}[::1]"
     f64, i64, t2 = "float64[::1]", "int64[::1]", "int64[:, ::1]"
-    return {
+    plain = {
         "gather_batch": f"void({a2}, {a2}, {i64}, int64, int64, {a2}, {a2}, {i64})",
         "forward_layer": f"void({a2}, {a2}, {a1}, int64, int64, {a2}, {a2}, float64, uint64, {i64}, int64)",
         "bn_forward": f"void({a2}, {a2}, {a1}, {a1}, {f64}, {f64}, {f64}, {f64}, float64, float64, int64, int64, "
                       f"{a2}, int64, float64, uint64, {i64}, int64)",
         "softmax_rows": f"void({a2}, int64, {a2})",
-        "output_delta": f"void({a2}, {a2}, {a2}, int64, int64, int64, float64, {a2}, {f64}, {i64})",
+        "output_delta": f"void({a2}, {a2}, {a2}, int64, int64, int64, float64, {{weights}}, {a2}, {f64}, {i64})",
         "bn_backward": f"void({a2}, {a2}, {a1}, {f64}, int64, {a1})",
         "weight_gradient": f"void({a2}, {a2}, int64, {a2}, {a2})",
         "backprop_delta": f"void({a2}, {a2}, {a2}, {a2}, int64, int64, {a2}, float64, uint64, {i64}, int64)",
@@ -44,10 +52,13 @@ def signatures(dtype):
         "update_params": f"void({a1}, {a1}, {a1}, {t2}, {a1}, {a1}, int64, {f64}, {i64}, boolean, {f64}, int64, "
                          f"{f64}, {f64}, float64[:, ::1], {i64})",
         "sum_gradient": f"void({a1}, {t2}, {a1})",
+        "batch_weights": f"void({f64}, {i64}, int64, int64, {f64}, {f64}, {f64}, {f64})",
         "count_nonfinite": f"void({a1}, {i64})",
         "train_step": f"void({a2}, {a2}, {i64}, int64, int64, {a1}, {t2}, {i64}, int64, int64, {a1}, {t2}, {f64}, "
-                      f"{i64}, {i64})",
+                      f"{i64}, {i64}, {{weights}})",
     }
+    weighted = {name + WEIGHTED: plain[name].format(weights=f"{f64}, {f64}") for name in WEIGHTED_KERNELS}
+    return {**{name: sig.format(weights="none, none") for name, sig in plain.items()}, **weighted}
 
 
 GEMMS = ("forward_layer", "backprop_delta", "weight_gradient")
@@ -55,6 +66,7 @@ GEMMS = ("forward_layer", "backprop_delta", "weight_gradient")
 
 def threads_per_block(name, cfg):
     from . import cuda_fused
+    name = name.removesuffix(WEIGHTED)
     if name in cuda_fused.KERNEL_NAMES:
         return cfg.fused_threads
     return (cfg.tile // cfg.micro) ** 2 if name in GEMMS else cfg.block
@@ -82,10 +94,11 @@ def compile_ptx(name, dtype, cc, cfg=None):
 
     from . import cuda as kc
     from . import cuda_fused
-    build = cuda_fused.build_kernels if name in cuda_fused.KERNEL_NAMES else kc.build_kernels
+    kernel = name.removesuffix(WEIGHTED)
+    build = cuda_fused.build_kernels if kernel in cuda_fused.KERNEL_NAMES else kc.build_kernels
     functions = build(dtype, cfg or cuda_config.config)  # fresh device functions per target
     with _target(cc):
-        ptx, _ = cuda.compile_ptx(getattr(functions, name), signatures(dtype)[name], cc=cc)
+        ptx, _ = cuda.compile_ptx(getattr(functions, kernel), signatures(dtype)[name], cc=cc)
     return ptx
 
 
@@ -163,7 +176,7 @@ def resources(name, dtype, cc, cfg=None, narrow=False):
     stack, stores, loads = (int(v) for v in _INFO.search(report).groups())
     registers = int(_REGS.search(report).group(1))
     smem = _SMEM.search(report)
-    dynamic = cuda_config.STATIC_SHARED_LIMIT if name in cuda_fused.KERNEL_NAMES else 0
+    dynamic = cuda_config.STATIC_SHARED_LIMIT if name.removesuffix(WEIGHTED) in cuda_fused.KERNEL_NAMES else 0
     return Resources(name + " (narrow)" * narrow, np.dtype(dtype).name, arch, registers,
                      (int(smem.group(1)) if smem else 0) + dynamic,
                      stack, stores, loads, threads_per_block(name, cfg))
@@ -175,11 +188,13 @@ def report(ccs=((9, 0), (8, 0)), dtypes=("float32", "float64"), cfg=None):
 
 
 def variants():
-    """(kernel name, narrow) of every kernel build: the GEMMs in both variants."""
+    """(kernel name, narrow) of every kernel build: the GEMMs in both variants, the
+    kernels with optional sample weights with and without."""
     from . import cuda as kc
     from . import cuda_fused
     return ([(name, False) for name in kc.KERNEL_NAMES] + [(name, True) for name in GEMMS]
-            + [(name, False) for name in cuda_fused.KERNEL_NAMES])
+            + [(name, False) for name in cuda_fused.KERNEL_NAMES]
+            + [(name + WEIGHTED, False) for name in WEIGHTED_KERNELS])
 
 
 def markdown(rows):

@@ -181,13 +181,16 @@ def targets_for(output, loss, rng, rows, k, dtype):
         return one_hot(rng, rows, k, dtype)
     if output == "sigmoid":
         return rng.integers(0, 2, (rows, k)).astype(dtype)
+    if output == "exp":   # counts, zeros included
+        return rng.poisson(1.5, (rows, k)).astype(dtype)
     return rng.standard_normal((rows, k)).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 19])
 @pytest.mark.parametrize("output, loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
-                                          ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse")])
+                                          ("identity", "mse"), ("sigmoid", "mse"), ("softmax", "mse"),
+                                          ("exp", "poisson")])
 def test_output_delta_and_correct_count(dtype, rows, output, loss):
     k = 3
     rng = np.random.default_rng(4)
@@ -202,8 +205,8 @@ def test_output_delta_and_correct_count(dtype, rows, output, loss):
     counts = dev(np.array([2, 0], dtype=np.int64))
     batch = rows + 2                        # inv_batch is an argument, not 1/rows
     K.output_delta[kc.line(rows, K.config)](dev(z), a_device, dev(Y), spec.ACTIVATIONS[output],
-                                            spec.resolve_loss(loss, output), rows, 1.0 / batch, delta,
-                                            sums, counts)
+                                            spec.resolve_loss(loss, output), rows, 1.0 / batch, None, None,
+                                            delta, sums, counts)
     z64, a64, Y64 = z.astype(np.float64), a.astype(np.float64), Y.astype(np.float64)
     close(a_device.copy_to_host(), a64, dtype)
     close(delta.copy_to_host(), reference.output_delta(z64, a64, Y64, loss, output) / batch, dtype)
