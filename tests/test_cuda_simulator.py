@@ -55,6 +55,8 @@ def stop():
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
+    if "log" in _running:
+        _running["log"].close()
 
 
 def test_cuda_kernels_under_the_simulator():
@@ -70,6 +72,7 @@ def test_cuda_kernels_under_the_simulator():
     log = _running["log"]
     log.seek(0)
     output = log.read()
+    log.close()
     summary = output.strip().splitlines()[-1:] or ["(no output)"]
     print("CUDA simulator suite:", summary[0])
     assert returncode is not None, f"the simulator suite ran past {TIMEOUT_S} s:\n" + output[-20000:]
