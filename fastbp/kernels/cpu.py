@@ -314,8 +314,8 @@ def _clip_scale(theta, grad, layout, hyper):
     clip_norm = hyper.clip_norm
     if clip_norm <= 0:
         return 1.0
-    zero = theta[0] * 0
-    l1, l2 = zero + hyper.l1, zero + hyper.l2
+    cast = theta.dtype.type
+    zero, l1, l2 = cast(0), cast(hyper.l1), cast(hyper.l2)
     sq = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
@@ -329,8 +329,8 @@ def _clip_scale(theta, grad, layout, hyper):
 def _regularise(theta, grad, l1, l2, scale, clip_value):
     """In place: grad ← clamp((grad + l1 sign(w) + l2 w)·scale, ±clip_value).
     Returns (Σ (grad + l1 sign(w) + l2 w)², penalty l1 Σ|w| + (l2/2) Σ w²)."""
-    zero = scale * 0
-    half = zero + 0.5
+    cast = theta.dtype.type
+    zero, half = cast(0), cast(0.5)
     grad_sq, penalty = zero, zero
     for i in range(theta.shape[0]):
         w = theta[i]
@@ -354,9 +354,9 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
     not fed back). Callers pass slices: loops over 0..n vectorise, an index range
     starting at a runtime offset keeps Numba's negative-index wraparound in the loop.
     """
-    lr, mu, beta2, eps, corr1, corr2, clip_value = consts
-    zero = lr * 0
-    one = zero + 1
+    lr, mu, beta2, eps, clip_value, adam_terms = consts
+    cast = theta.dtype.type
+    zero, one = cast(0), cast(1)
     plain = l1 == 0 and l2 == 0 and scale == 1 and clip_value == np.inf
     reg_sq, penalty = zero, zero
     if not plain:
@@ -397,7 +397,8 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
     else:  # OPT_ADAM: θ − η m̂/(√v̂ + ε) = θ − (η√c2/c1)·m/(√v + ε√c2): one √ and one ÷
-        step_scale, eps_scaled = lr * np.sqrt(corr2) / corr1, eps * np.sqrt(corr2)
+        lr64, eps64, corr1, corr2 = adam_terms  # the scales formed in float64, then cast
+        step_scale, eps_scaled = cast(lr64 * np.sqrt(corr2) / corr1), cast(eps64 * np.sqrt(corr2))
         for i in range(n):
             w = theta[i]
             g = grad[i]
@@ -415,12 +416,14 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
 
 @_jit
 def step_constants(theta, hyper, t):
-    """(lr, μ/ρ/β1, β2, ε, 1 − β1^t, 1 − β2^t, clip_value) cast to the parameter dtype,
-    so float32 math stays float32; clip_value is +inf when off."""
-    zero = theta[0] * 0
+    """(lr, μ/ρ/β1, β2, ε, clip_value) as scalars of the parameter dtype, so that a
+    float32 fit's update is float32 arithmetic (8 lanes wide; one float64 constant
+    would promote it), then (lr, ε, 1 − β1^t, 1 − β2^t) in float64, from which
+    :func:`_update_range` forms Adam's two scales; clip_value is +inf when off."""
+    cast = theta.dtype.type
     clip_value = hyper.clip_value if hyper.clip_value > 0 else np.inf
-    return (zero + hyper.lr, zero + hyper.momentum, zero + hyper.beta2, zero + hyper.eps,
-            zero + (1 - hyper.momentum ** t), zero + (1 - hyper.beta2 ** t), zero + clip_value)
+    return (cast(hyper.lr), cast(hyper.momentum), cast(hyper.beta2), cast(hyper.eps), cast(clip_value),
+            (hyper.lr, hyper.eps, 1 - hyper.momentum ** t, 1 - hyper.beta2 ** t))
 
 
 @_jit
@@ -444,9 +447,9 @@ def update_params(net, opt, hyper):
     theta, grad, state1, state2, layout = net.theta, opt.grad, opt.state1, opt.state2, net.update_layout
     opt_code, diagnostics = opt.code, opt.diagnostics
     consts = step_constants(theta, hyper, opt.step[0])
-    zero = theta[0] * 0
-    l1, l2 = zero + hyper.l1, zero + hyper.l2
-    scale = zero + _clip_scale(theta, grad, layout, hyper)
+    cast = theta.dtype.type
+    zero, l1, l2 = cast(0), cast(hyper.l1), cast(hyper.l2)
+    scale = cast(_clip_scale(theta, grad, layout, hyper))
     penalty = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
@@ -470,11 +473,12 @@ def fused_update_layer(net, opt, hyper, l, a_prev, delta):
     theta, state1, state2, layout = net.theta, opt.state1, opt.state2, net.layout
     scratch, opt_code, diagnostics = opt.grad[:FUSED_SCRATCH], opt.code, opt.diagnostics
     consts = step_constants(theta, hyper, opt.step[0])
-    l1, l2 = theta[0] * 0 + hyper.l1, theta[0] * 0 + hyper.l2
+    cast = theta.dtype.type
+    l1, l2 = cast(hyper.l1), cast(hyper.l2)
     fan_in, fan_out, w_off, b_off = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
     rows = delta.shape[0]
     block = max(1, scratch.shape[0] // fan_out)
-    one = theta[0] * 0 + 1
+    one = cast(1)
     grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
     for i0 in range(0, fan_in, block):
         i1 = min(i0 + block, fan_in)
