@@ -226,23 +226,18 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, del
             for j in range(cols):
                 total -= w * (targets[i, j] * (z[i, j] - m - log_s))
                 delta[i, j] = (a[i, j] - targets[i, j]) * scale
-    elif loss_code == BCE:
+    elif loss_code == BCE or loss_code == POISSON:  # δ = (a − y)/B for both
         for i in range(rows):
             w = row_weight(row_weights, i)
             scale = w * inv_batch
             for j in range(cols):
-                v = z[i, j]
-                total += w * (max(v, 0) - v * targets[i, j] + np.log1p(np.exp(-abs(v))))
-                delta[i, j] = (a[i, j] - targets[i, j]) * scale
-    elif loss_code == POISSON:
-        for i in range(rows):
-            w = row_weight(row_weights, i)
-            scale = w * inv_batch
-            for j in range(cols):
-                y = targets[i, j]
-                total += w * (a[i, j] - y * z[i, j] - y)
-                if y > 0:
-                    total += w * (y * np.log(y))
+                v, y = z[i, j], targets[i, j]
+                if loss_code == BCE:
+                    total += w * (max(v, 0) - v * y + np.log1p(np.exp(-abs(v))))
+                else:
+                    total += w * (a[i, j] - y * v - y)
+                    if y > 0:
+                        total += w * (y * np.log(y))
                 delta[i, j] = (a[i, j] - y) * scale
     else:  # MSE
         for i in range(rows):
