@@ -119,19 +119,28 @@ def forward_epilogue(z, bias, code, a):
                 a[i, j] = np.tanh(v) if code == TANH else np.exp(v)
     else:  # SOFTMAX
         for i in range(rows):
-            m = -np.inf
-            for j in range(cols):
-                v = z[i, j] + bias[j]
-                z[i, j] = v
-                m = max(m, v)
-            s = 0.0
-            for j in range(cols):
-                e = np.exp(z[i, j] - m)
-                a[i, j] = e
-                s += e
-            inv = 1 / s
-            for j in range(cols):
-                a[i, j] *= inv
+            softmax_row(z, bias, a, i)
+
+
+@_jit
+def softmax_row(z, bias, a, i):
+    """Row i of the softmax epilogue: z ← z + b, a = exp(z − m)/s; returns the row's
+    max m and s = Σ exp(z − m) (what the cross-entropy needs, see :func:`cross_entropy_row`)."""
+    cols = z.shape[1]
+    m = -np.inf
+    for j in range(cols):
+        v = z[i, j] + bias[j]
+        z[i, j] = v
+        m = max(m, v)
+    s = 0.0
+    for j in range(cols):
+        e = np.exp(z[i, j] - m)
+        a[i, j] = e
+        s += e
+    inv = 1 / s
+    for j in range(cols):
+        a[i, j] *= inv
+    return m, s
 
 
 # --- fused delta propagation --------------------------------------------------
@@ -214,18 +223,13 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, del
     total = 0.0
     if loss_code == CE:
         for i in range(rows):
-            w = row_weight(row_weights, i)
-            scale = w * inv_batch
             m = -np.inf
             for j in range(cols):
                 m = max(m, z[i, j])
             s = 0.0
             for j in range(cols):
                 s += np.exp(z[i, j] - m)
-            log_s = np.log(s)
-            for j in range(cols):
-                total -= w * (targets[i, j] * (z[i, j] - m - log_s))
-                delta[i, j] = (a[i, j] - targets[i, j]) * scale
+            total = cross_entropy_row(z, a, targets, i, m, s, row_weight(row_weights, i), inv_batch, delta, total)
     elif loss_code == BCE or loss_code == POISSON:  # δ = (a − y)/B for both
         for i in range(rows):
             w = row_weight(row_weights, i)
@@ -256,6 +260,30 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, del
             elif out_code == SOFTMAX:
                 for j in range(cols):
                     delta[i, j] = a[i, j] * (delta[i, j] - dot)
+    return total
+
+
+@_jit
+def cross_entropy_row(z, a, targets, i, m, s, w, inv_batch, delta, total):
+    """Row i of softmax–cross-entropy from the row's max m and s = Σ exp(z − m):
+    δ = w (a − y)·inv_batch; returns ``total`` − w Σ y (z − m − log s)."""
+    scale = w * inv_batch
+    log_s = np.log(s)
+    for j in range(z.shape[1]):
+        total -= w * (targets[i, j] * (z[i, j] - m - log_s))
+        delta[i, j] = (a[i, j] - targets[i, j]) * scale
+    return total
+
+
+@_jit
+def softmax_cross_entropy(z, bias, a, targets, inv_batch, row_weights, delta):
+    """The softmax epilogue of the output layer and :func:`output_delta` for
+    cross-entropy in one pass per row, each exp computed once: the same bits as the
+    two in turn; returns the summed loss."""
+    total = 0.0
+    for i in range(z.shape[0]):
+        m, s = softmax_row(z, bias, a, i)
+        total = cross_entropy_row(z, a, targets, i, m, s, row_weight(row_weights, i), inv_batch, delta, total)
     return total
 
 
@@ -732,16 +760,25 @@ def segment_input(x, net, work, checkpoint, dropout, start):
 
 
 @_jit
-def output_loss(net, work, y, row_weights, delta_scale):
+def output_loss(net, work, y, row_weights, delta_scale, bias):
     """(loss sum, correct count, δ^L) from the output layer cached in the workspace;
     δ^L (scaled by ``delta_scale``, 1/B — 1/Σw with weights — in training) at the start
-    of ``work.deltas``; with ``row_weights`` (None: all 1) the loss sum is Σ w_i ℓ_i."""
+    of ``work.deltas``; with ``row_weights`` (None: all 1) the loss sum is Σ w_i ℓ_i.
+    ``bias`` None: the cached z and a are complete; else z is the bare product a·W and
+    the output layer's epilogue runs here first (fused with the loss for
+    softmax–cross-entropy: each exp once)."""
     n_layers = net.layout.shape[0]
     rows, k = y.shape[0], net.layout[n_layers - 1, 1]
     z_out, a_out = cached_layer(work, n_layers - 1, rows, k)
     delta = rows_view(work.deltas, np.int64(0), rows, k)  # int64, not Literal[int](0): one specialisation
-    loss = output_delta(z_out, a_out, y, net.codes[n_layers - 1], net.loss_code, delta_scale, row_weights, delta)
-    return loss, correct_count(a_out, y, net.codes[n_layers - 1]), delta
+    out_code = net.codes[n_layers - 1]
+    if bias is not None:
+        if out_code == SOFTMAX and net.loss_code == CE:
+            loss = softmax_cross_entropy(z_out, bias, a_out, y, delta_scale, row_weights, delta)
+            return loss, correct_count(a_out, y, out_code), delta
+        forward_epilogue(z_out, bias, out_code, a_out)
+    loss = output_delta(z_out, a_out, y, out_code, net.loss_code, delta_scale, row_weights, delta)
+    return loss, correct_count(a_out, y, out_code), delta
 
 
 # --- sample weights: helpers that take the optional array as an argument, so that
@@ -812,7 +849,7 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
                 rows_view(checkpoint.kept_z, kept, rows, cols)[...] = z
                 rows_view(checkpoint.kept_a, kept, rows, cols)[...] = a_kept
     loss, correct, delta = output_loss(net, work, y, leading_rows(work.row_weights, 0, rows),
-                                       1.0 / weight_total(work.row_weights, rows))
+                                       1.0 / weight_total(work.row_weights, rows), None)
     penalty = 0.0
     if checkpoint is None:
         for l in range(n_layers - 1, -1, -1):
@@ -920,7 +957,8 @@ def evaluate(net, work, X, Y, batchnorm, out, weights):
         if out is not None:
             out[start:start + rows] = a
         if Y is not None:
-            loss, hits, _ = output_loss(net, work, Y[start:start + rows], leading_rows(weights, start, rows), 1.0)
+            loss, hits, _ = output_loss(net, work, Y[start:start + rows], leading_rows(weights, start, rows), 1.0,
+                                          None)
             total += loss
             correct += hits
     return total, correct

@@ -126,10 +126,12 @@ def batch_pass(net, opt, work, x, y, small):
     for l in range(n_layers):
         z, a_out = cpu.cached_layer(work, l, rows, layout[l, 1])
         gemm(a, cpu.weights_view(theta, layout, l), z, small)
-        cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
+        if l < n_layers - 1:  # the output layer's epilogue runs inside output_loss
+            cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
         a = a_out
     loss, correct, delta = cpu.output_loss(net, work, y, cpu.leading_rows(work.row_weights, 0, rows),
-                                           1.0 / cpu.weight_total(work.row_weights, rows))
+                                           1.0 / cpu.weight_total(work.row_weights, rows),
+                                           cpu.bias_view(theta, layout, n_layers - 1))
     half = work.deltas.shape[0] // 2
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = layout[l, 0], layout[l, 1]
