@@ -202,3 +202,30 @@ def test_tile_is_fma_on_ymm():
     packed = re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", asm)
     assert len(packed) >= 8, "expected the 4x16 tile's eight accumulators as packed FMAs on ymm registers"
     assert not re.findall(r"vfmadd\d+ss", asm), "no scalar FMAs in the tile"
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "row weights"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_softmax_cross_entropy_is_the_two_passes(weighted, dtype):
+    """The small path's output layer: bias + softmax + cross-entropy loss and δ in one pass
+    per row (each exp once) gives the bits of forward_epilogue then output_delta; and the
+    loss is the reference's."""
+    from fastbp.kernels import cpu
+    rng = np.random.default_rng(2)
+    rows, k = 17, 9
+    product = (rng.normal(size=(rows, k)) * 4).astype(dtype)
+    bias = rng.normal(size=k).astype(dtype)
+    Y = np.eye(k, dtype=dtype)[rng.integers(0, k, rows)]
+    weights = rng.random(rows) if weighted else None
+    z1, a1, delta1 = product.copy(), np.empty_like(product), np.empty_like(product)
+    cpu.forward_epilogue(z1, bias, cpu.SOFTMAX, a1)
+    loss1 = cpu.output_delta(z1, a1, Y, cpu.SOFTMAX, cpu.CE, 1 / rows, weights, delta1)
+    z2, a2, delta2 = product.copy(), np.empty_like(product), np.empty_like(product)
+    loss2 = cpu.softmax_cross_entropy(z2, bias, a2, Y, 1 / rows, weights, delta2)
+    for first, second in ((z1, z2), (a1, a2), (delta1, delta2), (loss1, loss2)):
+        np.testing.assert_array_equal(first, second)
+    z = product.astype(np.float64) + bias
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    expected = -(Y * log_p).sum(axis=1) @ (np.ones(rows) if weights is None else weights)
+    assert_close(loss2, expected, dtype, "loss")

@@ -119,19 +119,28 @@ def forward_epilogue(z, bias, code, a):
                 a[i, j] = np.tanh(v) if code == TANH else np.exp(v)
     else:  # SOFTMAX
         for i in range(rows):
-            m = -np.inf
-            for j in range(cols):
-                v = z[i, j] + bias[j]
-                z[i, j] = v
-                m = max(m, v)
-            s = 0.0
-            for j in range(cols):
-                e = np.exp(z[i, j] - m)
-                a[i, j] = e
-                s += e
-            inv = 1 / s
-            for j in range(cols):
-                a[i, j] *= inv
+            softmax_row(z, bias, a, i)
+
+
+@_jit
+def softmax_row(z, bias, a, i):
+    """Row i of the softmax epilogue: z ← z + b, a = exp(z − m)/s; returns the row's
+    max m and s = Σ exp(z − m) (what the cross-entropy needs, see :func:`cross_entropy_row`)."""
+    cols = z.shape[1]
+    m = -np.inf
+    for j in range(cols):
+        v = z[i, j] + bias[j]
+        z[i, j] = v
+        m = max(m, v)
+    s = 0.0
+    for j in range(cols):
+        e = np.exp(z[i, j] - m)
+        a[i, j] = e
+        s += e
+    inv = 1 / s
+    for j in range(cols):
+        a[i, j] *= inv
+    return m, s
 
 
 # --- fused delta propagation --------------------------------------------------
@@ -214,35 +223,25 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, del
     total = 0.0
     if loss_code == CE:
         for i in range(rows):
-            w = row_weight(row_weights, i)
-            scale = w * inv_batch
             m = -np.inf
             for j in range(cols):
                 m = max(m, z[i, j])
             s = 0.0
             for j in range(cols):
                 s += np.exp(z[i, j] - m)
-            log_s = np.log(s)
-            for j in range(cols):
-                total -= w * (targets[i, j] * (z[i, j] - m - log_s))
-                delta[i, j] = (a[i, j] - targets[i, j]) * scale
-    elif loss_code == BCE:
+            total = cross_entropy_row(z, a, targets, i, m, s, row_weight(row_weights, i), inv_batch, delta, total)
+    elif loss_code == BCE or loss_code == POISSON:  # δ = (a − y)/B for both
         for i in range(rows):
             w = row_weight(row_weights, i)
             scale = w * inv_batch
             for j in range(cols):
-                v = z[i, j]
-                total += w * (max(v, 0) - v * targets[i, j] + np.log1p(np.exp(-abs(v))))
-                delta[i, j] = (a[i, j] - targets[i, j]) * scale
-    elif loss_code == POISSON:
-        for i in range(rows):
-            w = row_weight(row_weights, i)
-            scale = w * inv_batch
-            for j in range(cols):
-                y = targets[i, j]
-                total += w * (a[i, j] - y * z[i, j] - y)
-                if y > 0:
-                    total += w * (y * np.log(y))
+                v, y = z[i, j], targets[i, j]
+                if loss_code == BCE:
+                    total += w * (max(v, 0) - v * y + np.log1p(np.exp(-abs(v))))
+                else:
+                    total += w * (a[i, j] - y * v - y)
+                    if y > 0:
+                        total += w * (y * np.log(y))
                 delta[i, j] = (a[i, j] - y) * scale
     else:  # MSE
         for i in range(rows):
@@ -261,6 +260,30 @@ def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, del
             elif out_code == SOFTMAX:
                 for j in range(cols):
                     delta[i, j] = a[i, j] * (delta[i, j] - dot)
+    return total
+
+
+@_jit
+def cross_entropy_row(z, a, targets, i, m, s, w, inv_batch, delta, total):
+    """Row i of softmax–cross-entropy from the row's max m and s = Σ exp(z − m):
+    δ = w (a − y)·inv_batch; returns ``total`` − w Σ y (z − m − log s)."""
+    scale = w * inv_batch
+    log_s = np.log(s)
+    for j in range(z.shape[1]):
+        total -= w * (targets[i, j] * (z[i, j] - m - log_s))
+        delta[i, j] = (a[i, j] - targets[i, j]) * scale
+    return total
+
+
+@_jit
+def softmax_cross_entropy(z, bias, a, targets, inv_batch, row_weights, delta):
+    """The softmax epilogue of the output layer and :func:`output_delta` for
+    cross-entropy in one pass per row, each exp computed once: the same bits as the
+    two in turn; returns the summed loss."""
+    total = 0.0
+    for i in range(z.shape[0]):
+        m, s = softmax_row(z, bias, a, i)
+        total = cross_entropy_row(z, a, targets, i, m, s, row_weight(row_weights, i), inv_batch, delta, total)
     return total
 
 
@@ -314,8 +337,8 @@ def _clip_scale(theta, grad, layout, hyper):
     clip_norm = hyper.clip_norm
     if clip_norm <= 0:
         return 1.0
-    zero = theta[0] * 0
-    l1, l2 = zero + hyper.l1, zero + hyper.l2
+    cast = theta.dtype.type
+    zero, l1, l2 = cast(0), cast(hyper.l1), cast(hyper.l2)
     sq = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
@@ -329,8 +352,8 @@ def _clip_scale(theta, grad, layout, hyper):
 def _regularise(theta, grad, l1, l2, scale, clip_value):
     """In place: grad ← clamp((grad + l1 sign(w) + l2 w)·scale, ±clip_value).
     Returns (Σ (grad + l1 sign(w) + l2 w)², penalty l1 Σ|w| + (l2/2) Σ w²)."""
-    zero = scale * 0
-    half = zero + 0.5
+    cast = theta.dtype.type
+    zero, half = cast(0), cast(0.5)
     grad_sq, penalty = zero, zero
     for i in range(theta.shape[0]):
         w = theta[i]
@@ -354,9 +377,9 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
     not fed back). Callers pass slices: loops over 0..n vectorise, an index range
     starting at a runtime offset keeps Numba's negative-index wraparound in the loop.
     """
-    lr, mu, beta2, eps, corr1, corr2, clip_value = consts
-    zero = lr * 0
-    one = zero + 1
+    lr, mu, beta2, eps, clip_value, adam_terms = consts
+    cast = theta.dtype.type
+    zero, one = cast(0), cast(1)
     plain = l1 == 0 and l2 == 0 and scale == 1 and clip_value == np.inf
     reg_sq, penalty = zero, zero
     if not plain:
@@ -397,7 +420,8 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
             step_sq += (new - w) * (new - w)
             weight_sq += w * w
     else:  # OPT_ADAM: θ − η m̂/(√v̂ + ε) = θ − (η√c2/c1)·m/(√v + ε√c2): one √ and one ÷
-        step_scale, eps_scaled = lr * np.sqrt(corr2) / corr1, eps * np.sqrt(corr2)
+        lr64, eps64, corr1, corr2 = adam_terms  # the scales formed in float64, then cast
+        step_scale, eps_scaled = cast(lr64 * np.sqrt(corr2) / corr1), cast(eps64 * np.sqrt(corr2))
         for i in range(n):
             w = theta[i]
             g = grad[i]
@@ -415,12 +439,14 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
 
 @_jit
 def step_constants(theta, hyper, t):
-    """(lr, μ/ρ/β1, β2, ε, 1 − β1^t, 1 − β2^t, clip_value) cast to the parameter dtype,
-    so float32 math stays float32; clip_value is +inf when off."""
-    zero = theta[0] * 0
+    """(lr, μ/ρ/β1, β2, ε, clip_value) as scalars of the parameter dtype, so that a
+    float32 fit's update is float32 arithmetic (8 lanes wide; one float64 constant
+    would promote it), then (lr, ε, 1 − β1^t, 1 − β2^t) in float64, from which
+    :func:`_update_range` forms Adam's two scales; clip_value is +inf when off."""
+    cast = theta.dtype.type
     clip_value = hyper.clip_value if hyper.clip_value > 0 else np.inf
-    return (zero + hyper.lr, zero + hyper.momentum, zero + hyper.beta2, zero + hyper.eps,
-            zero + (1 - hyper.momentum ** t), zero + (1 - hyper.beta2 ** t), zero + clip_value)
+    return (cast(hyper.lr), cast(hyper.momentum), cast(hyper.beta2), cast(hyper.eps), cast(clip_value),
+            (hyper.lr, hyper.eps, 1 - hyper.momentum ** t, 1 - hyper.beta2 ** t))
 
 
 @_jit
@@ -444,9 +470,9 @@ def update_params(net, opt, hyper):
     theta, grad, state1, state2, layout = net.theta, opt.grad, opt.state1, opt.state2, net.update_layout
     opt_code, diagnostics = opt.code, opt.diagnostics
     consts = step_constants(theta, hyper, opt.step[0])
-    zero = theta[0] * 0
-    l1, l2 = zero + hyper.l1, zero + hyper.l2
-    scale = zero + _clip_scale(theta, grad, layout, hyper)
+    cast = theta.dtype.type
+    zero, l1, l2 = cast(0), cast(hyper.l1), cast(hyper.l2)
+    scale = cast(_clip_scale(theta, grad, layout, hyper))
     penalty = 0.0
     for l in range(layout.shape[0]):
         w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
@@ -470,11 +496,12 @@ def fused_update_layer(net, opt, hyper, l, a_prev, delta):
     theta, state1, state2, layout = net.theta, opt.state1, opt.state2, net.layout
     scratch, opt_code, diagnostics = opt.grad[:FUSED_SCRATCH], opt.code, opt.diagnostics
     consts = step_constants(theta, hyper, opt.step[0])
-    l1, l2 = theta[0] * 0 + hyper.l1, theta[0] * 0 + hyper.l2
+    cast = theta.dtype.type
+    l1, l2 = cast(hyper.l1), cast(hyper.l2)
     fan_in, fan_out, w_off, b_off = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
     rows = delta.shape[0]
     block = max(1, scratch.shape[0] // fan_out)
-    one = theta[0] * 0 + 1
+    one = cast(1)
     grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
     for i0 in range(0, fan_in, block):
         i1 = min(i0 + block, fan_in)
@@ -733,16 +760,25 @@ def segment_input(x, net, work, checkpoint, dropout, start):
 
 
 @_jit
-def output_loss(net, work, y, row_weights, delta_scale):
+def output_loss(net, work, y, row_weights, delta_scale, bias):
     """(loss sum, correct count, δ^L) from the output layer cached in the workspace;
     δ^L (scaled by ``delta_scale``, 1/B — 1/Σw with weights — in training) at the start
-    of ``work.deltas``; with ``row_weights`` (None: all 1) the loss sum is Σ w_i ℓ_i."""
+    of ``work.deltas``; with ``row_weights`` (None: all 1) the loss sum is Σ w_i ℓ_i.
+    ``bias`` None: the cached z and a are complete; else z is the bare product a·W and
+    the output layer's epilogue runs here first (fused with the loss for
+    softmax–cross-entropy: each exp once)."""
     n_layers = net.layout.shape[0]
     rows, k = y.shape[0], net.layout[n_layers - 1, 1]
     z_out, a_out = cached_layer(work, n_layers - 1, rows, k)
     delta = rows_view(work.deltas, np.int64(0), rows, k)  # int64, not Literal[int](0): one specialisation
-    loss = output_delta(z_out, a_out, y, net.codes[n_layers - 1], net.loss_code, delta_scale, row_weights, delta)
-    return loss, correct_count(a_out, y, net.codes[n_layers - 1]), delta
+    out_code = net.codes[n_layers - 1]
+    if bias is not None:
+        if out_code == SOFTMAX and net.loss_code == CE:
+            loss = softmax_cross_entropy(z_out, bias, a_out, y, delta_scale, row_weights, delta)
+            return loss, correct_count(a_out, y, out_code), delta
+        forward_epilogue(z_out, bias, out_code, a_out)
+    loss = output_delta(z_out, a_out, y, out_code, net.loss_code, delta_scale, row_weights, delta)
+    return loss, correct_count(a_out, y, out_code), delta
 
 
 # --- sample weights: helpers that take the optional array as an argument, so that
@@ -813,7 +849,7 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
                 rows_view(checkpoint.kept_z, kept, rows, cols)[...] = z
                 rows_view(checkpoint.kept_a, kept, rows, cols)[...] = a_kept
     loss, correct, delta = output_loss(net, work, y, leading_rows(work.row_weights, 0, rows),
-                                       1.0 / weight_total(work.row_weights, rows))
+                                       1.0 / weight_total(work.row_weights, rows), None)
     penalty = 0.0
     if checkpoint is None:
         for l in range(n_layers - 1, -1, -1):
@@ -921,7 +957,8 @@ def evaluate(net, work, X, Y, batchnorm, out, weights):
         if out is not None:
             out[start:start + rows] = a
         if Y is not None:
-            loss, hits, _ = output_loss(net, work, Y[start:start + rows], leading_rows(weights, start, rows), 1.0)
+            loss, hits, _ = output_loss(net, work, Y[start:start + rows], leading_rows(weights, start, rows), 1.0,
+                                          None)
             total += loss
             correct += hits
     return total, correct

@@ -14,11 +14,9 @@ every shape takes the same tile.
 
 :func:`train_batches` is ``cpu.train_batches`` for plain fits (no dropout or batchnorm;
 checkpointing is skipped, as every z and a of a batch fits in :data:`MAX_CACHE_BYTES`)
-with these GEMMs; the epilogues, the loss and output delta are
-``cpu``'s own functions, and plain Adam (no L1/L2/clipping) steps in float32
-arithmetic (:func:`adam_update`, 8 lanes) where ``cpu.update_params`` computes in
-float64: results differ from the BLAS path by rounding only, and are bitwise the
-same from run to run.
+with these GEMMs; the epilogues, the loss and output delta and the optimizer step
+are ``cpu``'s own functions: results differ from the BLAS path by rounding only, and
+are bitwise the same from run to run.
 ``fastbp.cpu_training`` picks this path from :data:`FASTER_THAN_BLAS`, measured.
 """
 
@@ -117,51 +115,6 @@ def transpose_into(source, target):
             target[j, i] = source[i, j]
 
 
-# The optimizer step in float32 arithmetic: ``cpu.update_params`` computes a float32 fit's
-# step in float64 (its constants are float64) and so runs 4 lanes wide; here 8 lanes.
-# Reductions (the diagnostics' sums) may be reassociated so that the loop vectorises.
-_jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-
-
-@_jit_fast
-def _adam_range(theta, grad, state1, state2, mu, beta2, step_scale, eps_scaled):
-    """Adam on equal-length float32 slices: θ − (η√c2/c1)·m/(√v + ε√c2) as in
-    ``cpu._update_range``; returns (Σ g², Σ Δθ², Σ θ²)."""
-    one = np.float32(1)
-    grad_sq = step_sq = weight_sq = mu - mu
-    for i in range(theta.shape[0]):
-        w = theta[i]
-        g = grad[i]
-        grad_sq += g * g
-        m = mu * state1[i] + (one - mu) * g
-        v = beta2 * state2[i] + (one - beta2) * g * g
-        state1[i] = m
-        state2[i] = v
-        new = w - step_scale * m / (np.sqrt(v) + eps_scaled)
-        theta[i] = new
-        step_sq += (new - w) * (new - w)
-        weight_sq += w * w
-    return grad_sq, step_sq, weight_sq
-
-
-@_jit
-def adam_update(net, opt, hyper):
-    """``cpu.update_params`` for Adam without L1/L2 or clipping, in float32 arithmetic."""
-    theta, grad, state1, state2, layout = net.theta, opt.grad, opt.state1, opt.state2, net.update_layout
-    t = opt.step[0]
-    corr1, corr2 = 1 - hyper.momentum ** t, 1 - hyper.beta2 ** t
-    mu, beta2 = np.float32(hyper.momentum), np.float32(hyper.beta2)
-    step_scale = np.float32(hyper.lr * np.sqrt(corr2) / corr1)
-    eps_scaled = np.float32(hyper.eps * np.sqrt(corr2))
-    for l in range(layout.shape[0]):
-        w0, w1, b1 = layout[l, 2], layout[l, 3], layout[l, 3] + layout[l, 1]
-        g_w, step_w, weight_w = _adam_range(theta[w0:w1], grad[w0:w1], state1[w0:w1], state2[w0:w1],
-                                            mu, beta2, step_scale, eps_scaled)
-        g_b, _, _ = _adam_range(theta[w1:b1], grad[w1:b1], state1[w1:b1], state2[w1:b1],
-                                mu, beta2, step_scale, eps_scaled)
-        cpu._record(opt.diagnostics, l, g_w + g_b, step_w, weight_w)
-
-
 @_jit
 def batch_pass(net, opt, work, x, y, small):
     """``cpu.batch_pass`` of a plain fit with :func:`gemm` for the products: the batch-mean
@@ -173,10 +126,12 @@ def batch_pass(net, opt, work, x, y, small):
     for l in range(n_layers):
         z, a_out = cpu.cached_layer(work, l, rows, layout[l, 1])
         gemm(a, cpu.weights_view(theta, layout, l), z, small)
-        cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
+        if l < n_layers - 1:  # the output layer's epilogue runs inside output_loss
+            cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
         a = a_out
     loss, correct, delta = cpu.output_loss(net, work, y, cpu.leading_rows(work.row_weights, 0, rows),
-                                           1.0 / cpu.weight_total(work.row_weights, rows))
+                                           1.0 / cpu.weight_total(work.row_weights, rows),
+                                           cpu.bias_view(theta, layout, n_layers - 1))
     half = work.deltas.shape[0] // 2
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = layout[l, 0], layout[l, 1]
@@ -198,15 +153,12 @@ def batch_pass(net, opt, work, x, y, small):
 @_jit
 def train_batches(net, opt, hyper, work, data, first, stop, small):
     """``cpu.train_batches`` for a plain fit (no dropout or batchnorm; sample weights as
-    there) on the small path: each batch gathered, :func:`batch_pass`, the optimizer step
-    (:func:`adam_update` for plain Adam, else ``cpu.update_params``)."""
+    there) on the small path: each batch gathered, :func:`batch_pass`, ``cpu.update_params``."""
     n = data.perm.shape[0]
     bmax = work.bmax
     if first == 0:
         work.sums[0] = 0.0
         work.counts[0] = 0
-    plain_adam = (opt.code == cpu.OPT_ADAM and hyper.l1 == 0 and hyper.l2 == 0 and hyper.clip_norm <= 0
-                  and hyper.clip_value <= 0)
     for b in range(first, stop):
         start = b * bmax
         rows = min(bmax, n - start)
@@ -222,10 +174,6 @@ def train_batches(net, opt, hyper, work, data, first, stop, small):
         cpu.gather_rows(data.Y, data.perm, start, rows, y)
         opt.step[0] += 1
         loss, hits = batch_pass(net, opt, work, x, y, small)
-        penalty = 0.0
-        if plain_adam:
-            adam_update(net, opt, step_hyper)
-        else:
-            penalty = cpu.update_params(net, opt, step_hyper)
+        penalty = cpu.update_params(net, opt, step_hyper)
         work.sums[0] += loss * scale + rows * penalty
         work.counts[0] += hits
