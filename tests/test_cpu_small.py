@@ -136,7 +136,9 @@ def test_small_and_blas_paths_agree_to_rounding(monkeypatch):
 
 def test_path_choice_follows_the_table():
     assert cpu_small.wins([64, 128, 10], 32, "float32")
-    assert cpu_small.wins([17, 33, 5], 1, "float32")
+    assert cpu_small.wins([17, 33, 5], 4, "float32")
+    assert cpu_small.wins([64, 256, 10], 32, "float32")
+    assert not cpu_small.wins([17, 33, 5], 1, "float32")          # batch 1: BLAS won at every width
     assert not cpu_small.wins([64, 128, 10], 32, "float64")      # the tiles are float32
     assert not cpu_small.wins([784, 256, 10], 1, "float32")      # wider than any measured win
     assert not cpu_small.wins([64, 256, 10], 128, "float32")     # a tie at 256 × 128: BLAS
@@ -161,7 +163,8 @@ def test_checkpointing_keeps_the_plain_fits_bits():
     ckpt.fit(X, Y, epochs=2, batch_size=16, checkpoint=True)
     assert cpu_small.wins(plain.sizes, 16, "float32")
     assert np.array_equal(plain.theta, ckpt.theta)
-    deep = [64] + [256] * 40 + [10]                      # 128 rows: 10.5 MB of z and a
+    deep = [64] + [64] * 80 + [10]                       # 128 rows: 5.3 MB of z and a
+    assert max(deep) <= cpu_small.FASTER_THAN_BLAS[128]  # narrow enough: only the cache refuses it
     assert not cpu_small.wins(deep, 128, "float32")
 
 

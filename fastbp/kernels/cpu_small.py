@@ -30,12 +30,13 @@ _jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 #: where this path beat the BLAS path (``python -m benchmarks.prototypes.small_crossover``,
 #: whole training steps of float32 w-w-10 ReLU/softmax-CE/Adam networks, w in 16, 64,
-#: 128, 256, same run; ``benchmarks/results/2026-11-26-small-path.txt``): batch size
-#: → the widest w at which its median step was faster (every width of the network, input
-#: included, must be at most this); a batch between measured ones uses the next larger
-#: measured batch, larger batches or widths the BLAS path. At w = 256 and batches ≥ 32 the
-#: two paths tied within noise (0.95-1.01×), so BLAS keeps them.
-FASTER_THAN_BLAS = {1: 256, 4: 256, 16: 256, 32: 128, 64: 128, 128: 128}
+#: 128, 256, same run; ``benchmarks/results/2026-11-26-small-path-f32-step.txt``, quiet
+#: machine, both paths with the float32 optimizer step): batch size → the widest w at which
+#: its median step was faster (every width of the network, input included, must be at most
+#: this; 0: at no width); a batch between measured ones uses the next larger measured
+#: batch, larger batches or widths the BLAS path. At batch 1 BLAS won at every width
+#: (0.76-0.97×); at 128-128-10 × 128 rows the two tied (1.00×), so BLAS keeps it.
+FASTER_THAN_BLAS = {1: 0, 4: 256, 16: 256, 32: 256, 64: 128, 128: 64}
 #: the register tile: rows of A × columns of B (two vectors) per block of accumulators
 TILE_ROWS, TILE_COLS = 4, 2 * LANES
 #: the dtypes the tiles are written for (8 lanes of float32 per ymm register)
