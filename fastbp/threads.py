@@ -23,11 +23,14 @@ from contextlib import contextmanager
 
 #: m·n·k of a float32 GEMM from which two BLAS threads beat one, measured with
 #: ``python -m fastbp.threads`` (Numba's np.dot, 1 vs 2 threads interleaved; the
-#: table it prints is in ``benchmarks/results/``). On the shared 2-vCPU
-#: development machine (2026-11-26, load average 6-8) two threads never won up to
-#: the largest shape measured (256×1024×1024), so the crossover is above it; set
-#: it from a run on your machine (``FASTBP_BLAS_CROSSOVER`` overrides it).
-CROSSOVER_MNK = float(os.environ.get("FASTBP_BLAS_CROSSOVER", str(2 ** 29)))
+#: tables it printed are in ``benchmarks/results/2026-11-26-blas-crossover.txt``). On
+#: the 2-vCPU development machine with nothing else running (2026-11-26 15:16 UTC) two
+#: threads won from 128×256×128 (4.2 M: 1.15×) up to 1.4× at 256×1024×1024 and tied at
+#: 32×128×64; the same machine shared with six busy processes (load 6-8, that morning)
+#: had two threads lose at every shape (up to 4×), because a second thread waits for a
+#: core. The default is the quiet machine's crossover, for a machine the fit has to
+#: itself; on a shared one set ``FASTBP_BLAS_CROSSOVER=inf`` (or ``fit(threads=1)``).
+CROSSOVER_MNK = float(os.environ.get("FASTBP_BLAS_CROSSOVER", str(2 ** 22)))
 
 _pools = None
 

@@ -199,4 +199,4 @@ def test_crossover_from_the_environment(monkeypatch):
     finally:
         monkeypatch.delenv("FASTBP_BLAS_CROSSOVER")
         importlib.reload(threads)
-    assert threads.CROSSOVER_MNK == 2.0 ** 29
+    assert threads.CROSSOVER_MNK == 2.0 ** 22
