@@ -1,11 +1,15 @@
 """Bitwise record of what today's kernels train: ``python tests/golden/record.py`` rewrites
-``golden.json`` (sha256 of θ, the optimizer state and a forward pass after a short fit, for
-a covering grid of configurations); ``tests/test_golden.py`` compares the current code with it.
+this machine's ``golden-<blas architecture>.json`` (sha256 of θ, the optimizer state and a
+forward pass after a short fit, for a covering grid of configurations);
+``tests/test_golden.py`` compares the current code with the record of the same BLAS.
 
 A refactoring of the compiled core must leave every entry unchanged. Only a deliberate
 change of results (say, a new dropout generator) re-records entries, named in its commit.
-Bits depend on the BLAS library and the CPU's kernel choice, so the record stores the
-threadpoolctl identification and the test skips on a different one.
+Bits depend on the BLAS library and the CPU's kernel choice, so each record stores the
+threadpoolctl identification, one file per BLAS architecture (``golden-haswell.json``,
+``golden-skylakex.json``, ...), and the test skips where none matches. Record a new
+architecture from the commit the other records were taken at (it must be the same code),
+never from a change under test.
 """
 
 import hashlib
@@ -18,7 +22,17 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RECORD = HERE / "golden.json"
+
+
+def records():
+    """The record files, one per BLAS architecture."""
+    return sorted(HERE.glob("golden-*.json"))
+
+
+def record_path(blas):
+    """This BLAS identification's record file."""
+    arch = "-".join(sorted({str(info.get("architecture")).lower() for info in blas}))
+    return HERE / f"golden-{arch}.json"
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu", "identity"]
 OUTPUTS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse"),
@@ -101,14 +115,20 @@ def platform():
 
 
 def record(names=None):
-    """Re-record all entries (or only ``names``) into golden.json."""
-    old = json.loads(RECORD.read_text()) if RECORD.exists() else {"results": {}}
+    """Re-record all entries (or only ``names``) into this platform's record file; a
+    configuration that fit refuses (``ValueError``) is recorded as None."""
+    here = platform()
+    path = record_path(here["blas"])
+    old = json.loads(path.read_text()) if path.exists() else {"results": {}}
     results = old["results"]
     for name, config in configurations().items():
         if names is None or name in names:
-            results[name] = train(config)
-    RECORD.write_text(json.dumps({"platform": platform(), "results": results}, indent=1, sort_keys=True)
-                      + "\n")
+            try:
+                results[name] = train(config)
+            except ValueError:
+                results[name] = None
+    path.write_text(json.dumps({"platform": here, "results": results}, indent=1, sort_keys=True) + "\n")
+    return path
 
 
 if __name__ == "__main__":
@@ -117,4 +137,4 @@ if __name__ == "__main__":
     only = sys.argv[1:] or None
     if only == ["dropout"]:
         only = [n for n, c in configurations().items() if "dropout" in c]
-    record(only)
+    print(record(only))
