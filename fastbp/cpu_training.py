@@ -132,6 +132,13 @@ class CpuEngine:
         self.work, self.checkpoint = workspace(net, self.bmax, segments, sample_weight is not None)
         self.dropout = dropout_bundle(net, self.bmax)
         self.batchnorm = batchnorm_bundle(net, self.work, 2)
+        #: batches of at most this many rows fuse gradient and step (``cpu.fused_update_layer``);
+        #: None where no batch is that small or clipping by norm, dropout or batchnorm is on,
+        #: so that the driver is compiled without the fused code
+        partial = X.shape[0] % self.bmax
+        tiny = self.bmax <= cpu.FUSED_MAX_ROWS or 0 < partial <= cpu.FUSED_MAX_ROWS
+        plain = clip_norm <= 0 and self.dropout is None and self.batchnorm is None
+        self.fuse = cpu.FUSED_MAX_ROWS if tiny and plain else None
         self._live = (net.theta, state.state1, state.state2, net.bn_running)
         self._backup = [np.empty_like(a) for a in self._live]
         self._step = 0
@@ -144,15 +151,15 @@ class CpuEngine:
             self.optimizer.diagnostics[...] = 0
         if self.small is not None:
             cpu_small.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                                    Data(self.X, self.Y, perm, self.sample_weight), int(first), int(stop),
+                                    Data(self.X, self.Y, perm, self.sample_weight), (int(first), int(stop)),
                                     self.small)
             return float(self.work.sums[0]), int(self.work.counts[0])
         dropout = self.dropout
         if dropout is not None:
             dropout = dropout._replace(seed=self.seed, epoch=int(epoch))
         cpu.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                          Data(self.X, self.Y, perm, self.sample_weight), int(first), int(stop), dropout,
-                          self.batchnorm, self.checkpoint)
+                          Data(self.X, self.Y, perm, self.sample_weight), (int(first), int(stop)), dropout,
+                          self.batchnorm, self.checkpoint, self.fuse)
         return float(self.work.sums[0]), int(self.work.counts[0])
 
     def finite(self):

@@ -553,7 +553,7 @@ def test_dropout_keeps_the_expected_activation_and_drops_the_right_fraction():
     X = np.random.default_rng(1).normal(size=(500, 10))
     work, _ = cpu_training.workspace(net, 500)
     dropout = cpu_training.dropout_bundle(net, 500)
-    cpu.forward_step(cpu_training.network_bundle(net), work, 0, X, dropout, None, 1, False)
+    cpu.python_callable(cpu.forward_step)(cpu_training.network_bundle(net), work, 0, X, dropout, None, 1, False)
     kept = work.acts[:500 * 400].reshape(500, 400)
     dropped = dropout.dacts[:500 * 400].reshape(500, 400)
     assert (dropped == 0).mean() == pytest.approx(0.3, abs=0.01)
@@ -621,8 +621,9 @@ def test_checkpointed_gradient_matches_plain_and_reference(k):
     for segments in (None, cpu_training.checkpoint_segments(6, k)):
         work, checkpoint = cpu_training.workspace(net, 9, segments)
         state = cpu_training._GradientState(np.zeros(net.n_params))
-        cpu.batch_pass(cpu_training.network_bundle(net, 2), cpu_training.optimizer_bundle(net, state, 0),
-                       cpu_training.hyper_bundle(fastbp.SGD()), work, X, Y, None, None, checkpoint, False)
+        cpu.python_callable(cpu.batch_pass)(
+            cpu_training.network_bundle(net, 2), cpu_training.optimizer_bundle(net, state, 0),
+            cpu_training.hyper_bundle(fastbp.SGD()), work, X, Y, None, None, checkpoint, False)
         grads.append(state.grad)
         works.append((work, checkpoint))
     np.testing.assert_array_equal(grads[1], grads[0])

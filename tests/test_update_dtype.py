@@ -69,7 +69,7 @@ def test_float32_step_equals_the_float32_rule(optimizer):
     net = Network(theta.copy(), layout, layout, np.zeros(1, np.int64), 0)
     opt = Optimizer(grad.copy(), state1.copy(), state2.copy(), np.array([t], np.int64),
                     OPTIMIZERS[optimizer], np.zeros((1, 2)))
-    cpu.update_params(net, opt, Hyper(0.01, 0.9, 0.999, 1e-8, 0.0, l2, 0.0, 0.0))
+    cpu.python_callable(cpu.update_params)(net, opt, Hyper(0.01, 0.9, 0.999, 1e-8, 0.0, l2, 0.0, 0.0))
     weights = slice(0, fan_in * fan_out)
     expected32 = _step_in(np.float32, optimizer, theta[weights], grad[weights], state1[weights],
                           state2[weights], l2, t)

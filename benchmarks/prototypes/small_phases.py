@@ -127,8 +127,9 @@ def main(argv=None):
     data = Data(X, Y, perm, None)
     f32 = np.float32
     x, y = work.xb, work.yb
-    cpu.gather_rows(X, perm, 0, B, x)
-    cpu.gather_rows(Y, perm, 0, B, y)
+    gather_rows = cpu.python_callable(cpu.gather_rows)  # compiled-only kernels: a Python-callable copy
+    gather_rows(X, perm, 0, B, x)
+    gather_rows(Y, perm, 0, B, y)
     W1, W2 = net.weights
     b1, b2 = net.biases
     z1, a1 = np.empty((B, sizes[1]), f32), np.empty((B, sizes[1]), f32)
@@ -136,9 +137,10 @@ def main(argv=None):
     d2, d1 = np.empty((B, sizes[2]), f32), np.empty((B, sizes[1]), f32)
     g1, g2 = np.empty_like(W1), np.empty_like(W2)
     gb1, gb2 = np.empty_like(b1), np.empty_like(b2)
-    cpu.forward_layer(x, W1, b1, RELU, z1, a1)
-    cpu.forward_layer(a1, W2, b2, SOFTMAX, z2, a2)
-    cpu.output_delta(z2, a2, y, SOFTMAX, CE, 1.0 / B, None, d2)
+    forward_layer = cpu.python_callable(cpu.forward_layer)
+    forward_layer(x, W1, b1, RELU, z1, a1)
+    forward_layer(a1, W2, b2, SOFTMAX, z2, a2)
+    cpu.python_callable(cpu.output_delta)(z2, a2, y, SOFTMAX, CE, 1.0 / B, None, d2)
     count = max(200, int(2e7 // (B * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * 6)))
     n_batches = -(-n // B)
 

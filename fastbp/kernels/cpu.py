@@ -30,8 +30,11 @@ compiled once per dtype (float32, float64); activations, losses and optimizers
 are integer codes from ``fastbp.spec`` branched on outside the inner loops.
 """
 
+import functools
+
 import numpy as np
-from numba import njit
+from numba import config, njit
+from numba.core.registry import CPUDispatcher
 
 from .. import spec
 from . import rng
@@ -50,7 +53,51 @@ FUSED_MAX_ROWS = 4
 #: elements of the gradient buffer reused as the fused path's block scratch (L1-sized)
 FUSED_SCRATCH = 4096
 
-_jit = njit(cache=True, nogil=True, error_model="numpy")
+_OPTIONS = {"nogil": True, "error_model": "numpy"}
+
+#: the drivers, the functions Python calls (:func:`train_batches`, :func:`evaluate`,
+#: :func:`loss_and_gradient`): each compiled with its callees into one library, kept in
+#: Numba's on-disk cache
+_entry = njit(cache=True, **_OPTIONS)
+
+
+class CompiledOnly(CPUDispatcher):
+    """A kernel called only from compiled code: Numba compiles it into its callers'
+    libraries without the CPython and C-function wrappers a Python call would need, and
+    does not cache it on its own (the cached drivers hold it). A first fit on an empty
+    cache compiles less that way (``benchmarks/README.md``, section 10). A call from
+    Python raises instead of running code that has no entry point for it; tests and
+    prototypes use :func:`python_callable`."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.py_func.__qualname__} is compiled only into the kernels that call it; "
+                        "call it from Python through fastbp.kernels.cpu.python_callable(kernel)")
+
+
+def compiled_only(**options):
+    """Decorator: a :class:`CompiledOnly` kernel with the Numba ``options``
+    (``nogil``/``error_model`` by default; under ``NUMBA_DISABLE_JIT`` the plain function)."""
+    def wrap(func):
+        if config.DISABLE_JIT:
+            return func
+        targetoptions = {"nopython": True, **_OPTIONS, **options, "no_cpython_wrapper": True,
+                         "no_cfunc_wrapper": True}
+        return CompiledOnly(func, locals={}, targetoptions=targetoptions)
+    return wrap
+
+
+@functools.cache
+def python_callable(kernel):
+    """A copy of a :class:`CompiledOnly` kernel that Python can call (compiled with the same
+    options, not cached on disk): for tests and prototypes. Anything else is returned as is."""
+    if not isinstance(kernel, CompiledOnly):
+        return kernel
+    options = {key: value for key, value in kernel.targetoptions.items()
+               if key not in ("no_cpython_wrapper", "no_cfunc_wrapper", "nopython")}
+    return njit(**options)(kernel.py_func)
+
+
+_jit = compiled_only()
 
 
 # --- views into the flat buffers --------------------------------------------------
@@ -317,7 +364,7 @@ def correct_count(a, targets, out_code):
 # divergence check; no FMA contraction either, so the parameter arithmetic is the
 # same wherever the function is inlined (checkpointing is tested bitwise against
 # the plain path).
-_jit_fast = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+_jit_fast = compiled_only(fastmath={"reassoc"})
 
 
 @_jit_fast
@@ -701,8 +748,9 @@ def forward_step(net, work, l, a_in, dropout, batchnorm, step, replay):
 
 @_jit
 def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused):
-    """Layer l's gradient (dW, db; with BN dγ, dβ) into ``opt.grad`` — or, ``fused``, its
+    """Layer l's gradient (dW, db; with BN dγ, dβ) into ``opt.grad`` — or, ``fused`` True, its
     optimizer step at once — and δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}) (⊙ mask^{l-1}).
+    ``fused`` None: never fused (no fused code is compiled).
     ``prev`` is (z^{l-1}, a^{l-1}) undropped ((x, x) for l = 0). Returns (δ^{l-1}, penalty
     of a fused step); δ^{l-1} sits in the other half of the ping-pong ``work.deltas``."""
     layout = net.layout
@@ -723,7 +771,7 @@ def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fus
                         net.theta[g_off:g_off + cols], batchnorm.stats[total + stat:total + stat + cols],
                         opt.grad[g_off:g_off + cols], bias_grad)
             bias_grad = batchnorm.scratch[:cols]  # Σ du: meaningless where the bias slot holds β
-    if not fused:
+    if fused is None or not fused:
         weight_gradient(a_in, delta, weights_view(opt.grad, layout, l), bias_grad)
     delta_prev = delta
     if l > 0:
@@ -735,8 +783,9 @@ def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fus
             if mask_offset >= 0:
                 apply_mask(delta_prev, rows_view(dropout.masks, mask_offset, rows, fan_in), delta_prev)
     penalty = 0.0
-    if fused:
-        penalty = fused_update_layer(net, opt, hyper, l, a_in, delta)
+    if fused is not None:
+        if fused:
+            penalty = fused_update_layer(net, opt, hyper, l, a_in, delta)
     return delta_prev, penalty
 
 
@@ -826,10 +875,11 @@ def batch_hyper(hyper, weights, scale):
 @_jit
 def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fused):
     """Forward, loss and backward of one batch: the batch-mean gradient into ``opt.grad``
-    or, ``fused``, each layer's optimizer step as soon as its δ is known (after δ^{l-1}
-    has been formed with the old W^l). With ``checkpoint`` only the segment boundaries
-    are kept and each segment is recomputed (the same calls on the same inputs: the
-    same bits) before its backward pass. Returns (loss sum, correct, fused penalty)."""
+    or, ``fused`` True, each layer's optimizer step as soon as its δ is known (after δ^{l-1}
+    has been formed with the old W^l; None: never, and no fused code is compiled). With
+    ``checkpoint`` only the segment boundaries are kept and each segment is recomputed
+    (the same calls on the same inputs: the same bits) before its backward pass.
+    Returns (loss sum, correct, fused penalty)."""
     n_layers = net.layout.shape[0]
     rows = x.shape[0]
     if checkpoint is None:
@@ -892,11 +942,23 @@ def gather_rows(source, perm, start, rows, out):
 
 
 @_jit
-def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, checkpoint):
-    """Batches ``first``..``stop``-1 of the epoch's permutation (batches of ``work.bmax``
-    rows, the last may be partial), each gathered, passed forward and backward and
-    applied by the optimizer, in one compiled call; the caller splits an epoch into such
-    ranges to return to Python regularly. ``work.sums[0]`` accumulates Σ_batches
+def fused_rows(fuse, rows):
+    """Is a batch of ``rows`` rows fused (gradient and step in one pass,
+    :func:`fused_update_layer`)? None where ``fuse`` is None (no fused code is compiled)."""
+    if fuse is None:
+        return None
+    return rows <= fuse
+
+
+@_entry
+def train_batches(net, opt, hyper, work, data, batches, dropout, batchnorm, checkpoint, fuse):
+    """Batches ``first``..``stop``-1 (``batches`` = (first, stop)) of the epoch's permutation
+    (batches of ``work.bmax`` rows, the last may be partial), each gathered, passed forward
+    and backward and applied by the optimizer, in one compiled call; the caller splits an
+    epoch into such ranges to return to Python regularly. ``fuse``: None, or the row
+    count up to which a batch's gradient and step are fused (:data:`FUSED_MAX_ROWS`;
+    the caller passes it only where such a batch occurs and neither norm clipping,
+    dropout nor batchnorm is on, so a plain fit compiles no fused code). ``work.sums[0]`` accumulates Σ_batches
     b·(loss_b + penalty_b) and ``work.counts[0]`` the correct count over the epoch (both
     reset when ``first`` is 0). With ``data.weights`` a batch's objective is
     (Σ w_i ℓ_i + B·penalty)/Σw (``reference.train_epoch``); a batch whose weights sum
@@ -904,10 +966,10 @@ def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, 
     """
     n = data.perm.shape[0]
     bmax = work.bmax
+    first, stop = batches
     if first == 0:
         work.sums[0] = 0.0
         work.counts[0] = 0
-    small_batches_fuse = hyper.clip_norm <= 0 and dropout is None and batchnorm is None
     for b in range(first, stop):
         start = b * bmax
         rows = min(bmax, n - start)
@@ -922,25 +984,25 @@ def train_batches(net, opt, hyper, work, data, first, stop, dropout, batchnorm, 
         gather_rows(data.X, data.perm, start, rows, x)
         gather_rows(data.Y, data.perm, start, rows, y)
         opt.step[0] += 1
-        fused = small_batches_fuse and rows <= FUSED_MAX_ROWS
+        fused = fused_rows(fuse, rows)
         loss, hits, penalty = batch_pass(net, opt, step_hyper, work, x, y, dropout, batchnorm, checkpoint, fused)
-        if not fused:
+        if fuse is None or not fused:
             penalty = update_params(net, opt, step_hyper)
         work.sums[0] += loss * scale + rows * penalty
         work.counts[0] += hits
 
 
-@_jit
+@_entry
 def loss_and_gradient(net, opt, hyper, work, X, Y, batchnorm):
     """Full-batch summed data loss and its batch-mean gradient into ``opt.grad`` (batchnorm
     with the batch statistics; mode 1 leaves the running ones alone); with
     ``work.row_weights`` (the rows' weights) Σ w_i ℓ_i and the weighted mean. ``hyper`` is
     not used (no step is taken) but keeps the types of ``train_batches``' callees."""
-    loss, _, _ = batch_pass(net, opt, hyper, work, X, Y, None, batchnorm, None, False)
+    loss, _, _ = batch_pass(net, opt, hyper, work, X, Y, None, batchnorm, None, None)
     return loss
 
 
-@_jit
+@_entry
 def evaluate(net, work, X, Y, batchnorm, out, weights):
     """Over the rows of X in chunks of ``work.bmax``, no dropout: the summed data loss
     (Σ w_i ℓ_i with ``weights``, unless None) and correct count against Y (unless Y is

@@ -26,7 +26,8 @@ from numba import njit
 from . import cpu
 from .simd import LANES, vfma, vload, vsplat, vstore, vzero
 
-_jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+_jit = cpu.compiled_only(boundscheck=False)
+_entry = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 #: where this path beat the BLAS path (``python -m benchmarks.prototypes.small_crossover``,
 #: whole training steps of float32 w-w-10 ReLU/softmax-CE/Adam networks, w in 16, 64,
@@ -116,7 +117,7 @@ def transpose_into(source, target):
             target[j, i] = source[i, j]
 
 
-@_jit
+@cpu.compiled_only(boundscheck=False, inline="always")  # one caller: one function less to compile
 def batch_pass(net, opt, work, x, y, small):
     """``cpu.batch_pass`` of a plain fit with :func:`gemm` for the products: the batch-mean
     gradient into ``opt.grad``; returns (loss sum, correct count)."""
@@ -151,12 +152,14 @@ def batch_pass(net, opt, work, x, y, small):
     return loss, correct
 
 
-@_jit
-def train_batches(net, opt, hyper, work, data, first, stop, small):
+@_entry
+def train_batches(net, opt, hyper, work, data, batches, small):
     """``cpu.train_batches`` for a plain fit (no dropout or batchnorm; sample weights as
-    there) on the small path: each batch gathered, :func:`batch_pass`, ``cpu.update_params``."""
+    there) on the small path: batches ``batches`` = (first, stop), each gathered,
+    :func:`batch_pass`, ``cpu.update_params``."""
     n = data.perm.shape[0]
     bmax = work.bmax
+    first, stop = batches
     if first == 0:
         work.sums[0] = 0.0
         work.counts[0] = 0

@@ -1,0 +1,78 @@
+"""How the CPU core is compiled: drivers cached on disk, every other kernel compiled only
+into its callers (``kernels.cpu.compiled_only``), and optional modes absent from the
+machine code of a fit that does not use them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import config
+from numba.core.caching import NullCache
+
+from fastbp.kernels import cpu, cpu_small
+
+#: the functions Python calls; everything else in the CPU kernel modules is compiled-only
+ENTRIES = {cpu.train_batches, cpu.evaluate, cpu.loss_and_gradient, cpu_small.train_batches}
+
+pytestmark = pytest.mark.skipif(config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT: no dispatchers")
+
+
+def dispatchers(module):
+    return [value for value in vars(module).values() if hasattr(value, "py_func") and hasattr(value, "targetoptions")]
+
+
+@pytest.mark.parametrize("module", [cpu, cpu_small], ids=["cpu", "cpu_small"])
+def test_every_kernel_is_an_entry_or_compiled_only(module):
+    kernels = dispatchers(module)
+    assert len(kernels) >= 5
+    for kernel in kernels:
+        if kernel in ENTRIES:
+            assert not isinstance(kernel._cache, NullCache), f"{kernel.py_func.__name__}: an entry must be cached"
+        else:
+            assert isinstance(kernel, cpu.CompiledOnly), f"{kernel.py_func.__name__} is neither"
+            assert isinstance(kernel._cache, NullCache)
+
+
+def test_a_python_call_of_a_compiled_only_kernel_says_what_to_do():
+    z = np.zeros((2, 3))
+    with pytest.raises(TypeError, match="forward_epilogue.*python_callable"):
+        cpu.forward_epilogue(z, np.zeros(3), cpu.RELU, z.copy())
+
+
+def test_python_callable_copy_computes_the_kernel():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5, 7))
+    bias = rng.normal(size=7)
+    a = np.empty_like(z)
+    expected = z + bias
+    cpu.python_callable(cpu.forward_epilogue)(z, bias, cpu.RELU, a)
+    np.testing.assert_array_equal(z, expected)
+    np.testing.assert_array_equal(a, np.maximum(expected, 0))
+    assert cpu.python_callable(cpu.train_batches) is cpu.train_batches  # entries are callable already
+
+
+COLD = """
+import json, numpy as np, fastbp
+from fastbp.kernels import cpu
+rng = np.random.default_rng(0)
+X = rng.normal(size=(32, 6))
+net = fastbp.MLP([6, 9, 3], activation="tanh", output="softmax", seed=0, dtype="float64")
+net.fit(X, rng.integers(0, 3, 32), optimizer=fastbp.Adam(1e-2), epochs=1, batch_size=8, seed=1)
+print(json.dumps({k.py_func.__name__: len(k.overloads) for k in (
+    cpu.forward_step, cpu.backward_step, cpu.fused_update_layer, cpu.draw_mask, cpu.bn_forward, cpu.bn_backward)}))
+"""
+
+
+def test_a_plain_fit_compiles_no_fused_dropout_or_batchnorm_code(tmp_path):
+    """On an empty Numba cache, a fit with whole batches of 8 rows, no dropout and no
+    batchnorm compiles the layer walk and nothing of the optional modes."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", COLD], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr
+    compiled = json.loads(run.stdout.strip().splitlines()[-1])
+    assert compiled["forward_step"] >= 1 and compiled["backward_step"] >= 1
+    assert compiled["fused_update_layer"] == compiled["draw_mask"] == 0
+    assert compiled["bn_forward"] == compiled["bn_backward"] == 0
