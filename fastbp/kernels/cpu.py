@@ -809,23 +809,34 @@ def segment_input(x, net, work, checkpoint, dropout, start):
 
 
 @_jit
+def output_layer(net, work, a_in, y, row_weights, delta_scale):
+    """The output layer on ``a_in`` (it has neither batchnorm nor dropout): z^L = a_in·W^L
+    into the workspace, then :func:`output_loss` with its epilogue (fused with the loss
+    for softmax–cross-entropy: each exp once, the same bits as the epilogue and
+    :func:`output_delta` in turn)."""
+    layout = net.layout
+    last = layout.shape[0] - 1
+    z, _ = cached_layer(work, last, a_in.shape[0], layout[last, 1])
+    np.dot(a_in, weights_view(net.theta, layout, last), z)
+    return output_loss(net, work, y, row_weights, delta_scale, bias_view(net.theta, layout, last))
+
+
+@_jit
 def output_loss(net, work, y, row_weights, delta_scale, bias):
     """(loss sum, correct count, δ^L) from the output layer cached in the workspace;
     δ^L (scaled by ``delta_scale``, 1/B — 1/Σw with weights — in training) at the start
     of ``work.deltas``; with ``row_weights`` (None: all 1) the loss sum is Σ w_i ℓ_i.
-    ``bias`` None: the cached z and a are complete; else z is the bare product a·W and
-    the output layer's epilogue runs here first (fused with the loss for
-    softmax–cross-entropy: each exp once)."""
+    z is the bare product a·W: the output layer's epilogue (bias ``bias``) runs here
+    first (fused with the loss for softmax–cross-entropy)."""
     n_layers = net.layout.shape[0]
     rows, k = y.shape[0], net.layout[n_layers - 1, 1]
     z_out, a_out = cached_layer(work, n_layers - 1, rows, k)
     delta = rows_view(work.deltas, np.int64(0), rows, k)  # int64, not Literal[int](0): one specialisation
     out_code = net.codes[n_layers - 1]
-    if bias is not None:
-        if out_code == SOFTMAX and net.loss_code == CE:
-            loss = softmax_cross_entropy(z_out, bias, a_out, y, delta_scale, row_weights, delta)
-            return loss, correct_count(a_out, y, out_code), delta
-        forward_epilogue(z_out, bias, out_code, a_out)
+    if out_code == SOFTMAX and net.loss_code == CE:
+        loss = softmax_cross_entropy(z_out, bias, a_out, y, delta_scale, row_weights, delta)
+        return loss, correct_count(a_out, y, out_code), delta
+    forward_epilogue(z_out, bias, out_code, a_out)
     loss = output_delta(z_out, a_out, y, out_code, net.loss_code, delta_scale, row_weights, delta)
     return loss, correct_count(a_out, y, out_code), delta
 
@@ -881,25 +892,26 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
     (the same calls on the same inputs: the same bits) before its backward pass.
     Returns (loss sum, correct, fused penalty)."""
     n_layers = net.layout.shape[0]
+    last = n_layers - 1
     rows = x.shape[0]
     if checkpoint is None:
         a = x
-        for l in range(n_layers):
+        for l in range(last):
             a = forward_step(net, work, l, a, dropout, batchnorm, opt.step[0], False)
     else:
         n_seg = checkpoint.starts.shape[0] - 1
         for g in range(n_seg):
             start, stop = checkpoint.starts[g], checkpoint.starts[g + 1]
             a = segment_input(x, net, work, checkpoint, dropout, start)
-            for l in range(start, stop):
+            for l in range(start, min(stop, last)):
                 a = forward_step(net, work, l, a, dropout, batchnorm, opt.step[0], False)
             if g < n_seg - 1:
                 cols, kept = net.layout[stop - 1, 1], checkpoint.kept_offsets[stop - 1]
                 z, a_kept = cached_layer(work, stop - 1, rows, cols)
                 rows_view(checkpoint.kept_z, kept, rows, cols)[...] = z
                 rows_view(checkpoint.kept_a, kept, rows, cols)[...] = a_kept
-    loss, correct, delta = output_loss(net, work, y, leading_rows(work.row_weights, 0, rows),
-                                       1.0 / weight_total(work.row_weights, rows), None)
+    loss, correct, delta = output_layer(net, work, a, y, leading_rows(work.row_weights, np.int64(0), rows),
+                                        1.0 / weight_total(work.row_weights, rows))
     penalty = 0.0
     if checkpoint is None:
         for l in range(n_layers - 1, -1, -1):
@@ -1011,16 +1023,18 @@ def evaluate(net, work, X, Y, batchnorm, out, weights):
     n_layers = net.layout.shape[0]
     total = 0.0
     correct = 0
+    last = n_layers - 1
     for start in range(0, n, work.bmax):
         rows = min(work.bmax, n - start)
         a = X[start:start + rows]
-        for l in range(n_layers):
+        for l in range(last):
             a = forward_step(net, work, l, a, None, batchnorm, np.int64(0), False)  # as batch_pass types it
-        if out is not None:
-            out[start:start + rows] = a
         if Y is not None:
-            loss, hits, _ = output_loss(net, work, Y[start:start + rows], leading_rows(weights, start, rows), 1.0,
-                                          None)
+            loss, hits, _ = output_layer(net, work, a, Y[start:start + rows], leading_rows(weights, start, rows), 1.0)
             total += loss
             correct += hits
+        else:
+            a = forward_step(net, work, last, a, None, batchnorm, np.int64(0), False)
+        if out is not None:
+            out[start:start + rows] = cached_layer(work, last, rows, net.layout[last, 1])[1]
     return total, correct

@@ -96,13 +96,14 @@ def gemm(A, B, out, small):
             _tile16(A, B, out, i0, j0)
     if n16 < n:  # the last n mod 16 columns, through zero-padded copies
         width = n - n16
-        padded_b = cpu.rows_view(small.pad_b, np.int64(0), k, TILE_COLS)
-        padded_out = cpu.rows_view(small.pad_out, np.int64(0), m, TILE_COLS)
+        cols, zero = np.int64(TILE_COLS), np.int64(0)  # int64, not literals: one specialisation of each callee
+        padded_b = cpu.rows_view(small.pad_b, zero, k, cols)
+        padded_out = cpu.rows_view(small.pad_out, zero, m, cols)
         for q in range(k):
             for t in range(TILE_COLS):
                 padded_b[q, t] = B[q, n16 + t] if t < width else 0
         for i0 in range(0, m, TILE_ROWS):
-            _tile16(A, padded_b, padded_out, i0, 0)
+            _tile16(A, padded_b, padded_out, i0, zero)
         for i in range(m):
             for t in range(width):
                 out[i, n16 + t] = padded_out[i, t]
@@ -131,7 +132,7 @@ def batch_pass(net, opt, work, x, y, small):
         if l < n_layers - 1:  # the output layer's epilogue runs inside output_loss
             cpu.forward_epilogue(z, cpu.bias_view(theta, layout, l), codes[l], a_out)
         a = a_out
-    loss, correct, delta = cpu.output_loss(net, work, y, cpu.leading_rows(work.row_weights, 0, rows),
+    loss, correct, delta = cpu.output_loss(net, work, y, cpu.leading_rows(work.row_weights, np.int64(0), rows),
                                            1.0 / cpu.weight_total(work.row_weights, rows),
                                            cpu.bias_view(theta, layout, n_layers - 1))
     half = work.deltas.shape[0] // 2
