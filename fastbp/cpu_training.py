@@ -132,13 +132,6 @@ class CpuEngine:
         self.work, self.checkpoint = workspace(net, self.bmax, segments, sample_weight is not None)
         self.dropout = dropout_bundle(net, self.bmax)
         self.batchnorm = batchnorm_bundle(net, self.work, 2)
-        #: batches of at most this many rows fuse gradient and step (``cpu.fused_update_layer``);
-        #: None where no batch is that small or clipping by norm, dropout or batchnorm is on,
-        #: so that the driver is compiled without the fused code
-        partial = X.shape[0] % self.bmax
-        tiny = self.bmax <= cpu.FUSED_MAX_ROWS or 0 < partial <= cpu.FUSED_MAX_ROWS
-        plain = clip_norm <= 0 and self.dropout is None and self.batchnorm is None
-        self.fuse = cpu.FUSED_MAX_ROWS if tiny and plain else None
         self._live = (net.theta, state.state1, state.state2, net.bn_running)
         self._backup = [np.empty_like(a) for a in self._live]
         self._step = 0
@@ -159,7 +152,7 @@ class CpuEngine:
             dropout = dropout._replace(seed=self.seed, epoch=int(epoch))
         cpu.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
                           Data(self.X, self.Y, perm, self.sample_weight), (int(first), int(stop)), dropout,
-                          self.batchnorm, self.checkpoint, self.fuse)
+                          self.batchnorm, self.checkpoint)
         return float(self.work.sums[0]), int(self.work.counts[0])
 
     def finite(self):
@@ -223,14 +216,13 @@ def loss_and_gradient(net, X, Y, loss_code, weights=None):
     """(mean data loss, flat batch-mean gradient) over the full batch X, Y (batchnorm:
     batch statistics, running statistics untouched); with ``weights`` (float64, one per
     row) the weighted mean Σ w_i ℓ_i / Σw and its gradient. Scratch is allocated per call."""
-    from .optimizers import SGD
     grad = np.zeros(net.n_params, dtype=net.dtype)
     state = _GradientState(grad)
     work, _ = workspace(net, X.shape[0], weighted=weights is not None)
     if weights is not None:
         work.row_weights[...] = weights
-    loss = cpu.loss_and_gradient(network_bundle(net, loss_code), optimizer_bundle(net, state, 0),
-                                 hyper_bundle(SGD(0.01), 0.0), work, X, Y, batchnorm_bundle(net, work, 1))
+    loss = cpu.loss_and_gradient(network_bundle(net, loss_code), optimizer_bundle(net, state, 0), work, X, Y,
+                                 batchnorm_bundle(net, work, 1))
     return loss / (X.shape[0] if weights is None else weights.sum()), grad
 
 

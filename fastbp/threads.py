@@ -98,6 +98,20 @@ def blas_pools():
     return _pools
 
 
+def kernel_blas_architecture():
+    """The CPU kernel family of the BLAS that Numba's np.dot calls, as OpenBLAS names it
+    (lower case: "haswell", "zen", "skylakex", ...; threadpoolctl's ``architecture``),
+    or None when unknown (no threadpoolctl, or not an OpenBLAS)."""
+    pools = blas_pools()
+    if pools is None:
+        return None
+    for lib in pools[0].lib_controllers:
+        architecture = lib.info().get("architecture")
+        if architecture:
+            return str(architecture).lower()
+    return None
+
+
 @contextmanager
 def blas_threads(sizes, rows, threads=None):
     """Within the block, the kernels' BLAS pool runs :func:`choose_threads` threads

@@ -62,11 +62,11 @@ X = rng.normal(size=(32, 6))
 net = fastbp.MLP([6, 9, 3], activation="tanh", output="softmax", seed=0, dtype="float64")
 net.fit(X, rng.integers(0, 3, 32), optimizer=fastbp.Adam(1e-2), epochs=1, batch_size=8, seed=1)
 print(json.dumps({k.py_func.__name__: len(k.overloads) for k in (
-    cpu.forward_step, cpu.backward_step, cpu.fused_update_layer, cpu.draw_mask, cpu.bn_forward, cpu.bn_backward)}))
+    cpu.forward_step, cpu.backward_step, cpu.draw_mask, cpu.bn_forward, cpu.bn_backward)}))
 """
 
 
-def test_a_plain_fit_compiles_no_fused_dropout_or_batchnorm_code(tmp_path):
+def test_a_plain_fit_compiles_no_dropout_or_batchnorm_code(tmp_path):
     """On an empty Numba cache, a fit with whole batches of 8 rows, no dropout and no
     batchnorm compiles the layer walk and nothing of the optional modes."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
@@ -74,5 +74,4 @@ def test_a_plain_fit_compiles_no_fused_dropout_or_batchnorm_code(tmp_path):
     assert run.returncode == 0, run.stderr
     compiled = json.loads(run.stdout.strip().splitlines()[-1])
     assert compiled["forward_step"] >= 1 and compiled["backward_step"] >= 1
-    assert compiled["fused_update_layer"] == compiled["draw_mask"] == 0
-    assert compiled["bn_forward"] == compiled["bn_backward"] == 0
+    assert compiled["draw_mask"] == compiled["bn_forward"] == compiled["bn_backward"] == 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import cpu_training, reference, spec
+from fastbp import cpu_training, reference, spec, threads
 from fastbp.kernels import cpu_small
 from fastbp.kernels.cpu import python_callable
 from fastbp.bench import synthetic
@@ -145,28 +145,46 @@ def test_small_and_blas_paths_agree_to_rounding(monkeypatch):
 
 
 def test_path_choice_follows_the_table():
-    assert cpu_small.wins([64, 128, 10], 32, "float32")
-    assert cpu_small.wins([17, 33, 5], 4, "float32")
-    assert cpu_small.wins([64, 256, 10], 32, "float32")
-    assert not cpu_small.wins([17, 33, 5], 1, "float32")          # batch 1: BLAS won at every width
-    assert not cpu_small.wins([64, 128, 10], 32, "float64")      # the tiles are float32
-    assert not cpu_small.wins([784, 256, 10], 1, "float32")      # wider than any measured win
-    assert not cpu_small.wins([64, 256, 10], 128, "float32")     # a tie at 256 × 128: BLAS
-    assert not cpu_small.wins([64, 128, 10], 129, "float32")     # past the largest measured batch
+    def wins(sizes, batch, dtype="float32"):
+        return cpu_small.wins(sizes, batch, dtype, "haswell")
+    assert wins([64, 128, 10], 32)
+    assert wins([17, 33, 5], 4)
+    assert wins([64, 256, 10], 32)
+    assert not wins([17, 33, 5], 1)              # batch 1: BLAS won at every width
+    assert not wins([64, 128, 10], 32, "float64")  # the tiles are float32
+    assert not wins([784, 256, 10], 1)           # wider than any measured win
+    assert not wins([64, 256, 10], 128)          # a tie at 256 × 128: BLAS
+    assert not wins([64, 128, 10], 129)          # past the largest measured batch
+    assert cpu_small.wins([64, 128, 10], 32, "float32", "zen")
+    assert not cpu_small.wins([17, 33, 5], 4, "float32", "skylakex")  # AVX-512 OpenBLAS won everywhere
+    assert not cpu_small.wins([17, 33, 5], 4, "float32", "unknown")   # not measured: BLAS
+
+
+def small_engine_taken(net, X, Y):
+    engine = cpu_training.CpuEngine(net, X.astype(net.dtype), Y.astype(net.dtype), FitState(net.n_params, net.dtype),
+                                    batch_size=8, optimizer=fastbp.Adam(0.01), loss_code=spec.CROSS_ENTROPY,
+                                    l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0)
+    return engine.small is not None
+
+
+def test_engine_takes_the_path_from_this_machines_blas(monkeypatch):
     X, Y = make_data(20, [5, 9, 3], "softmax", np.float32)
+    monkeypatch.setattr(threads, "kernel_blas_architecture", lambda: "haswell")
     for net, expect in [(fastbp.MLP([5, 9, 3], dtype="float32"), True),
                         (fastbp.MLP([5, 9, 3], dtype="float32", dropout=0.2), False),
                         (fastbp.MLP([5, 9, 3], dtype="float64"), False)]:
-        engine = cpu_training.CpuEngine(net, X.astype(net.dtype), Y.astype(net.dtype),
-                                        FitState(net.n_params, net.dtype), batch_size=8,
-                                        optimizer=fastbp.Adam(0.01), loss_code=spec.CROSS_ENTROPY, l1=0.0,
-                                        l2=0.0, clip_norm=0.0, clip_value=0.0)
-        assert (engine.small is not None) == expect
+        assert small_engine_taken(net, X, Y) == expect
+    monkeypatch.setattr(threads, "kernel_blas_architecture", lambda: "skylakex")
+    assert not small_engine_taken(fastbp.MLP([5, 9, 3], dtype="float32"), X, Y)
+    monkeypatch.undo()
+    real = threads.kernel_blas_architecture()  # SciPy's OpenBLAS (a test dependency) names its kernels
+    assert isinstance(real, str) and real == real.lower() and real
 
 
-def test_checkpointing_keeps_the_plain_fits_bits():
+def test_checkpointing_keeps_the_plain_fits_bits(monkeypatch):
     """A checkpointed fit that the table sends to the small path takes it too (the whole
     activation cache is small), so checkpoint=True still trains the plain fit's bits."""
+    monkeypatch.setattr(threads, "kernel_blas_architecture", lambda: "haswell")
     X, Y = make_data(40, [9, 12, 12, 12, 3], "softmax", np.float32, seed=3)
     plain, ckpt = (fastbp.MLP([9, 12, 12, 12, 3], seed=2, dtype="float32") for _ in range(2))
     plain.fit(X, Y, epochs=2, batch_size=16)
@@ -174,7 +192,7 @@ def test_checkpointing_keeps_the_plain_fits_bits():
     assert cpu_small.wins(plain.sizes, 16, "float32")
     assert np.array_equal(plain.theta, ckpt.theta)
     deep = [64] + [64] * 80 + [10]                       # 128 rows: 5.3 MB of z and a
-    assert max(deep) <= cpu_small.FASTER_THAN_BLAS[128]  # narrow enough: only the cache refuses it
+    assert max(deep) <= cpu_small.FASTER_THAN_BLAS["haswell"][128]  # narrow enough: only the cache refuses it
     assert not cpu_small.wins(deep, 128, "float32")
 
 

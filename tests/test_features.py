@@ -623,7 +623,7 @@ def test_checkpointed_gradient_matches_plain_and_reference(k):
         state = cpu_training._GradientState(np.zeros(net.n_params))
         cpu.python_callable(cpu.batch_pass)(
             cpu_training.network_bundle(net, 2), cpu_training.optimizer_bundle(net, state, 0),
-            cpu_training.hyper_bundle(fastbp.SGD()), work, X, Y, None, None, checkpoint, False)
+            work, X, Y, None, None, checkpoint)
         grads.append(state.grad)
         works.append((work, checkpoint))
     np.testing.assert_array_equal(grads[1], grads[0])
@@ -827,11 +827,8 @@ def test_checkpointing_is_bitwise_on_random_architectures(widths, k, n, batch_si
     loss = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}[output]
     X, Y = make_data(n, sizes, output, np.float64, seed=n)
     nets = [fastbp.MLP(sizes, activation=activation, output=output, seed=1, dtype="float64") for _ in range(2)]
-    # A clip_norm that never triggers keeps the plain path off its fused small-batch update
-    # (dW formed in a loop instead of BLAS: equal to rounding, not bitwise; tested in
-    # test_kernels_vs_reference), so both runs use the same gradient arithmetic.
     kwargs = dict(loss=loss, optimizer=fastbp.Adam(0.01), epochs=2, batch_size=batch_size,
-                  gradient_warnings=False, clip_norm=1e30)
+                  gradient_warnings=False)
     h0 = nets[0].fit(X, Y, **kwargs)
     h1 = nets[1].fit(X, Y, checkpoint=k, **kwargs)
     np.testing.assert_array_equal(nets[0].theta, nets[1].theta)

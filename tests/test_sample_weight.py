@@ -66,7 +66,7 @@ def test_weighted_evaluate_and_gradient_match_reference(dtype):
     assert result["loss"] != pytest.approx(losses.mean(), rel=1e-3)  # the weights matter
 
 
-@pytest.mark.parametrize("batch_size", [3, 5])  # 3: the fused small-batch update
+@pytest.mark.parametrize("batch_size", [3, 5])
 def test_unit_weights_equal_no_weights_bitwise(batch_size, dtype):
     X, Y = make_data(N, SIZES, "softmax", dtype, seed=6)
     plain, weighted = network("softmax", dtype), network("softmax", dtype)

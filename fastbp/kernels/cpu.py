@@ -47,12 +47,6 @@ OPT_SGD, OPT_MOMENTUM, OPT_NESTEROV, OPT_RMSPROP, OPT_ADAM = (
     spec.OPT_SGD, spec.OPT_MOMENTUM, spec.OPT_NESTEROV, spec.OPT_RMSPROP, spec.OPT_ADAM)
 LEAKY_SLOPE = spec.LEAKY_SLOPE
 
-#: batches of at most this many rows form the gradient inside the update
-#: (``fused_update_layer``) instead of through a separate GEMM and buffer
-FUSED_MAX_ROWS = 4
-#: elements of the gradient buffer reused as the fused path's block scratch (L1-sized)
-FUSED_SCRATCH = 4096
-
 _OPTIONS = {"nogil": True, "error_model": "numpy"}
 
 #: the drivers, the functions Python calls (:func:`train_batches`, :func:`evaluate`,
@@ -532,54 +526,6 @@ def update_params(net, opt, hyper):
     return penalty
 
 
-@_jit
-def fused_update_layer(net, opt, hyper, l, a_prev, delta):
-    """Gradient and optimizer step of layer l in one pass, for small batches: the rows
-    of dW = a_prevᵀ·δ are formed block by block in a cache-sized scratch (the start of
-    ``opt.grad``) and applied at once, so the full gradient never goes through memory.
-    Same result as ``weight_gradient`` + ``update_params`` without norm clipping;
-    returns the penalty.
-    """
-    theta, state1, state2, layout = net.theta, opt.state1, opt.state2, net.layout
-    scratch, opt_code, diagnostics = opt.grad[:FUSED_SCRATCH], opt.code, opt.diagnostics
-    consts = step_constants(theta, hyper, opt.step[0])
-    cast = theta.dtype.type
-    l1, l2 = cast(hyper.l1), cast(hyper.l2)
-    fan_in, fan_out, w_off, b_off = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-    rows = delta.shape[0]
-    block = max(1, scratch.shape[0] // fan_out)
-    one = cast(1)
-    grad_sq, step_sq, weight_sq, penalty = 0.0, 0.0, 0.0, 0.0
-    for i0 in range(0, fan_in, block):
-        i1 = min(i0 + block, fan_in)
-        grad_block = scratch[:(i1 - i0) * fan_out]
-        for i in range(i0, i1):
-            grad_row = grad_block[(i - i0) * fan_out:(i - i0 + 1) * fan_out]
-            grad_row[:] = 0
-            for r in range(rows):
-                a = a_prev[r, i]
-                delta_row = delta[r]
-                for j in range(fan_out):
-                    grad_row[j] += a * delta_row[j]
-        start, stop = w_off + i0 * fan_out, w_off + i1 * fan_out
-        g, st, w, p = _update_range(theta[start:stop], grad_block, state1[start:stop],
-                                    state2[start:stop], opt_code, consts, l1, l2, one)
-        grad_sq += g
-        step_sq += st
-        weight_sq += w
-        penalty += p
-    grad_bias = scratch[:fan_out]
-    grad_bias[:] = 0
-    for r in range(rows):
-        delta_row = delta[r]
-        for j in range(fan_out):
-            grad_bias[j] += delta_row[j]
-    g, _, _, _ = _update_range(theta[b_off:b_off + fan_out], grad_bias, state1[b_off:b_off + fan_out],
-                               state2[b_off:b_off + fan_out], opt_code, consts, l1 * 0, l2 * 0, one)
-    _record(diagnostics, l, grad_sq + g, step_sq, weight_sq)
-    return penalty
-
-
 # --- batch normalization -------------------------------------------------------------------
 #
 # A hidden layer l with BN computes u = a^{l-1}·W (its bias slot is the shift β),
@@ -747,12 +693,11 @@ def forward_step(net, work, l, a_in, dropout, batchnorm, step, replay):
 
 
 @_jit
-def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused):
-    """Layer l's gradient (dW, db; with BN dγ, dβ) into ``opt.grad`` — or, ``fused`` True, its
-    optimizer step at once — and δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}) (⊙ mask^{l-1}).
-    ``fused`` None: never fused (no fused code is compiled).
-    ``prev`` is (z^{l-1}, a^{l-1}) undropped ((x, x) for l = 0). Returns (δ^{l-1}, penalty
-    of a fused step); δ^{l-1} sits in the other half of the ping-pong ``work.deltas``."""
+def backward_step(net, opt, work, l, prev, delta, dropout, batchnorm):
+    """Layer l's gradient (dW, db; with BN dγ, dβ) into ``opt.grad`` and
+    δ^{l-1} = (δ^l·W^{lᵀ}) ⊙ f'(z^{l-1}) (⊙ mask^{l-1}).
+    ``prev`` is (z^{l-1}, a^{l-1}) undropped ((x, x) for l = 0). Returns δ^{l-1}, in the
+    other half of the ping-pong ``work.deltas``."""
     layout = net.layout
     rows, cols, fan_in = delta.shape[0], layout[l, 1], layout[l, 0]
     z_prev, a_prev = prev
@@ -771,8 +716,7 @@ def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fus
                         net.theta[g_off:g_off + cols], batchnorm.stats[total + stat:total + stat + cols],
                         opt.grad[g_off:g_off + cols], bias_grad)
             bias_grad = batchnorm.scratch[:cols]  # Σ du: meaningless where the bias slot holds β
-    if fused is None or not fused:
-        weight_gradient(a_in, delta, weights_view(opt.grad, layout, l), bias_grad)
+    weight_gradient(a_in, delta, weights_view(opt.grad, layout, l), bias_grad)
     delta_prev = delta
     if l > 0:
         half = work.deltas.shape[0] // 2
@@ -782,11 +726,7 @@ def backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fus
         if dropout is not None:
             if mask_offset >= 0:
                 apply_mask(delta_prev, rows_view(dropout.masks, mask_offset, rows, fan_in), delta_prev)
-    penalty = 0.0
-    if fused is not None:
-        if fused:
-            penalty = fused_update_layer(net, opt, hyper, l, a_in, delta)
-    return delta_prev, penalty
+    return delta_prev
 
 
 @_jit
@@ -884,13 +824,11 @@ def batch_hyper(hyper, weights, scale):
 
 
 @_jit
-def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fused):
-    """Forward, loss and backward of one batch: the batch-mean gradient into ``opt.grad``
-    or, ``fused`` True, each layer's optimizer step as soon as its δ is known (after δ^{l-1}
-    has been formed with the old W^l; None: never, and no fused code is compiled). With
-    ``checkpoint`` only the segment boundaries are kept and each segment is recomputed
-    (the same calls on the same inputs: the same bits) before its backward pass.
-    Returns (loss sum, correct, fused penalty)."""
+def batch_pass(net, opt, work, x, y, dropout, batchnorm, checkpoint):
+    """Forward, loss and backward of one batch: the batch-mean gradient into ``opt.grad``.
+    With ``checkpoint`` only the segment boundaries are kept and each segment is
+    recomputed (the same calls on the same inputs: the same bits) before its backward
+    pass. Returns (loss sum, correct count)."""
     n_layers = net.layout.shape[0]
     last = n_layers - 1
     rows = x.shape[0]
@@ -912,12 +850,10 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
                 rows_view(checkpoint.kept_a, kept, rows, cols)[...] = a_kept
     loss, correct, delta = output_layer(net, work, a, y, leading_rows(work.row_weights, np.int64(0), rows),
                                         1.0 / weight_total(work.row_weights, rows))
-    penalty = 0.0
     if checkpoint is None:
         for l in range(n_layers - 1, -1, -1):
             prev = (x, x) if l == 0 else cached_layer(work, l - 1, rows, net.layout[l, 0])
-            delta, p = backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused)
-            penalty += p
+            delta = backward_step(net, opt, work, l, prev, delta, dropout, batchnorm)
     else:
         n_seg = checkpoint.starts.shape[0] - 1
         for g in range(n_seg - 1, -1, -1):
@@ -935,9 +871,8 @@ def batch_pass(net, opt, hyper, work, x, y, dropout, batchnorm, checkpoint, fuse
                     kept, fan_in = checkpoint.kept_offsets[l - 1], net.layout[l, 0]
                     prev = (rows_view(checkpoint.kept_z, kept, rows, fan_in),
                             rows_view(checkpoint.kept_a, kept, rows, fan_in))
-                delta, p = backward_step(net, opt, hyper, work, l, prev, delta, dropout, batchnorm, fused)
-                penalty += p
-    return loss, correct, penalty
+                delta = backward_step(net, opt, work, l, prev, delta, dropout, batchnorm)
+    return loss, correct
 
 
 @_jit
@@ -953,24 +888,12 @@ def gather_rows(source, perm, start, rows, out):
 # --- drivers ----------------------------------------------------------------------------
 
 
-@_jit
-def fused_rows(fuse, rows):
-    """Is a batch of ``rows`` rows fused (gradient and step in one pass,
-    :func:`fused_update_layer`)? None where ``fuse`` is None (no fused code is compiled)."""
-    if fuse is None:
-        return None
-    return rows <= fuse
-
-
 @_entry
-def train_batches(net, opt, hyper, work, data, batches, dropout, batchnorm, checkpoint, fuse):
+def train_batches(net, opt, hyper, work, data, batches, dropout, batchnorm, checkpoint):
     """Batches ``first``..``stop``-1 (``batches`` = (first, stop)) of the epoch's permutation
     (batches of ``work.bmax`` rows, the last may be partial), each gathered, passed forward
     and backward and applied by the optimizer, in one compiled call; the caller splits an
-    epoch into such ranges to return to Python regularly. ``fuse``: None, or the row
-    count up to which a batch's gradient and step are fused (:data:`FUSED_MAX_ROWS`;
-    the caller passes it only where such a batch occurs and neither norm clipping,
-    dropout nor batchnorm is on, so a plain fit compiles no fused code). ``work.sums[0]`` accumulates Σ_batches
+    epoch into such ranges to return to Python regularly. ``work.sums[0]`` accumulates Σ_batches
     b·(loss_b + penalty_b) and ``work.counts[0]`` the correct count over the epoch (both
     reset when ``first`` is 0). With ``data.weights`` a batch's objective is
     (Σ w_i ℓ_i + B·penalty)/Σw (``reference.train_epoch``); a batch whose weights sum
@@ -996,21 +919,18 @@ def train_batches(net, opt, hyper, work, data, batches, dropout, batchnorm, chec
         gather_rows(data.X, data.perm, start, rows, x)
         gather_rows(data.Y, data.perm, start, rows, y)
         opt.step[0] += 1
-        fused = fused_rows(fuse, rows)
-        loss, hits, penalty = batch_pass(net, opt, step_hyper, work, x, y, dropout, batchnorm, checkpoint, fused)
-        if fuse is None or not fused:
-            penalty = update_params(net, opt, step_hyper)
+        loss, hits = batch_pass(net, opt, work, x, y, dropout, batchnorm, checkpoint)
+        penalty = update_params(net, opt, step_hyper)
         work.sums[0] += loss * scale + rows * penalty
         work.counts[0] += hits
 
 
 @_entry
-def loss_and_gradient(net, opt, hyper, work, X, Y, batchnorm):
+def loss_and_gradient(net, opt, work, X, Y, batchnorm):
     """Full-batch summed data loss and its batch-mean gradient into ``opt.grad`` (batchnorm
     with the batch statistics; mode 1 leaves the running ones alone); with
-    ``work.row_weights`` (the rows' weights) Σ w_i ℓ_i and the weighted mean. ``hyper`` is
-    not used (no step is taken) but keeps the types of ``train_batches``' callees."""
-    loss, _, _ = batch_pass(net, opt, hyper, work, X, Y, None, batchnorm, None, None)
+    ``work.row_weights`` (the rows' weights) Σ w_i ℓ_i and the weighted mean."""
+    loss, _ = batch_pass(net, opt, work, X, Y, None, batchnorm, None)
     return loss
 
 

@@ -23,21 +23,35 @@ are bitwise the same from run to run.
 import numpy as np
 from numba import njit
 
+from .. import threads
 from . import cpu
 from .simd import LANES, vfma, vload, vsplat, vstore, vzero
 
 _jit = cpu.compiled_only(boundscheck=False)
 _entry = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
-#: where this path beat the BLAS path (``python -m benchmarks.prototypes.small_crossover``,
-#: whole training steps of float32 w-w-10 ReLU/softmax-CE/Adam networks, w in 16, 64,
-#: 128, 256, same run; ``benchmarks/results/2026-11-26-small-path-f32-step.txt``, quiet
-#: machine, both paths with the float32 optimizer step): batch size → the widest w at which
-#: its median step was faster (every width of the network, input included, must be at most
-#: this; 0: at no width); a batch between measured ones uses the next larger measured
-#: batch, larger batches or widths the BLAS path. At batch 1 BLAS won at every width
-#: (0.76-0.97×); at 128-128-10 × 128 rows the two tied (1.00×), so BLAS keeps it.
-FASTER_THAN_BLAS = {1: 0, 4: 256, 16: 256, 32: 256, 64: 128, 128: 64}
+#: where this path beat the BLAS path, per kernel family of the BLAS it competes with
+#: (``threads.kernel_blas_architecture()``: OpenBLAS picks its GEMM kernels by CPU), from
+#: ``python -m benchmarks.prototypes.small_crossover`` (whole training steps of float32
+#: w-w-10 ReLU/softmax-CE/Adam networks, w in 16, 64, 128, 256, both paths in one run,
+#: quiet machine): batch size → the widest w at which its median step was faster (every
+#: width of the network, input included, must be at most this; 0: at no width); a batch
+#: between measured ones uses the next larger measured batch, larger batches or widths the
+#: BLAS path. An architecture not listed takes the BLAS path.
+#:
+#: * ``haswell`` (OpenBLAS's AVX2 kernels; a 2-core Zen 3, 2026-11-26,
+#:   ``benchmarks/results/2026-11-26-small-path-f32-step.txt``): at batch 1 BLAS won at
+#:   every width (0.76-0.97×); at 128-128-10 × 128 rows the two tied, so BLAS keeps it.
+#:   Batches of 1-4 were measured against the BLAS path's fused small-batch update, since
+#:   removed (it lost 1.13-1.6× to GEMM + update on the AVX-512 machine): not re-measured.
+#: * ``skylakex`` (AVX-512 kernels; a 2-core AMD EPYC, 2026-12-07,
+#:   ``benchmarks/results/2026-12-07-small-path-skylakex.txt``): BLAS won or tied
+#:   everywhere (0.70-1.00×, one isolated 1.11× at 256-256-10 × 16): never.
+FASTER_THAN_BLAS = {
+    "haswell": {1: 0, 4: 256, 16: 256, 32: 256, 64: 128, 128: 64},
+    "skylakex": {},
+}
+FASTER_THAN_BLAS["zen"] = FASTER_THAN_BLAS["haswell"]  # OpenBLAS's Zen target runs the Haswell kernels
 #: the register tile: rows of A × columns of B (two vectors) per block of accumulators
 TILE_ROWS, TILE_COLS = 4, 2 * LANES
 #: the dtypes the tiles are written for (8 lanes of float32 per ymm register)
@@ -48,15 +62,19 @@ DTYPES = ("float32",)
 MAX_CACHE_BYTES = 4 * 2 ** 20
 
 
-def wins(sizes, batch, dtype):
+def wins(sizes, batch, dtype, architecture=None):
     """Does the small path beat BLAS for a plain fit of ``sizes`` at ``batch`` rows
-    (from :data:`FASTER_THAN_BLAS`, and a z/a cache of at most :data:`MAX_CACHE_BYTES`)?"""
+    (from :data:`FASTER_THAN_BLAS` for ``architecture``, default this machine's BLAS,
+    and a z/a cache of at most :data:`MAX_CACHE_BYTES`)?"""
     if str(dtype) not in DTYPES:
         return False
     if 2 * batch * sum(sizes[1:]) * np.dtype(dtype).itemsize > MAX_CACHE_BYTES:
         return False
-    measured = [b for b in sorted(FASTER_THAN_BLAS) if b >= batch]
-    return bool(measured) and max(sizes) <= FASTER_THAN_BLAS[measured[0]]
+    if architecture is None:
+        architecture = threads.kernel_blas_architecture()
+    table = FASTER_THAN_BLAS.get(architecture, {})
+    measured = [b for b in sorted(table) if b >= batch]
+    return bool(measured) and max(sizes) <= table[measured[0]]
 
 
 @_jit

@@ -38,7 +38,7 @@ ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu", "identity"]
 OUTPUTS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse"),
            ("softmax", "mse"), ("sigmoid", "mse")]
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "rmsprop", "adam"]
-#: full batch, mini-batches with a partial last one, single rows (SGD; the fused small-batch path)
+#: full batch, mini-batches with a partial last one, single rows (SGD)
 BATCHES = [None, 7, 1]
 DTYPES = ["float64", "float32"]
 #: the optional modes and extras, each on a few plain configurations
