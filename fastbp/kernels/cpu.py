@@ -92,6 +92,8 @@ def python_callable(kernel):
 
 
 _jit = compiled_only()
+#: a kernel with one call site, compiled into it (Numba IR inlining): one function less to compile
+_jit_inline = compiled_only(inline="always")
 
 
 # --- views into the flat buffers --------------------------------------------------
@@ -117,7 +119,7 @@ def rows_view(buffer, offset, rows, cols):
 # --- fused forward ---------------------------------------------------------------
 
 
-@_jit
+@_jit_inline
 def forward_layer(a_prev, weights, bias, code, z, a):
     """z = a_prev·W + b; a = f(z) (softmax along rows; exp only as an output)."""
     np.dot(a_prev, weights, z)
@@ -187,7 +189,7 @@ def softmax_row(z, bias, a, i):
 # --- fused delta propagation --------------------------------------------------
 
 
-@_jit
+@_jit_inline
 def backprop_delta(delta, weights, z, a, code, delta_prev):
     """δ_prev = (δ·Wᵀ) ⊙ f'(z), f' evaluated from z and a = f(z)."""
     np.dot(delta, weights.T, delta_prev)
@@ -220,7 +222,7 @@ def delta_epilogue(z, a, code, delta_prev):
                 delta_prev[i, j] *= 1 - a[i, j] * a[i, j]
 
 
-@_jit
+@_jit_inline
 def weight_gradient(a_prev, delta, dweights, dbias):
     """dW = a_prevᵀ·δ and db = Σ_rows δ (δ already carries the 1/B)."""
     np.dot(a_prev.T, delta, dweights)
@@ -250,7 +252,7 @@ def row_weight(row_weights, i):
     return row_weights[i]
 
 
-@_jit
+@_jit_inline
 def output_delta(z, a, targets, out_code, loss_code, inv_batch, row_weights, delta):
     """Write δ^L (already divided by the batch size) and return the summed loss.
 
@@ -316,7 +318,7 @@ def cross_entropy_row(z, a, targets, i, m, s, w, inv_batch, delta, total):
     return total
 
 
-@_jit
+@_jit_inline
 def softmax_cross_entropy(z, bias, a, targets, inv_batch, row_weights, delta):
     """The softmax epilogue of the output layer and :func:`output_delta` for
     cross-entropy in one pass per row, each exp computed once: the same bits as the
@@ -372,7 +374,7 @@ def _regularised_sq_norm(theta, grad, l1, l2):
     return total
 
 
-@_jit
+@_jit_inline
 def _clip_scale(theta, grad, layout, hyper):
     """Factor that brings the global norm of the regularised gradient to clip_norm."""
     clip_norm = hyper.clip_norm
@@ -478,7 +480,7 @@ def _update_range(theta, grad, state1, state2, opt_code, consts, l1, l2, scale):
     return (grad_sq if plain else reg_sq), step_sq, weight_sq, penalty
 
 
-@_jit
+@_jit_inline
 def step_constants(theta, hyper, t):
     """(lr, μ/ρ/β1, β2, ε, clip_value) as scalars of the parameter dtype, so that a
     float32 fit's update is float32 arithmetic (8 lanes wide; one float64 constant
@@ -490,7 +492,7 @@ def step_constants(theta, hyper, t):
             (hyper.lr, hyper.eps, 1 - hyper.momentum ** t, 1 - hyper.beta2 ** t))
 
 
-@_jit
+@_jit_inline
 def _record(diagnostics, l, grad_sq, step_sq, weight_sq):
     diagnostics[l, 0] += np.sqrt(grad_sq)
     diagnostics[l, 1] += np.sqrt(step_sq / weight_sq) if weight_sq > 0 else 0.0
