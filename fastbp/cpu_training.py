@@ -243,7 +243,8 @@ def kernels_cached():
         return None
 
 
-#: what a first fit costs with an empty cache (2-core machine: ~10 s quiet, ~50 s under load)
+#: what a first fit costs with an empty cache (2-core machines, quiet: 8-11 s on an AVX-512
+#: EPYC, ~20 s on a Zen 3; ~40 s and more under load; ``benchmarks/README.md`` section 10)
 COLD_START_SECONDS = "10-60"
 
 

@@ -20,7 +20,10 @@ over checkpoint segments) and the drivers :func:`train_batches` (gather each bat
 through a permutation, forward, loss, backward, update — a range of an epoch's batches
 in one compiled call), :func:`loss_and_gradient` and :func:`evaluate` (loss and/or
 outputs). They take the bundles of ``bundles.py``; an optional mode is an argument
-that is ``None`` when off, so its code is compiled only for the fits that use it.
+that is ``None`` when off, so its code is compiled only for the fits that use it. Only
+the drivers are cached on disk and callable from Python; every other function here is
+compiled only into them (:func:`compiled_only`; kernels with one call site are inlined
+into it), which keeps a first fit's compile short.
 
 Conventions: the 1/B of the batch mean is folded into δ^L (with sample weights
 w_i/Σw, see :func:`output_delta`), so dW = a^{l-1ᵀ}δ^l and db = Σ δ^l need no
