@@ -333,7 +333,7 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, row_weights, delta):
     return total
 
 
-@_jit
+@_jit_inline
 def correct_count(a, targets, out_code):
     """Correctly classified rows: argmax for softmax, all units at 0.5 for sigmoid."""
     rows, cols = a.shape
@@ -501,7 +501,7 @@ def _record(diagnostics, l, grad_sq, step_sq, weight_sq):
     diagnostics[l, 1] += np.sqrt(step_sq / weight_sq) if weight_sq > 0 else 0.0
 
 
-@_jit
+@_jit_inline
 def update_params(net, opt, hyper):
     """One optimizer step at step count ``opt.step[0]`` (1-based) over ``net.update_layout``,
     in place; returns the penalty l1 Σ|W| + (l2/2) Σ W² of the weights before the step.
@@ -780,9 +780,9 @@ def output_loss(net, work, y, row_weights, delta_scale, bias):
     out_code = net.codes[n_layers - 1]
     if out_code == SOFTMAX and net.loss_code == CE:
         loss = softmax_cross_entropy(z_out, bias, a_out, y, delta_scale, row_weights, delta)
-        return loss, correct_count(a_out, y, out_code), delta
-    forward_epilogue(z_out, bias, out_code, a_out)
-    loss = output_delta(z_out, a_out, y, out_code, net.loss_code, delta_scale, row_weights, delta)
+    else:
+        forward_epilogue(z_out, bias, out_code, a_out)
+        loss = output_delta(z_out, a_out, y, out_code, net.loss_code, delta_scale, row_weights, delta)
     return loss, correct_count(a_out, y, out_code), delta
 
 
