@@ -52,10 +52,14 @@ LEAKY_SLOPE = spec.LEAKY_SLOPE
 
 _OPTIONS = {"nogil": True, "error_model": "numpy"}
 
-#: the drivers, the functions Python calls (:func:`train_batches`, :func:`evaluate`,
-#: :func:`loss_and_gradient`): each compiled with its callees into one library, kept in
-#: Numba's on-disk cache
-_entry = njit(cache=True, **_OPTIONS)
+def entry(**options):
+    """Decorator of a driver, a function Python calls (:func:`train_batches`,
+    :func:`evaluate`, :func:`loss_and_gradient`, ``cpu_small.train_batches``): compiled
+    with its callees into one library, kept in Numba's on-disk cache."""
+    return njit(cache=True, **_OPTIONS, **options)
+
+
+_entry = entry()
 
 
 class CompiledOnly(CPUDispatcher):

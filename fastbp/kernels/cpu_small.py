@@ -21,14 +21,13 @@ are bitwise the same from run to run.
 """
 
 import numpy as np
-from numba import njit
 
 from .. import threads
 from . import cpu
 from .simd import LANES, vfma, vload, vsplat, vstore, vzero
 
 _jit = cpu.compiled_only(boundscheck=False)
-_entry = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+_entry = cpu.entry(boundscheck=False)
 
 #: where this path beat the BLAS path, per kernel family of the BLAS it competes with
 #: (``threads.kernel_blas_architecture()``: OpenBLAS picks its GEMM kernels by CPU), from

@@ -8,8 +8,8 @@ change of results (say, a new dropout generator) re-records entries, named in it
 Bits depend on the BLAS library and the CPU's kernel choice, so each record stores the
 threadpoolctl identification, one file per BLAS architecture (``golden-haswell.json``,
 ``golden-skylakex.json``, ...), and the test skips where none matches. Record a new
-architecture from the commit the other records were taken at (it must be the same code),
-never from a change under test.
+architecture from a commit whose results the other records already hold (the code they
+were last taken with), never from a change under test.
 """
 
 import hashlib
