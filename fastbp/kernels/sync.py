@@ -1,0 +1,134 @@
+"""Two threads in step inside one compiled parallel region: atomics and a spin barrier.
+
+Numba's ``prange`` forks and joins its threads once per loop, about 1.6 µs here, and a
+loop per training step would also move the whole gradient between the cores
+(``benchmarks/README.md``, section 11). ``kernels.cpu_split`` therefore opens one region
+per compiled call, the two iterations of a ``prange(2)`` that each run a chunk of
+batches, and keeps them in step with :func:`barrier`: a sense-reversing barrier on an
+int64 array ``state`` = [arrived, generation, handshake] that both threads share. The
+barrier waits with the CPU's ``pause`` and, every :data:`SPINS_BEFORE_YIELD` of them,
+``sched_yield`` (a partner thread that lost its core gets it back sooner than if the
+waiting one burnt its time slice).
+
+:func:`handshake` comes first in a region: the two iterations must run at the same
+time (two threads), or a barrier would wait forever. It waits for the other iteration
+at most :data:`HANDSHAKE_SPINS` spins; if it does not come, both iterations return at
+once and :func:`aborted` says so (the caller then trains the chunk on one thread).
+
+The intrinsics emit LLVM's atomic instructions and intrinsics directly, and
+``sched_yield`` is resolved from the C library when the code is loaded, so functions
+that use them are cached like any other.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .cpu import compiled_only
+
+#: ``pause`` instructions a waiting thread spins before each ``sched_yield``
+SPINS_BEFORE_YIELD = 2000
+#: spins (each ``pause``, then a yield every :data:`SPINS_BEFORE_YIELD`) the handshake
+#: waits for the second thread: well over a second of an idle core, far longer than a
+#: thread start, so only a region that runs its iterations one after the other times out
+HANDSHAKE_SPINS = 20_000_000
+
+ARRIVED, GENERATION, HANDSHAKE = 0, 1, 2
+#: added to ``state[HANDSHAKE]`` by a thread that stopped waiting for the other
+GAVE_UP = 1 << 20
+
+
+def _pointer(context, builder, array_type, array, index):
+    array = context.make_array(array_type)(context, builder, array)
+    index = context.cast(builder, index[0], index[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [index])
+
+
+@intrinsic
+def atomic_add(typingctx, array, index, value):
+    """array[index] += value atomically (sequentially consistent) on an int64 array; returns the old value."""
+    def codegen(context, builder, signature, args):
+        address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", address, value, "seq_cst")
+    return types.int64(array, index, value), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, array, index):
+    """array[index] of an int64 array, read atomically (acquire)."""
+    def codegen(context, builder, signature, args):
+        address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
+        return builder.load_atomic(address, "acquire", 8)
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The CPU's spin-wait hint (x86 ``pause``)."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                  "llvm.x86.sse2.pause")
+        builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """POSIX ``sched_yield()``: give the core to another runnable thread."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                  "sched_yield")
+        builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@compiled_only(inline="always")
+def wait(spins):
+    """One spin of a wait loop: ``pause``, and every :data:`SPINS_BEFORE_YIELD` a yield."""
+    spin_pause()
+    if spins % SPINS_BEFORE_YIELD == SPINS_BEFORE_YIELD - 1:
+        sched_yield()
+
+
+@compiled_only(inline="always")
+def barrier(state):
+    """Wait until both threads have arrived (sense-reversing: reusable at once)."""
+    generation = atomic_load(state, GENERATION)
+    if atomic_add(state, ARRIVED, 1) == 1:  # the second to arrive releases the first
+        atomic_add(state, ARRIVED, -2)
+        atomic_add(state, GENERATION, 1)
+    else:
+        spins = 0
+        while atomic_load(state, GENERATION) == generation:
+            wait(spins)
+            spins += 1
+
+
+@compiled_only(inline="always")
+def handshake(state):
+    """True when both iterations of the region run at the same time. The first to arrive
+    waits for the second; if it gives up first, ``state[HANDSHAKE]`` jumps by
+    :data:`GAVE_UP` in the same atomic step that tells it whether the other had come
+    after all, so the two always agree: both go on, or both return False (and
+    :func:`aborted` says so to the caller)."""
+    if atomic_add(state, HANDSHAKE, 1) == 1:  # the other is waiting (or gave up: >= GAVE_UP)
+        return True
+    if atomic_load(state, HANDSHAKE) >= GAVE_UP:
+        return False
+    spins = 0
+    while atomic_load(state, HANDSHAKE) == 1:
+        if spins >= HANDSHAKE_SPINS:
+            return atomic_add(state, HANDSHAKE, GAVE_UP) == 2  # 2: it came just now
+        wait(spins)
+        spins += 1
+    return True
+
+
+@compiled_only(inline="always")
+def aborted(state):
+    """Did the last region's :func:`handshake` give up?"""
+    return state[HANDSHAKE] >= GAVE_UP
