@@ -2,16 +2,25 @@
 :class:`CpuEngine` that ``training.run_epochs`` drives, and the forward / evaluate /
 gradient calls of the network. Mirrors ``cuda_training.py``.
 
+Which compiled path a fit takes is decided here: the small-network path
+(``kernels.cpu_small``) or the split path on two threads (``kernels.cpu_split``) where
+their measured tables say they win, else the BLAS path (``kernels.cpu``).
+
 Every buffer a kernel writes into is allocated here, once per fit or per call (never
 cached on the network, so calls from several threads do not share scratch space), so
 the hot path neither allocates nor runs Python per batch.
 """
 
+import math
+import warnings
+
 import numpy as np
 
 from . import spec
-from .kernels import cpu, cpu_small
-from .kernels.bundles import BatchNorm, Checkpoint, Data, Dropout, Hyper, Network, Optimizer, Small, Workspace
+from .kernels import cpu, cpu_small, cpu_split
+from .kernels.bundles import (BatchNorm, Checkpoint, Data, Dropout, Hyper, Network, Optimizer, Small, Split,
+                              Workspace)
+from .threads import available_cores
 
 #: rows of inference work per compiled call, in parameter·rows (≈ 0.1–0.5 s of compute),
 #: so predict / evaluate return to Python (Ctrl-C) regularly on large inputs
@@ -95,6 +104,84 @@ def small_bundle(net, bmax):
                  np.zeros(cpu_small.TILE_COLS * longest, net.dtype))
 
 
+#: bytes of a cache line: what one thread writes in the split path starts on a line of its own
+CACHE_LINE = 64
+
+
+def line_aligned_rows(shapes, dtype):
+    """C-contiguous zero arrays of ``shapes`` carved from one allocation, each starting on a
+    cache line and with its last dimension padded to whole lines plus one line of gap: no
+    two rows share a line. The two threads of the split path each write their own rows, and
+    a line both wrote would move between the cores at every write (false sharing: it made
+    the path's steps ~1.8× slower, ``benchmarks/README.md`` section 11). The kernels use
+    each row's first ``shape[-1]`` elements."""
+    itemsize = np.dtype(dtype).itemsize
+    per_line = CACHE_LINE // itemsize
+    padded = [(*lead, (-(-width // per_line) + 1) * per_line) for *lead, width in shapes]
+    sizes = [math.prod(shape) for shape in padded]
+    raw = np.zeros(sum(sizes) + per_line, dtype)
+    offset = (-raw.ctypes.data % CACHE_LINE) // itemsize
+    arrays = []
+    for shape, size in zip(padded, sizes):
+        arrays.append(raw[offset:offset + size].reshape(shape))
+        offset += size
+    return arrays
+
+
+def split_bundle(net, bmax):
+    """Shards and buffers of the split path (``kernels.cpu_split``), one row per thread,
+    each on cache lines of its own."""
+    d, hidden, k = net.sizes
+    h = (hidden + 1) // 2
+    length = cpu_split.shard_length(net.sizes)
+    params = line_aligned_rows([(2, width) for width in (length, length, length, length, bmax * d, bmax * k,
+                                                         bmax * h, bmax * h)]
+                               + [(2, 2, bmax * k)] + [(2, width) for width in (bmax * k,) * 3 + (bmax * h,)],
+                               net.dtype)
+    parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
+    state, = line_aligned_rows([(3,)], np.int64)
+    return Split(*params, parts, pending, state)
+
+
+_threading_layer = None
+
+
+def two_threads_available():
+    """Can the split path run here: x86-64 (its spin-wait instruction), two or more cores for
+    this process and for Numba's parallel loops (``numba.get_num_threads()``, per calling
+    thread), and a threading layer that is safe to enter from several Python threads
+    (OpenMP or TBB; ``workqueue`` is not)."""
+    global _threading_layer
+    import platform
+
+    import numba
+    if platform.machine().lower() not in ("x86_64", "amd64") or available_cores() < 2:
+        return False
+    if numba.config.DISABLE_JIT or numba.get_num_threads() < 2:
+        return False
+    if _threading_layer is None:
+        try:
+            from numba.np.ufunc import parallel
+            parallel._launch_threads()  # what a first parallel call does; then the layer is known
+            _threading_layer = numba.threading_layer()
+        except Exception:  # a private Numba API: without it, stay on one thread
+            _threading_layer = "unknown"
+    return _threading_layer in ("omp", "tbb")
+
+
+def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, checkpoint=None):
+    """Train on the split path? ``threads`` = 1: never; ≥ 2: wherever the fit is plain and
+    has one hidden layer; None: where ``cpu_split.wins`` (measured) says it is faster for
+    ``rows`` training rows in batches of ``batch``."""
+    if threads == 1 or checkpoint:
+        return False
+    if not cpu_split.eligible(net.sizes, batch, any(net.dropout), net.batchnorm, weighted, clip_norm):
+        return False
+    if threads is None and not cpu_split.wins(net.sizes, net.dtype, batch, rows):
+        return False
+    return two_threads_available()
+
+
 def optimizer_bundle(net, state, code):
     return Optimizer(state.grad, state.state1, state.state2, state.step, int(code),
                      np.zeros((len(net.sizes) - 1, 2), dtype=np.float64))
@@ -112,7 +199,7 @@ class CpuEngine:
     chunked = True
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
-                 checkpoint=None, seed=0, sample_weight=None):
+                 checkpoint=None, seed=0, sample_weight=None, threads=None):
         self.net, self.X, self.Y, self.state, self.seed = net, X, Y, state, int(seed)
         self.loss_code = loss_code
         self.sample_weight = sample_weight
@@ -125,6 +212,12 @@ class CpuEngine:
         small = (not any(net.dropout) and not net.batchnorm
                  and cpu_small.wins(net.sizes, self.bmax, net.dtype))
         self.small = small_bundle(net, self.bmax) if small else None
+        #: the split path's buffers where it runs (``use_split``), else None; its BLAS calls
+        #: run one thread each (``kernel_threads``)
+        split = not small and use_split(net, self.bmax, X.shape[0], threads, sample_weight is not None, clip_norm,
+                                         checkpoint)
+        self.split = split_bundle(net, self.bmax) if split else None
+        self.kernel_threads = 1 if split else threads
         segments = checkpoint_segments(n_layers, checkpoint) if checkpoint and not small else None
         self.network = network_bundle(net, loss_code)
         self.optimizer = optimizer_bundle(net, state, optimizer.code)
@@ -142,6 +235,13 @@ class CpuEngine:
     def train_batches(self, perm, first, stop, epoch, lr):
         if first == 0:
             self.optimizer.diagnostics[...] = 0
+        if self.split is not None:
+            if cpu_split.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
+                                       Data(self.X, self.Y, perm, None), (int(first), int(stop)), self.split):
+                return float(self.work.sums[0]), int(self.work.counts[0])
+            warnings.warn("fastbp: the two training threads did not run at the same time; this fit goes on "
+                          "on one thread", RuntimeWarning, stacklevel=2)
+            self.split = None  # nothing was changed: train the same batches on one thread
         if self.small is not None:
             cpu_small.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
                                     Data(self.X, self.Y, perm, self.sample_weight), (int(first), int(stop)),
@@ -234,11 +334,11 @@ class _GradientState:
 
 def kernels_cached():
     """True if Numba's cache holds compiled training kernels for this source (a first fit
-    then loads them in about a second instead of compiling them): the BLAS path's or the
-    small-network path's driver; None if unknown."""
+    then loads them in about a second instead of compiling them): the BLAS path's, the
+    small-network path's or the split path's driver; None if unknown."""
     try:
         return any(bool(driver._cache._cache_file._load_index())
-                   for driver in (cpu.train_batches, cpu_small.train_batches))
+                   for driver in (cpu.train_batches, cpu_small.train_batches, cpu_split.train_batches))
     except Exception:  # a private Numba API: say nothing rather than fail
         return None
 

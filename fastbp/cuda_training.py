@@ -98,13 +98,14 @@ class CudaEngine:
     restored and copied to the network with it). ``sample_weight`` (float64, one per
     row) goes to the device once with X and Y (``kernels.cuda.BatchWeights``: one more
     launch per step, a batch whose weights sum to 0 is skipped, as on the CPU).
+    ``threads`` (the CPU's thread choice) has no meaning on the GPU and is ignored.
     """
 
     computes_diagnostics = True
     chunked = False
 
     def __init__(self, net, X, Y, state, *, batch_size, optimizer, loss_code, l1, l2, clip_norm, clip_value,
-                 checkpoint=None, seed=0, sample_weight=None):
+                 checkpoint=None, seed=0, sample_weight=None, threads=None):
         from numba import cuda
 
         from .kernels import cuda as kc

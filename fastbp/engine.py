@@ -29,11 +29,14 @@ class Engine(Protocol):
     computes_diagnostics: bool
 
     def __init__(self, net, X, Y, state, *, batch_size: int, optimizer, loss_code: int, l1: float,
-                 l2: float, clip_norm: float, clip_value: float, checkpoint=None, seed: int = 0, sample_weight=None):
+                 l2: float, clip_norm: float, clip_value: float, checkpoint=None, seed: int = 0, sample_weight=None,
+                 threads=None):
         """Set up the fit of ``net`` on converted X, Y with the optimizer state ``state``
         (``training.FitState``): ``clip_norm``/``clip_value`` 0 when off, ``checkpoint``
         None or segment length (``True``: ⌈√layers⌉), ``seed`` the fit seed (dropout masks),
-        ``sample_weight`` None or checked float64 weights, one per row."""
+        ``sample_weight`` None or checked float64 weights, one per row, ``threads`` the
+        fit's ``threads=`` (None: the engine's choice). An engine may set
+        ``kernel_threads``: the BLAS threads ``fit`` then gives the kernels instead."""
 
     def train_batches(self, perm: np.ndarray, first: int, stop: int, epoch: int, lr: float) -> tuple:
         """Train batches ``first``..``stop``-1 of the permutation ``perm`` (global epoch

@@ -346,8 +346,13 @@ class MLP:
             gradients bit for bit, less memory, one extra forward pass of compute.
             Combines with dropout and batchnorm.
         threads : int or None
-            BLAS threads of the kernels during the fit (default: chosen per network,
-            see ``fastbp.threads``; the user's own thread settings are restored after).
+            Threads of the fit's kernels (default: chosen per network and data, see
+            ``fastbp.threads`` and ``fastbp.kernels.cpu_split``; the user's own thread
+            settings are restored after). 1: one thread throughout. 2 or more: a plain
+            fit (no dropout, batchnorm, checkpointing, sample weights or clip_norm) of a
+            network with one hidden layer trains on two threads that split the hidden
+            units (the same results to rounding, the same bits from run to run); any
+            other fit gives BLAS this many threads.
         sample_weight : array-like (n_samples,), optional
             Finite weights >= 0, not all zero. Each batch minimises
             (Σ w_i ℓ_i + B·penalty)/Σw over its B rows (scikit-learn's MLP semantics: a
@@ -410,11 +415,11 @@ class MLP:
         engine_class = cuda_training.CudaEngine if device == "cuda" else cpu_training.CpuEngine
         engine = engine_class(self, X, Y, state, batch_size=batch_size, optimizer=optimizer,
                               loss_code=loss_code, l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
-                              checkpoint=checkpoint, seed=seed, sample_weight=weights)
+                              checkpoint=checkpoint, seed=seed, sample_weight=weights, threads=threads)
         epochs_before = state.epochs_done
         completed = False
         try:
-            with blas_threads(self.sizes, batch_size, threads):
+            with blas_threads(self.sizes, batch_size, getattr(engine, "kernel_threads", threads)):
                 history = run_epochs(self, engine, n=X.shape[0], loss_code=loss_code, optimizer=optimizer,
                                      epochs=epochs, shuffle=bool(shuffle), schedule=schedule, seed=seed,
                                      callbacks=callbacks, verbose=verbose, state=state, validation=validation,

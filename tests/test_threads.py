@@ -6,7 +6,7 @@ import pytest
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 import fastbp
-from fastbp import threads
+from fastbp import cpu_training, threads
 
 
 def pool_threads(pool):
@@ -48,13 +48,29 @@ def test_fit_runs_inside_the_limits_and_restores(pools):
     seen = []
     X = np.random.default_rng(0).standard_normal((17, 5))
     y = np.arange(17) % 3
-    net = fastbp.MLP([5, 7, 3], seed=0)
+    net = fastbp.MLP([5, 7, 4, 3], seed=0)  # two hidden layers: threads=2 goes to BLAS, not to the split path
     with kernels.limit(limits=2):
         net.fit(X, y, epochs=1, callbacks=[lambda n, e, h: seen.append(pool_threads(kernels))])
         net.fit(X, y, epochs=1, threads=2, callbacks=[lambda n, e, h: seen.append(pool_threads(kernels))])
         assert pool_threads(kernels) == [2] * len(kernels.lib_controllers)
     assert seen[0] == [1] * len(kernels.lib_controllers)
     assert seen[1] == [2] * len(kernels.lib_controllers)
+
+
+def test_split_path_runs_its_blas_on_one_thread(pools):
+    """threads=2 on a one-hidden-layer network: two threads of the split path, each
+    calling BLAS on one thread (not two threads × two BLAS threads on two cores)."""
+    if not cpu_training.two_threads_available():
+        pytest.skip("the split path cannot run here")
+    kernels, _ = pools
+    seen = []
+    X = np.random.default_rng(0).standard_normal((17, 5))
+    net = fastbp.MLP([5, 7, 3], seed=0)
+    with kernels.limit(limits=2):
+        net.fit(X, np.arange(17) % 3, epochs=1, threads=2,
+                callbacks=[lambda n, e, h: seen.append(pool_threads(kernels))])
+        assert pool_threads(kernels) == [2] * len(kernels.lib_controllers)
+    assert seen == [[1] * len(kernels.lib_controllers)]
 
 
 def test_user_limit_is_honoured(pools, monkeypatch):

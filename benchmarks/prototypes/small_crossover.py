@@ -23,22 +23,34 @@ from fastbp.threads import blas_pools
 WORK = 3 * 10 ** 7
 
 
-def engines(sizes, batch, work=WORK, seed=0):
-    """(BLAS-path engine, small-path engine) over the same data, same start."""
+def training_set(sizes, batch, work=WORK, seed=0):
+    """Seeded float32 rows (≈ ``work`` rows × parameters, whole batches) and one-hot targets
+    for a w-...-k network, and a permutation of them."""
     rng = np.random.default_rng(seed)
     n_params = sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
     rows = max(4 * batch, work // n_params // batch * batch)
     X = rng.standard_normal((rows, sizes[0]), dtype=np.float32)
     Y = np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], rows)]
+    return X, Y, rng.permutation(rows)
+
+
+def engine(sizes, X, Y, batch, seed=0, **options):
+    """A CpuEngine of a fresh float32 ReLU/softmax network on X, Y (Adam, no penalties)."""
+    net = MLP(list(sizes), activation="relu", output="softmax", seed=seed, dtype="float32")
+    return cpu_training.CpuEngine(net, X, Y, FitState(net.n_params, net.dtype), batch_size=batch,
+                                  optimizer=Adam(1e-3), loss_code=spec.CROSS_ENTROPY, l1=0.0, l2=0.0,
+                                  clip_norm=0.0, clip_value=0.0, **options)
+
+
+def engines(sizes, batch, work=WORK, seed=0):
+    """(BLAS-path engine, small-path engine) over the same data, same start."""
+    X, Y, perm = training_set(sizes, batch, work, seed)
     pair = []
     for small in (False, True):
-        net = MLP(list(sizes), activation="relu", output="softmax", seed=seed, dtype="float32")
-        engine = cpu_training.CpuEngine(net, X, Y, FitState(net.n_params, net.dtype), batch_size=batch,
-                                        optimizer=Adam(1e-3), loss_code=spec.CROSS_ENTROPY, l1=0.0, l2=0.0,
-                                        clip_norm=0.0, clip_value=0.0)
-        engine.small = cpu_training.small_bundle(net, engine.bmax) if small else None
-        pair.append(engine)
-    return pair, rng.permutation(rows)
+        e = engine(sizes, X, Y, batch, seed)
+        e.small = cpu_training.small_bundle(e.net, e.bmax) if small else None
+        pair.append(e)
+    return pair, perm
 
 
 def seconds_per_batch(engine, perm):
@@ -47,16 +59,22 @@ def seconds_per_batch(engine, perm):
     return (time.perf_counter() - t0) / engine.n_batches
 
 
-def compare(sizes, batch, rounds, work=WORK):
-    """µs per batch: (median BLAS, median small, best BLAS, best small)."""
-    (blas, small), perm = engines(sizes, batch, work)
-    for engine in (blas, small):
-        seconds_per_batch(engine, perm)
+def time_pair(pair, perm, rounds):
+    """µs per batch of two engines, interleaved after one warm-up epoch each: (median of
+    the first, median of the second, best of the first, best of the second)."""
+    for e in pair:
+        seconds_per_batch(e, perm)
     times = [[], []]
     for _ in range(rounds):
-        for k, engine in enumerate((blas, small)):
-            times[k].append(seconds_per_batch(engine, perm))
+        for k, e in enumerate(pair):
+            times[k].append(seconds_per_batch(e, perm))
     return [float(np.median(t)) * 1e6 for t in times] + [float(np.min(t)) * 1e6 for t in times]
+
+
+def compare(sizes, batch, rounds, work=WORK):
+    """µs per batch: (median BLAS, median small, best BLAS, best small)."""
+    pair, perm = engines(sizes, batch, work)
+    return time_pair(pair, perm, rounds)
 
 
 def main(argv=None):

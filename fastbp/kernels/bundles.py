@@ -64,3 +64,14 @@ Checkpoint = namedtuple("Checkpoint", "starts kept_offsets kept_z kept_a")
 #: W^l of l ≥ 1, transposed), ``pad_b``/``pad_out`` (16 columns × the longest dimension:
 #: the zero-padded last columns of a product)
 Small = namedtuple("Small", "transposed pad_b pad_out")
+
+#: the split path (``kernels.cpu_split``), one row per thread: the shards ``theta``,
+#: ``grad``, ``state1``, ``state2`` (W¹ columns, b¹, W² rows of the thread's hidden units,
+#: and b²); batch buffers ``xs``, ``ys``, hidden ``zs``/``acts``, ``logits``/``outputs``,
+#: ``delta_out``/``delta_hidden`` (flat, ``bmax`` rows); ``exchange`` (parity × thread:
+#: each thread's part of the logits), ``parts`` (parity × thread × layer × [Σ g², Σ Δθ²,
+#: Σ θ², penalty]), ``pending`` (the loss and rows of a call's last batch, recorded after
+#: the parallel region) and the barrier's ``state`` (int64, entries 0-2). Every row is padded to cache lines of its own
+#: (``cpu_training.line_aligned_rows``): the kernels use a prefix of it
+Split = namedtuple("Split", "theta grad state1 state2 xs ys zs acts exchange logits outputs delta_out "
+                            "delta_hidden parts pending state")

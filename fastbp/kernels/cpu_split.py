@@ -1,0 +1,305 @@
+"""The split path of the CPU core: a network with one hidden layer trained by two threads,
+each owning half of the hidden units.
+
+At 64-128-10 and batch 32 a training step is ~27 µs on one core, and a step does not
+split well by rows: each thread would compute the gradient of every parameter, and the
+~38 KB gradient then has to cross to the other core every step, which costs as much as
+the second core saves (``benchmarks/README.md``, section 11). Split by units instead:
+thread t owns hidden units [lo_t, lo_t + h_t) — the columns of W¹ and b¹ and the rows of
+W² — and the output bias b² is replicated. Per batch, each thread
+
+1. gathers the batch (both read the same rows of X and Y),
+2. computes its units' z¹ = x·W¹_t + b¹_t, a¹ = f(z¹) and its part of the logits
+   a¹_t·W²_t into ``exchange[parity, t]``,
+3. waits at the barrier (``kernels.sync``), then adds the two parts, in the same order on
+   both threads, so both hold the same logits and the same δ² (softmax–cross-entropy,
+   or any output and loss as in ``cpu.output_loss``),
+4. computes dW²_t = a¹_tᵀ·δ², db² = Σ δ², δ¹_t = (δ²·W²_tᵀ) ⊙ f'(z¹_t), dW¹_t = xᵀ·δ¹_t,
+   db¹_t = Σ δ¹_t, and
+5. applies the optimizer step (``cpu._update_range``) to its own parameters and to its
+   copy of b², which stays equal on both threads.
+
+Only the logits (rows × outputs) cross between the cores, once per batch; the parity
+double buffer makes one barrier per batch enough. Each thread keeps its parameters,
+gradient and optimizer moments in a contiguous shard (``Split.theta``/... row t), copied
+from θ and the optimizer state at the start of a compiled call and back at its end, so
+the products are plain BLAS calls on contiguous arrays (the kernels' BLAS pool runs one
+thread meanwhile). Gradient diagnostics and the L1/L2 penalty are summed over the two
+threads per batch (``Split.parts``), as ``cpu.update_params`` records them.
+
+The results equal the one-thread path's to rounding (the logits are summed in two parts,
+the products have other shapes), and are the same bits from run to run. The path covers
+plain fits — no dropout, batchnorm, checkpointing, sample weights or ``clip_norm`` (a
+global norm would need a second exchange per batch); ``fastbp.cpu_training`` picks it
+where :data:`FASTER_THAN_ONE_THREAD` says it won, on x86-64 with two or more cores and a
+thread-safe Numba threading layer (OpenMP or TBB).
+"""
+
+import numpy as np
+from numba import prange
+
+from . import cpu, sync
+from .bundles import Data, Hyper, Split
+
+_jit = cpu.compiled_only(boundscheck=False)
+#: the driver holds the parallel loop (``prange``) itself: one level less of Numba's
+#: linking and optimising than a separate parallel function (~1 s of a first fit)
+_entry = cpu.entry(boundscheck=False, parallel=True)
+
+#: batch size → (narrowest, widest) hidden layer at which two threads beat one, for
+#: float32 d-H-10 networks, ReLU + softmax-CE, Adam, d in 16, 64, 256, from ``python -m
+#: benchmarks.prototypes.split_crossover --rounds 21`` (2-core AMD EPYC, AVX-512,
+#: 2026-12-07, ``benchmarks/results/2026-12-07-split-crossover.txt``): 1.2-2.0× at hidden
+#: widths 32-128 for every d and batch 8-128; at 16 units 0.66-1.35× (medians), at 256 units
+#: 64-256-10 lost at batches 8-32 (0.82-0.92×). A batch between measured ones uses the next
+#: smaller measured batch (larger batches the largest); a smaller batch never splits.
+FASTER_THAN_ONE_THREAD = {8: (32, 128)}
+#: the dtypes the table was measured for
+DTYPES = ("float32",)
+#: rows × parameters of the training set below which an automatic choice stays on one thread:
+#: an epoch is then under ~10 ms (0.85 ns per row and parameter at 64-128-10), and the split
+#: driver's compile on an empty Numba cache (~6 s more than the one-thread driver's) would
+#: not pay back in a typical fit (``fastbp train``'s digits, 1.4 k rows × 4.8 k parameters)
+MIN_EPOCH_WORK = 10 ** 8
+
+
+def eligible(sizes, batch, dropout=False, batchnorm=False, weighted=False, clip_norm=0.0):
+    """Can a fit take the split path at all (whatever the speed)?"""
+    return (len(sizes) == 3 and sizes[1] >= 2 and batch >= 1 and not dropout and not batchnorm
+            and not weighted and not clip_norm)
+
+
+def wins(sizes, dtype, batch, rows):
+    """Is the split path faster for a fit of ``rows`` rows (:data:`FASTER_THAN_ONE_THREAD`,
+    :data:`MIN_EPOCH_WORK`)?"""
+    if str(dtype) not in DTYPES:
+        return False
+    n_params = sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
+    if rows * n_params < MIN_EPOCH_WORK:
+        return False
+    measured = [b for b in sorted(FASTER_THAN_ONE_THREAD) if b <= batch]
+    if not measured:
+        return False
+    narrowest, widest = FASTER_THAN_ONE_THREAD[measured[-1]]
+    return narrowest <= sizes[1] <= widest
+
+
+#: the thread that records the batches (loss, correct count, diagnostics)
+BOOKKEEPER = 1
+#: :func:`shard_copy`'s direction, as int64 (one specialisation, not one per literal)
+INTO, BACK = np.int64(1), np.int64(0)
+
+
+def own_units(t, hidden):
+    """(first unit, count) of the hidden units thread t owns."""
+    first = (hidden + 1) // 2
+    return (0, first) if t == 0 else (first, hidden - first)
+
+
+def shard_length(sizes):
+    """Length of one thread's shard: W¹ columns, b¹, W² rows of the larger half, and b²."""
+    d, hidden, k = sizes
+    h = (hidden + 1) // 2
+    return d * h + h + h * k + k
+
+
+_own_units = _jit(own_units)
+
+
+@_jit
+def shard_views(buffer, d, h, k):
+    """(W¹_t (d, h), b¹_t (h,), W²_t (h, k), b² (k,)) in a shard."""
+    w2 = d * h + h
+    b2 = w2 + h * k
+    return (buffer[:d * h].reshape((d, h)), buffer[d * h:w2], buffer[w2:b2].reshape((h, k)),
+            buffer[b2:b2 + k])
+
+
+@_jit
+def copy_block(source, target):
+    """target ← source for two 2-D arrays of one shape (loops: an array assignment would
+    compile Numba's shape-mismatch error formatting, seconds of a first fit)."""
+    for i in range(source.shape[0]):
+        for j in range(source.shape[1]):
+            target[i, j] = source[i, j]
+
+
+@_jit
+def shard_copy(flat, layout, shards, into_shards):
+    """Copy between a network-long buffer (θ, the gradient or a moment, in ``layout``) and
+    the two threads' shards: into them if ``into_shards`` else back (b² from thread 0)."""
+    d, hidden, k = layout[0, 0], layout[0, 1], layout[1, 1]
+    w1, b1 = cpu.weights_view(flat, layout, 0), cpu.bias_view(flat, layout, 0)
+    w2, b2 = cpu.weights_view(flat, layout, 1), cpu.bias_view(flat, layout, 1)
+    for t in range(2):
+        lo, h = _own_units(t, hidden)
+        sw1, sb1, sw2, sb2 = shard_views(shards[t], d, h, k)
+        # network-side views as 2-D blocks: W¹'s columns, b¹ as one row, W²'s rows, b² as one row
+        copy_between(w1[:, lo:lo + h], sw1, into_shards)
+        copy_between(b1[lo:lo + h].reshape((1, h)), sb1.reshape((1, h)), into_shards)
+        copy_between(w2[lo:lo + h], sw2, into_shards)
+        if into_shards or t == 0:
+            copy_between(b2.reshape((1, k)), sb2.reshape((1, k)), into_shards)
+
+
+@_jit
+def copy_between(network_side, shard_side, into_shard):
+    """shard_side ← network_side if ``into_shard`` else the other way."""
+    if into_shard:
+        copy_block(network_side, shard_side)
+    else:
+        copy_block(shard_side, network_side)
+
+
+@_jit
+def record_batch(diagnostics, totals, parts, loss, rows):
+    """A batch's bookkeeping from the two threads' sums ``parts`` (thread, layer, [Σ g²,
+    Σ Δθ², Σ θ², penalty]): ``cpu._record`` per layer, and loss + rows·penalty into
+    ``totals[0]`` (in batch order, as ``cpu.train_batches`` adds them: the same total
+    however an epoch is cut into compiled calls)."""
+    penalty = 0.0
+    for l in range(2):
+        grad_sq = parts[0, l, 0] + parts[1, l, 0]
+        step_sq = parts[0, l, 1] + parts[1, l, 1]
+        weight_sq = parts[0, l, 2] + parts[1, l, 2]
+        diagnostics[l, 0] += np.sqrt(grad_sq)
+        diagnostics[l, 1] += np.sqrt(step_sq / weight_sq) if weight_sq > 0 else 0.0
+        penalty += parts[0, l, 3] + parts[1, l, 3]
+    totals[0] += loss + rows * penalty
+
+
+@_jit
+def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step, parts):
+    """The optimizer step on thread t's shard (weights with L1/L2, biases without; ``cpu._update_range``);
+    its sums per layer into ``parts[t]`` (b²'s gradient counted by thread 0 only)."""
+    consts = cpu.step_constants(theta, hyper, step)
+    cast = theta.dtype.type
+    zero, one, l1, l2 = cast(0), cast(1), cast(hyper.l1), cast(hyper.l2)
+    w2 = d * h + h
+    b2 = w2 + h * k
+    for l in range(2):
+        for q in range(4):
+            parts[t, l, q] = 0.0
+    for l in range(2):  # the weights, with L1/L2
+        lo, hi = (np.int64(0), d * h) if l == 0 else (w2, b2)
+        g, s, w, p = cpu._update_range(theta[lo:hi], grad[lo:hi], state1[lo:hi], state2[lo:hi], opt_code,
+                                       consts, l1, l2, one)
+        parts[t, l, 0] += g
+        parts[t, l, 1] += s
+        parts[t, l, 2] += w
+        parts[t, l, 3] += p
+    for l in range(2):  # the biases (b² is replicated: counted once)
+        lo, hi = (d * h, w2) if l == 0 else (b2, b2 + k)
+        g, _, _, _ = cpu._update_range(theta[lo:hi], grad[lo:hi], state1[lo:hi], state2[lo:hi], opt_code,
+                                       consts, zero, zero, one)
+        if l == 0 or t == 0:
+            parts[t, l, 0] += g
+
+
+@_jit
+def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostics, totals, counts, first, stop,
+                   bmax, hidden, step0):
+    """Thread t's part of batches first..stop-1 (see the module docstring)."""
+    if not sync.handshake(split.state):
+        return
+    X, Y, perm = data.X, data.Y, data.perm
+    n, d, k = perm.shape[0], X.shape[1], Y.shape[1]
+    lo, h = _own_units(t, hidden)
+    theta, grad = split.theta[t], split.grad[t]
+    w1, b1, w2, b2 = shard_views(theta, d, h, k)
+    dw1, db1, dw2, db2 = shard_views(grad, d, h, k)
+    hidden_code, out_code = codes[0], codes[1]
+    zero = np.int64(0)
+    pending_loss, pending_rows = 0.0, 0  # thread 0: the previous batch's, recorded once both threads' sums are in
+    for b in range(first, stop):
+        start = b * bmax
+        rows = min(bmax, n - start)
+        parity = b % 2
+        x = cpu.rows_view(split.xs[t], zero, rows, d)
+        y = cpu.rows_view(split.ys[t], zero, rows, k)
+        cpu.gather_rows(X, perm, start, rows, x)
+        cpu.gather_rows(Y, perm, start, rows, y)
+        z = cpu.rows_view(split.zs[t], zero, rows, h)
+        a = cpu.rows_view(split.acts[t], zero, rows, h)
+        np.dot(x, w1, z)
+        cpu.forward_epilogue(z, b1, hidden_code, a)
+        np.dot(a, w2, cpu.rows_view(split.exchange[parity, t], zero, rows, k))
+        sync.barrier(split.state)
+        if t == BOOKKEEPER and b > first:  # the other thread's sums of the previous batch are complete now
+            record_batch(diagnostics, totals, split.parts[1 - parity], pending_loss, pending_rows)
+        mine = cpu.rows_view(split.exchange[parity, 0], zero, rows, k)
+        other = cpu.rows_view(split.exchange[parity, 1], zero, rows, k)
+        logits = cpu.rows_view(split.logits[t], zero, rows, k)
+        for i in range(rows):
+            for j in range(k):
+                logits[i, j] = mine[i, j] + other[i, j]
+        out = cpu.rows_view(split.outputs[t], zero, rows, k)
+        delta = cpu.rows_view(split.delta_out[t], zero, rows, k)
+        scale = 1.0 / rows
+        if out_code == cpu.SOFTMAX and loss_code == cpu.CE:
+            loss = cpu.softmax_cross_entropy(logits, b2, out, y, scale, None, delta)
+        else:
+            cpu.forward_epilogue(logits, b2, out_code, out)
+            loss = cpu.output_delta(logits, out, y, out_code, loss_code, scale, None, delta)
+        np.dot(a.T, delta, dw2)
+        cpu.bias_gradient(delta, db2)
+        delta_hidden = cpu.rows_view(split.delta_hidden[t], zero, rows, h)
+        np.dot(delta, w2.T, delta_hidden)
+        cpu.delta_epilogue(z, a, hidden_code, delta_hidden)
+        np.dot(x.T, delta_hidden, dw1)
+        cpu.bias_gradient(delta_hidden, db1)
+        update_shard(t, theta, grad, split.state1[t], split.state2[t], d, h, k, opt_code, hyper,
+                     step0 + (b - first) + 1, split.parts[parity])
+        if t == BOOKKEEPER:
+            pending_loss, pending_rows = loss, rows
+            counts[0] += cpu.correct_count(out, y, out_code)
+    if t == BOOKKEEPER:  # the last batch: recorded by the driver after the region
+        split.pending[0] = pending_loss
+        split.pending[1] = pending_rows
+
+
+@_entry
+def train_batches(net, opt, hyper, work, data, batches, split):
+    """``cpu.train_batches`` of a plain fit of a one-hidden-layer network on two threads:
+    batches ``batches`` = (first, stop) in one parallel region. Returns False, with
+    nothing changed, if the region's two iterations did not run at the same time
+    (``sync.handshake``): the caller then trains these batches on one thread."""
+    first, stop = batches
+    if first == 0:
+        work.sums[0] = 0.0
+        work.counts[0] = 0
+    if stop <= first:
+        return True
+    layout = net.layout
+    shard_copy(net.theta, layout, split.theta, INTO)
+    shard_copy(opt.state1, layout, split.state1, INTO)
+    shard_copy(opt.state2, layout, split.state2, INTO)
+    for i in range(3):
+        split.state[i] = 0
+    theta_s, grad_s, state1_s, state2_s, xs, ys, zs, acts = (split.theta, split.grad, split.state1, split.state2,
+                                                             split.xs, split.ys, split.zs, split.acts)
+    exchange, logits, outputs, delta_out, delta_hidden = (split.exchange, split.logits, split.outputs,
+                                                          split.delta_out, split.delta_hidden)
+    parts, pending, state = split.parts, split.pending, split.state
+    X, Y, perm = data.X, data.Y, data.perm
+    lr, momentum, beta2, eps, l1, l2, clip_value = (hyper.lr, hyper.momentum, hyper.beta2, hyper.eps, hyper.l1,
+                                                   hyper.l2, hyper.clip_value)
+    codes, loss_code, opt_code, diagnostics = net.codes, net.loss_code, opt.code, opt.diagnostics
+    bmax, hidden, step0, totals, counts_total = work.bmax, layout[0, 1], opt.step[0], work.sums, work.counts
+    # a parallel loop's body takes arrays and scalars, not tuples: the bundles are rebuilt
+    # inside; t as int64, as the loop's own typing has it (one specialisation)
+    for t in prange(2):
+        thread_batches(np.int64(t), Split(theta_s, grad_s, state1_s, state2_s, xs, ys, zs, acts, exchange, logits,
+                                          outputs, delta_out, delta_hidden, parts, pending, state),
+                       Data(X, Y, perm, None), Hyper(lr, momentum, beta2, eps, l1, l2, 0.0, clip_value),
+                       codes, loss_code, opt_code, diagnostics, totals, counts_total, first, stop, bmax, hidden,
+                       step0)
+    if sync.aborted(split.state):
+        return False
+    shard_copy(net.theta, layout, split.theta, BACK)
+    shard_copy(opt.state1, layout, split.state1, BACK)
+    shard_copy(opt.state2, layout, split.state2, BACK)
+    shard_copy(opt.grad, layout, split.grad, BACK)
+    record_batch(opt.diagnostics, work.sums, split.parts[(stop - 1) % 2], split.pending[0], split.pending[1])
+    opt.step[0] += stop - first
+    return True

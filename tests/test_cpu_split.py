@@ -1,0 +1,178 @@
+"""The split path (fastbp/kernels/cpu_split.py: one hidden layer, two threads, each owning
+half of the hidden units) against the NumPy reference (float64 tightly, float32 loosely)
+on odd shapes — an odd hidden width (uneven halves), a hidden layer of 2, batch 1, a
+partial last batch — for every output/loss, the optimizers, L1/L2 and clip_value; its
+diagnostics and history next to the one-thread path; bitwise stability from run to run
+and across chunkings of an epoch; the fallback when the two threads cannot run together;
+and which fits take the path."""
+
+import numba
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cpu_training, spec
+from fastbp.kernels import cpu_split, sync
+from fastbp.kernels.bundles import Data
+from fastbp.network import FitState
+
+from helpers import ReferenceTrainer, assert_close, make_data
+
+pytestmark = pytest.mark.skipif(not cpu_training.two_threads_available(),
+                                reason="the split path needs x86-64, two cores and Numba's OpenMP or TBB layer")
+
+OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse")]
+
+
+def engine(net, X, Y, loss, optimizer, batch_size, **options):
+    """A CpuEngine on the split path (``threads=2``)."""
+    values = dict(l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0)
+    values.update(options)
+    result = cpu_training.CpuEngine(net, X, Y, FitState(net.n_params, net.dtype), batch_size=batch_size,
+                                    optimizer=optimizer, loss_code=spec.LOSSES[loss], threads=2, **values)
+    assert result.split is not None
+    return result
+
+
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
+@pytest.mark.parametrize("sizes,rows,batch_size", [([5, 7, 3], 23, 7), ([3, 2, 2], 9, 1), ([17, 33, 5], 40, 40)],
+                         ids=["odd-hidden,partial-batch", "hidden-2,batch-1", "full-batch"])
+def test_fit_matches_reference(sizes, rows, batch_size, output, loss, dtype):
+    """Whole fits (3 epochs, no shuffling) on two threads against reference.train_epoch."""
+    net = fastbp.MLP(sizes, activation="tanh", output=output, seed=3, dtype=dtype)
+    X, Y = make_data(rows, sizes, output, dtype, seed=rows)
+    optimizer = fastbp.Adam(0.01)
+    ref = ReferenceTrainer(net)
+    losses = [ref.epoch(X, Y, np.arange(rows), batch_size, loss, optimizer, optimizer.lr) for _ in range(3)]
+    history = net.fit(X, Y, loss=loss, optimizer=optimizer, epochs=3, batch_size=batch_size, shuffle=False,
+                      threads=2)
+    assert_close(net.theta, ref.flat(), dtype, "parameters after 3 epochs")
+    assert_close(history.loss, [mean for mean, _ in losses], dtype, "epoch losses")
+
+
+@pytest.mark.parametrize("optimizer", [fastbp.SGD(0.1), fastbp.optimizers.Nesterov(0.05), fastbp.RMSprop(0.01)],
+                         ids=["sgd", "nesterov", "rmsprop"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "leaky_relu"])
+def test_optimizers_penalties_and_clipping(optimizer, activation, dtype):
+    """The other optimizers, L1 and L2 (in the reported loss too) and clip_value."""
+    sizes = [6, 9, 4]
+    net = fastbp.MLP(sizes, activation=activation, output="softmax", seed=5, dtype=dtype)
+    X, Y = make_data(31, sizes, "softmax", dtype, seed=8)
+    ref = ReferenceTrainer(net)
+    options = dict(l1=1e-3, l2=1e-2, clip_value=0.05)
+    losses = [ref.epoch(X, Y, np.arange(31), 8, "cross_entropy", optimizer, optimizer.lr, **options)
+              for _ in range(2)]
+    history = net.fit(X, Y, optimizer=optimizer, epochs=2, batch_size=8, shuffle=False, threads=2, **options)
+    assert_close(net.theta, ref.flat(), dtype, "parameters")
+    assert_close(history.loss, [mean for mean, _ in losses], dtype, "losses with the penalty")
+
+
+def fit_pair(sizes, dtype, batch_size=8, rows=50, epochs=2):
+    """The same fit on one thread and on two: (net1, history1, net2, history2)."""
+    X, Y = make_data(rows, sizes, "softmax", dtype, seed=1)
+    result = []
+    for threads in (1, 2):
+        net = fastbp.MLP(sizes, activation="relu", output="softmax", seed=9, dtype=dtype)
+        history = net.fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=epochs, batch_size=batch_size, seed=4,
+                          threads=threads)
+        result += [net, history]
+    return result
+
+
+def test_diagnostics_and_history_match_one_thread(dtype):
+    net1, h1, net2, h2 = fit_pair([8, 11, 3], dtype)
+    assert_close(net2.theta, net1.theta, dtype, "parameters")
+    for name in ("loss", "accuracy", "grad_norm", "update_ratio"):
+        assert_close(np.asarray(getattr(h2, name)), np.asarray(getattr(h1, name)), dtype, name)
+    assert np.asarray(h2.grad_norm).shape == (2, 2)
+
+
+def test_bitwise_stable_from_run_to_run():
+    a = fit_pair([16, 21, 5], np.float32, batch_size=4, epochs=3)
+    b = fit_pair([16, 21, 5], np.float32, batch_size=4, epochs=3)
+    assert a[2].theta.tobytes() == b[2].theta.tobytes()
+    assert a[3].loss == b[3].loss
+
+
+def test_chunking_does_not_change_the_bits(dtype):
+    """An epoch in one compiled call or in several (the shards are copied in and out of θ
+    and the optimizer state at each call): the same bits."""
+    sizes = [7, 10, 3]
+    X, Y = make_data(45, sizes, "softmax", dtype, seed=2)
+    perm = np.random.default_rng(0).permutation(45)
+    results = []
+    for cuts in ([0, 9], [0, 1, 2, 5, 9]):
+        net = fastbp.MLP(sizes, activation="tanh", output="softmax", seed=1, dtype=dtype)
+        run = engine(net, X, Y, "cross_entropy", fastbp.Adam(0.02), 5)
+        for epoch in range(2):
+            for first, stop in zip(cuts[:-1], cuts[1:]):
+                total, correct = run.train_batches(perm, first, stop, epoch, 0.02)
+        results.append((net.theta.tobytes(), run.state.state2.tobytes(), total, correct,
+                        run.optimizer.diagnostics.tobytes(), int(run.state.step[0])))
+    assert results[0] == results[1]
+
+
+def test_two_threads_that_do_not_run_together_change_nothing():
+    """With one Numba thread the loop's two iterations run one after the other: the
+    handshake gives up, the driver returns False and θ and the optimizer state are as
+    before; the engine warns and trains the batches on one thread instead."""
+    sizes = [4, 6, 2]
+    X, Y = make_data(12, sizes, "softmax", np.float64, seed=3)
+    net = fastbp.MLP(sizes, activation="relu", output="softmax", seed=2, dtype=np.float64)
+    run = engine(net, X, Y, "cross_entropy", fastbp.Adam(0.01), 4)
+    before = (net.theta.copy(), run.state.state1.copy(), int(run.state.step[0]))
+    perm = np.arange(12)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert not cpu_split.train_batches(run.network, run.optimizer, run.hyper, run.work, Data(X, Y, perm, None),
+                                           (0, 3), run.split)
+        assert (net.theta == before[0]).all() and (run.state.state1 == before[1]).all()
+        assert int(run.state.step[0]) == before[2]
+        with pytest.warns(RuntimeWarning, match="did not run at the same time"):
+            run.train_batches(perm, 0, 3, 0, 0.01)
+    finally:
+        numba.set_num_threads(previous)
+    assert run.split is None
+    assert int(run.state.step[0]) == 3 and not (net.theta == before[0]).all()
+    assert sync.HANDSHAKE_SPINS > 0
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({}, True),
+    ({"threads": 1}, False),
+    ({"sizes": [5, 7, 6, 3]}, False),
+    ({"dropout": True}, False),
+    ({"batchnorm": True}, False),
+    ({"weighted": True}, False),
+    ({"clip_norm": 1.0}, False),
+    ({"checkpoint": True}, False),
+])
+def test_which_fits_take_the_path(change, expected):
+    options = dict(sizes=[5, 7, 3], threads=2, dropout=False, batchnorm=False, weighted=False, clip_norm=0.0,
+                   checkpoint=None)
+    options.update(change)
+    net = fastbp.MLP(options.pop("sizes"), dropout=0.2 if options.pop("dropout") else 0.0,
+                     batchnorm=options.pop("batchnorm"))
+    assert cpu_training.use_split(net, 8, 100, **options) is expected
+
+
+def test_automatic_choice_follows_the_table(monkeypatch):
+    net = fastbp.MLP([64, 128, 10], dtype="float32")
+    rows = cpu_split.MIN_EPOCH_WORK // net.n_params + 1
+    monkeypatch.setattr(cpu_split, "FASTER_THAN_ONE_THREAD", {16: (64, 128)})
+    assert cpu_training.use_split(net, 32, rows) and cpu_training.use_split(net, 16, rows)
+    assert not cpu_training.use_split(net, 8, rows)
+    assert not cpu_training.use_split(net, 32, rows - 2), "too little work per epoch"
+    assert not cpu_training.use_split(fastbp.MLP([64, 32, 10], dtype="float32"), 32, 10 ** 6)
+    assert not cpu_training.use_split(fastbp.MLP([64, 256, 10], dtype="float32"), 32, 10 ** 6)
+    assert not cpu_training.use_split(fastbp.MLP([64, 128, 10], dtype="float64"), 32, rows)
+    monkeypatch.setattr(cpu_split, "FASTER_THAN_ONE_THREAD", {})
+    assert not cpu_training.use_split(net, 32, rows)
+
+
+def test_the_bench_small_network_takes_the_path():
+    """``fastbp bench``'s small configuration (64-128-10, batch 32, 16384 rows) trains on two
+    threads; ``fastbp train``'s digits network (64-64-10, 1.4 k rows) on one."""
+    assert cpu_training.use_split(fastbp.MLP([64, 128, 10], dtype="float32"), 32, 16384)
+    assert not cpu_training.use_split(fastbp.MLP([64, 64, 10], dtype="float32"), 32, 1437)
