@@ -95,7 +95,7 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
             if not np.isin(labels, (0.0, 1.0)).all():
                 raise ValueError(f"labels for a single sigmoid output must be 0 or 1, got values {np.unique(arr)[:10]}")
             return np.ascontiguousarray(labels.reshape(-1, 1), dtype=dtype)
-        if not np.all(np.mod(arr, 1) == 0):
+        if arr.dtype.kind not in "iub" and not np.all(np.mod(arr, 1) == 0):  # integer dtypes hold integers
             raise ValueError("class labels must be integers")
         labels = arr.astype(np.int64)
         if labels.min() < 0 or labels.max() >= n_outputs:
