@@ -59,7 +59,7 @@ def seconds_per_batch(engine, perm):
     return (time.perf_counter() - t0) / engine.n_batches
 
 
-def time_pair(pair, perm, rounds):
+def interleaved_timings(pair, perm, rounds):
     """µs per batch of two engines, interleaved after one warm-up epoch each: (median of
     the first, median of the second, best of the first, best of the second)."""
     for e in pair:
@@ -74,7 +74,7 @@ def time_pair(pair, perm, rounds):
 def compare(sizes, batch, rounds, work=WORK):
     """µs per batch: (median BLAS, median small, best BLAS, best small)."""
     pair, perm = engines(sizes, batch, work)
-    return time_pair(pair, perm, rounds)
+    return interleaved_timings(pair, perm, rounds)
 
 
 def main(argv=None):

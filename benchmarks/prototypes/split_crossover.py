@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from fastbp import cpu_training
 from fastbp.threads import blas_pools
 
-from .small_crossover import WORK, engine, time_pair, training_set
+from .small_crossover import WORK, engine, interleaved_timings, training_set
 
 
 def compare(sizes, batch, rounds, work=WORK, seed=0):
@@ -27,7 +27,7 @@ def compare(sizes, batch, rounds, work=WORK, seed=0):
         raise RuntimeError("threads=1 must train on one thread and threads=2 on the split path")
     for e in pair:
         e.small = None
-    return time_pair(pair, perm, rounds)
+    return interleaved_timings(pair, perm, rounds)
 
 
 def main(argv=None):
