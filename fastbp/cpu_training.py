@@ -12,6 +12,7 @@ the hot path neither allocates nor runs Python per batch.
 """
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -143,14 +144,18 @@ def split_bundle(net, bmax):
     return Split(*params, parts, pending, state)
 
 
+#: (threading layer, process id) once :func:`two_threads_available` has started Numba's threads
 _threading_layer = None
 
 
 def two_threads_available():
     """Can the split path run here: x86-64 (its spin-wait instruction), two or more cores for
     this process and for Numba's parallel loops (``numba.get_num_threads()``, per calling
-    thread), and a threading layer that is safe to enter from several Python threads
-    (OpenMP or TBB; ``workqueue`` is not)."""
+    thread), and Numba's OpenMP threading layer, whose ``parallel for`` runs the two
+    iterations of the split path's loop on two threads at once (TBB may run both on one,
+    ``workqueue`` is unsafe from several Python threads), started in this very process:
+    GNU OpenMP does not survive ``fork()``, and Numba terminates a forked child that uses a
+    pool its parent started, so a child of such a process trains on one thread."""
     global _threading_layer
     import platform
 
@@ -163,10 +168,11 @@ def two_threads_available():
         try:
             from numba.np.ufunc import parallel
             parallel._launch_threads()  # what a first parallel call does; then the layer is known
-            _threading_layer = numba.threading_layer()
+            _threading_layer = (numba.threading_layer(), os.getpid())
         except Exception:  # a private Numba API: without it, stay on one thread
-            _threading_layer = "unknown"
-    return _threading_layer in ("omp", "tbb")
+            _threading_layer = ("unknown", os.getpid())
+    layer, pid = _threading_layer
+    return layer == "omp" and pid == os.getpid()
 
 
 def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, checkpoint=None):

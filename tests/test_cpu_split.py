@@ -6,6 +6,8 @@ diagnostics and history next to the one-thread path; bitwise stability from run 
 and across chunkings of an epoch; the fallback when the two threads cannot run together;
 and which fits take the path."""
 
+import multiprocessing
+
 import numba
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from fastbp.network import FitState
 from helpers import ReferenceTrainer, assert_close, make_data
 
 pytestmark = pytest.mark.skipif(not cpu_training.two_threads_available(),
-                                reason="the split path needs x86-64, two cores and Numba's OpenMP or TBB layer")
+                                reason="the split path needs x86-64, two cores and Numba's OpenMP layer")
 
 OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse")]
 
@@ -176,3 +178,24 @@ def test_the_bench_small_network_takes_the_path():
     threads; ``fastbp train``'s digits network (64-64-10, 1.4 k rows) on one."""
     assert cpu_training.use_split(fastbp.MLP([64, 128, 10], dtype="float32"), 32, 16384)
     assert not cpu_training.use_split(fastbp.MLP([64, 64, 10], dtype="float32"), 32, 1437)
+
+
+def _child_fit(queue):
+    X, Y = make_data(30, [6, 8, 3], "softmax", np.float64, seed=6)
+    net = fastbp.MLP([6, 8, 3], seed=1, dtype=np.float64)
+    queue.put((cpu_training.two_threads_available(), net.fit(X, Y, epochs=2, batch_size=4, threads=2).loss))
+
+
+def test_a_forked_child_trains_on_one_thread():
+    """This process has started Numba's OpenMP threads (the tests above); GNU OpenMP does
+    not survive fork(), and Numba terminates a child that uses its parent's pool: a forked
+    child must not take the split path, and its fit must finish."""
+    assert cpu_training.two_threads_available()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_fit, args=(queue,))
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == 0
+    available, losses = queue.get(timeout=10)
+    assert available is False and len(losses) == 2 and np.isfinite(losses).all()

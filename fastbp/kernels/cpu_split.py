@@ -31,8 +31,9 @@ The results equal the one-thread path's to rounding (the logits are summed in tw
 the products have other shapes), and are the same bits from run to run. The path covers
 plain fits — no dropout, batchnorm, checkpointing, sample weights or ``clip_norm`` (a
 global norm would need a second exchange per batch); ``fastbp.cpu_training`` picks it
-where :data:`FASTER_THAN_ONE_THREAD` says it won, on x86-64 with two or more cores and a
-thread-safe Numba threading layer (OpenMP or TBB).
+where :data:`FASTER_THAN_ONE_THREAD` says it won, on x86-64 with two or more cores and
+Numba's OpenMP threading layer started in the same process
+(``cpu_training.two_threads_available``).
 """
 
 import numpy as np
