@@ -211,7 +211,7 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     dw1, db1, dw2, db2 = shard_views(grad, d, h, k)
     hidden_code, out_code = codes[0], codes[1]
     zero = np.int64(0)
-    pending_loss, pending_rows = 0.0, 0  # thread 0: the previous batch's, recorded once both threads' sums are in
+    pending_loss, pending_rows = 0.0, 0  # the bookkeeper's previous batch, recorded once both threads' sums are in
     for b in range(first, stop):
         start = b * bmax
         rows = min(bmax, n - start)
@@ -228,12 +228,12 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
         sync.barrier(split.state)
         if t == BOOKKEEPER and b > first:  # the other thread's sums of the previous batch are complete now
             record_batch(diagnostics, totals, split.parts[1 - parity], pending_loss, pending_rows)
-        mine = cpu.rows_view(split.exchange[parity, 0], zero, rows, k)
-        other = cpu.rows_view(split.exchange[parity, 1], zero, rows, k)
+        part0 = cpu.rows_view(split.exchange[parity, 0], zero, rows, k)
+        part1 = cpu.rows_view(split.exchange[parity, 1], zero, rows, k)
         logits = cpu.rows_view(split.logits[t], zero, rows, k)
-        for i in range(rows):
+        for i in range(rows):  # the same order on both threads: the same logits, δ² and b²
             for j in range(k):
-                logits[i, j] = mine[i, j] + other[i, j]
+                logits[i, j] = part0[i, j] + part1[i, j]
         out = cpu.rows_view(split.outputs[t], zero, rows, k)
         delta = cpu.rows_view(split.delta_out[t], zero, rows, k)
         scale = 1.0 / rows
