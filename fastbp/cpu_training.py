@@ -133,15 +133,16 @@ def split_bundle(net, bmax):
     """Shards and buffers of the split path (``kernels.cpu_split``), one row per thread,
     each on cache lines of its own."""
     d, hidden, k = net.sizes
-    h = (hidden + 1) // 2
+    h = cpu_split.own_units(0, hidden)[1]
     length = cpu_split.shard_length(net.sizes)
-    params = line_aligned_rows([(2, width) for width in (length, length, length, length, bmax * d, bmax * k,
-                                                         bmax * h, bmax * h)]
-                               + [(2, 2, bmax * k)] + [(2, width) for width in (bmax * k,) * 3 + (bmax * h,)],
-                               net.dtype)
+    shapes = {"theta": (2, length), "grad": (2, length), "state1": (2, length), "state2": (2, length),
+              "xs": (2, bmax * d), "ys": (2, bmax * k), "zs": (2, bmax * h), "acts": (2, bmax * h),
+              "exchange": (2, 2, bmax * k), "logits": (2, bmax * k), "outputs": (2, bmax * k),
+              "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h)}
+    arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
     parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
     state, = line_aligned_rows([(3,)], np.int64)
-    return Split(*params, parts, pending, state)
+    return Split(**arrays, parts=parts, pending=pending, state=state)
 
 
 #: (threading layer, process id) once :func:`two_threads_available` has started Numba's threads
@@ -181,7 +182,7 @@ def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, che
     ``rows`` training rows in batches of ``batch``."""
     if threads == 1 or checkpoint:
         return False
-    if not cpu_split.eligible(net.sizes, batch, any(net.dropout), net.batchnorm, weighted, clip_norm):
+    if not cpu_split.eligible(net.sizes, any(net.dropout), net.batchnorm, weighted, clip_norm):
         return False
     if threads is None and not cpu_split.wins(net.sizes, net.dtype, batch, rows):
         return False

@@ -64,10 +64,9 @@ DTYPES = ("float32",)
 MIN_EPOCH_WORK = 10 ** 8
 
 
-def eligible(sizes, batch, dropout=False, batchnorm=False, weighted=False, clip_norm=0.0):
+def eligible(sizes, dropout=False, batchnorm=False, weighted=False, clip_norm=0.0):
     """Can a fit take the split path at all (whatever the speed)?"""
-    return (len(sizes) == 3 and sizes[1] >= 2 and batch >= 1 and not dropout and not batchnorm
-            and not weighted and not clip_norm)
+    return len(sizes) == 3 and sizes[1] >= 2 and not (dropout or batchnorm or weighted or clip_norm)
 
 
 def wins(sizes, dtype, batch, rows):
@@ -100,7 +99,7 @@ def own_units(t, hidden):
 def shard_length(sizes):
     """Length of one thread's shard: W¹ columns, b¹, W² rows of the larger half, and b²."""
     d, hidden, k = sizes
-    h = (hidden + 1) // 2
+    h = own_units(0, hidden)[1]
     return d * h + h + h * k + k
 
 
@@ -178,17 +177,14 @@ def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step,
     zero, one, l1, l2 = cast(0), cast(1), cast(hyper.l1), cast(hyper.l2)
     w2 = d * h + h
     b2 = w2 + h * k
-    for l in range(2):
-        for q in range(4):
-            parts[t, l, q] = 0.0
     for l in range(2):  # the weights, with L1/L2
         lo, hi = (np.int64(0), d * h) if l == 0 else (w2, b2)
         g, s, w, p = cpu._update_range(theta[lo:hi], grad[lo:hi], state1[lo:hi], state2[lo:hi], opt_code,
                                        consts, l1, l2, one)
-        parts[t, l, 0] += g
-        parts[t, l, 1] += s
-        parts[t, l, 2] += w
-        parts[t, l, 3] += p
+        parts[t, l, 0] = g
+        parts[t, l, 1] = s
+        parts[t, l, 2] = w
+        parts[t, l, 3] = p
     for l in range(2):  # the biases (b² is replicated: counted once)
         lo, hi = (d * h, w2) if l == 0 else (b2, b2 + k)
         g, _, _, _ = cpu._update_range(theta[lo:hi], grad[lo:hi], state1[lo:hi], state2[lo:hi], opt_code,
