@@ -13,12 +13,13 @@ the hot path neither allocates nor runs Python per batch.
 
 import math
 import os
+import sys
 import warnings
 
 import numpy as np
 
 from . import spec
-from .kernels import cpu, cpu_small, cpu_split
+from .kernels import cpu, cpu_small, cpu_split, sync
 from .kernels.bundles import (BatchNorm, Checkpoint, Data, Dropout, Hyper, Network, Optimizer, Small, Split,
                               Workspace)
 from .threads import available_cores
@@ -141,8 +142,9 @@ def split_bundle(net, bmax):
               "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h)}
     arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
     parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
-    state, = line_aligned_rows([(3,)], np.int64)
-    return Split(**arrays, parts=parts, pending=pending, state=state)
+    state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
+    masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
+    return Split(**arrays, parts=parts, pending=pending, state=state, masks=masks)
 
 
 #: (threading layer, process id) once :func:`two_threads_available` has started Numba's threads
@@ -150,7 +152,8 @@ _threading_layer = None
 
 
 def two_threads_available():
-    """Can the split path run here: x86-64 (its spin-wait instruction), two or more cores for
+    """Can the split path run here: Linux on x86-64 (its spin-wait instruction; the C library's
+    ``sched_yield``, ``sched_getcpu`` and CPU affinity calls, ``kernels.sync``), two or more cores for
     this process and for Numba's parallel loops (``numba.get_num_threads()``, per calling
     thread), and Numba's OpenMP threading layer, whose ``parallel for`` runs the two
     iterations of the split path's loop on two threads at once (TBB may run both on one,
@@ -161,7 +164,9 @@ def two_threads_available():
     import platform
 
     import numba
-    if platform.machine().lower() not in ("x86_64", "amd64") or available_cores() < 2:
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if available_cores() < 2:
         return False
     if numba.config.DISABLE_JIT or numba.get_num_threads() < 2:
         return False

@@ -7,6 +7,7 @@ and across chunkings of an epoch; the fallback when the two threads cannot run t
 and which fits take the path."""
 
 import multiprocessing
+import os
 
 import numba
 import numpy as np
@@ -237,3 +238,58 @@ def test_no_cache_line_is_written_by_both_threads(sizes, bmax):
                 lines |= _lines(array, t, width)
         per_thread.append(lines)
     assert not per_thread[0] & per_thread[1]
+
+
+@numba.njit
+def _share_then_keep_apart(state, masks, t):
+    """As thread t, after a thread 0 that ran on this very CPU: (CPU before, CPU while
+    keep_apart holds, state[MOVED] then), and let_go at the end."""
+    state[sync.FIRST_CPU] = sync.current_cpu()
+    before = sync.current_cpu()
+    sync.keep_apart(state, masks, t)
+    during, moved = sync.current_cpu(), state[sync.MOVED]
+    sync.let_go(state, masks, t)
+    return before, during, moved
+
+
+def _split_state():
+    net = fastbp.MLP([5, 7, 3], dtype="float32")
+    split = cpu_training.split_bundle(net, 4)
+    return split.state, split.masks
+
+
+def test_keep_apart_moves_the_second_thread_off_the_first_ones_cpu():
+    """The second thread on the first one's CPU (as a packing scheduler leaves them after
+    waking the pool) leaves that CPU for the region; let_go gives it its own mask back."""
+    own = os.sched_getaffinity(0)
+    state, masks = _split_state()
+    for _ in range(5):  # the thread may migrate between two readings of its CPU: try again
+        before, during, moved = _share_then_keep_apart(state, masks, np.int64(1))
+        if before >= 0 and before == state[sync.FIRST_CPU]:
+            break
+    assert moved == 1 and during != before
+    assert not masks[1][before // 8] & (1 << before % 8) and masks[0][before // 8] & (1 << before % 8)
+    assert os.sched_getaffinity(0) == own and state[sync.MOVED] == 0
+
+
+def test_keep_apart_leaves_the_first_thread_and_a_thread_with_one_cpu():
+    own = os.sched_getaffinity(0)
+    state, masks = _split_state()
+    assert _share_then_keep_apart(state, masks, np.int64(0))[2] == 0
+    cpu = next(iter(own))
+    os.sched_setaffinity(0, {cpu})
+    try:
+        before, during, moved = _share_then_keep_apart(state, masks, np.int64(1))
+        assert moved == 0 and before == during == cpu and os.sched_getaffinity(0) == {cpu}
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+def test_a_fit_leaves_every_threads_cpu_mask_as_it_was():
+    def masks():
+        return {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+    fit_pair([8, 11, 3], np.float32)
+    before = masks()
+    fit_pair([8, 11, 3], np.float32)
+    after = masks()
+    assert all(after[tid] == mask for tid, mask in before.items() if tid in after)

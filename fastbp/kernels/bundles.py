@@ -71,7 +71,9 @@ Small = namedtuple("Small", "transposed pad_b pad_out")
 #: ``delta_out``/``delta_hidden`` (flat, ``bmax`` rows); ``exchange`` (parity × thread:
 #: each thread's part of the logits), ``parts`` (parity × thread × layer × [Σ g², Σ Δθ²,
 #: Σ θ², penalty]), ``pending`` (the loss and rows of a call's last batch, recorded after
-#: the parallel region) and the barrier's ``state`` (int64, entries 0-2). Every row is padded to cache lines of its own
-#: (``cpu_training.line_aligned_rows``): the kernels use a prefix of it
+#: the parallel region), the barrier's ``state`` (int64, ``kernels.sync.STATE_LENGTH``) and
+#: the second thread's CPU ``masks`` (uint8, 2 × ``sync.AFFINITY_BYTES``, ``sync.keep_apart``).
+#: Every row is padded to cache lines of its own (``cpu_training.line_aligned_rows``): the
+#: kernels use a prefix of it
 Split = namedtuple("Split", "theta grad state1 state2 xs ys zs acts exchange logits outputs delta_out "
-                            "delta_hidden parts pending state")
+                            "delta_hidden parts pending state masks")

@@ -197,8 +197,10 @@ def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step,
 def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostics, totals, counts, first, stop,
                    bmax, hidden, step0):
     """Thread t's part of batches first..stop-1 (see the module docstring)."""
+    sync.note_cpu(split.state, t)
     if not sync.handshake(split.state):
         return
+    sync.keep_apart(split.state, split.masks, t)
     X, Y, perm = data.X, data.Y, data.perm
     n, d, k = perm.shape[0], X.shape[1], Y.shape[1]
     lo, h = _own_units(t, hidden)
@@ -253,6 +255,7 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     if t == BOOKKEEPER:  # the last batch: recorded by the driver after the region
         split.pending[0] = pending_loss
         split.pending[1] = pending_rows
+    sync.let_go(split.state, split.masks, t)
 
 
 @_entry
@@ -271,13 +274,13 @@ def train_batches(net, opt, hyper, work, data, batches, split):
     shard_copy(net.theta, layout, split.theta, INTO)
     shard_copy(opt.state1, layout, split.state1, INTO)
     shard_copy(opt.state2, layout, split.state2, INTO)
-    for i in range(3):
+    for i in range(sync.STATE_LENGTH):
         split.state[i] = 0
     theta_s, grad_s, state1_s, state2_s, xs, ys, zs, acts = (split.theta, split.grad, split.state1, split.state2,
                                                              split.xs, split.ys, split.zs, split.acts)
     exchange, logits, outputs, delta_out, delta_hidden = (split.exchange, split.logits, split.outputs,
                                                           split.delta_out, split.delta_hidden)
-    parts, pending, state = split.parts, split.pending, split.state
+    parts, pending, state, masks = split.parts, split.pending, split.state, split.masks
     X, Y, perm = data.X, data.Y, data.perm
     lr, momentum, beta2, eps, l1, l2, clip_value = (hyper.lr, hyper.momentum, hyper.beta2, hyper.eps, hyper.l1,
                                                    hyper.l2, hyper.clip_value)
@@ -287,7 +290,7 @@ def train_batches(net, opt, hyper, work, data, batches, split):
     # inside; t as int64, as the loop's own typing has it (one specialisation)
     for t in prange(2):
         thread_batches(np.int64(t), Split(theta_s, grad_s, state1_s, state2_s, xs, ys, zs, acts, exchange, logits,
-                                          outputs, delta_out, delta_hidden, parts, pending, state),
+                                          outputs, delta_out, delta_hidden, parts, pending, state, masks),
                        Data(X, Y, perm, None), Hyper(lr, momentum, beta2, eps, l1, l2, 0.0, clip_value),
                        codes, loss_code, opt_code, diagnostics, totals, counts_total, first, stop, bmax, hidden,
                        step0)

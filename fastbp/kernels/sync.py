@@ -15,11 +15,21 @@ time (two threads), or a barrier would wait forever. It waits for the other iter
 at most :data:`HANDSHAKE_SPINS` spins; if it does not come, both iterations return at
 once and :func:`aborted` says so (the caller then trains the chunk on one thread).
 
-The intrinsics emit LLVM's atomic instructions and intrinsics directly, and
-``sched_yield`` is resolved from the C library when the code is loaded, so functions
-that use them are cached like any other.
+Linux may place the two threads on one core: waking an idle pool thread at the start of
+a region, a scheduler that packs threads onto few vCPUs (this machine's kernel has a
+``sched_vcpu_pack`` setting) puts it on the caller's core, and two threads that spin and
+yield there stay runnable on that one core while the other idles, for 5-40 ms
+(``perf sched timehist``: they alternated every ~0.1 ms on one vCPU; an epoch of
+64-128-10 took 18-20 ms instead of 10). :func:`keep_apart` checks, once per region, and
+if so moves the second thread off the first one's core for the region (its CPU affinity,
+put back by :func:`let_go`): a few µs, and only when the two did share a core.
+
+The intrinsics emit LLVM's atomic instructions and intrinsics directly, and the C
+library's ``sched_yield``, ``sched_getcpu`` and ``sched_{get,set}affinity`` (Linux) are
+resolved when the code is loaded, so functions that use them are cached like any other.
 """
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -34,7 +44,13 @@ SPINS_BEFORE_YIELD = 2000
 #: thread start, so only a region that runs its iterations one after the other times out
 HANDSHAKE_SPINS = 20_000_000
 
-ARRIVED, GENERATION, HANDSHAKE = 0, 1, 2
+#: ``state``: the barrier's count and generation, the handshake, the first thread's CPU
+#: (written before the handshake) and whether :func:`keep_apart` moved the second thread
+ARRIVED, GENERATION, HANDSHAKE, FIRST_CPU, MOVED = 0, 1, 2, 3, 4
+STATE_LENGTH = 5
+#: bytes of a CPU mask (``cpu_set_t`` for up to 8192 CPUs): ``masks`` is (2, AFFINITY_BYTES)
+#: uint8, the second thread's own mask and the one it runs under while moved
+AFFINITY_BYTES = 1024
 #: added to ``state[HANDSHAKE]`` by a thread that stopped waiting for the other
 GAVE_UP = 1 << 20
 
@@ -84,6 +100,78 @@ def sched_yield(typingctx):
         builder.call(function, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+def _libc_call(name, returns, arguments):
+    def call(builder, values):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(returns, arguments), name)
+        return builder.call(function, values)
+    return call
+
+
+@intrinsic
+def current_cpu(typingctx):
+    """Linux ``sched_getcpu()``: the CPU the calling thread runs on (-1 if unknown)."""
+    def codegen(context, builder, signature, args):
+        cpu = _libc_call("sched_getcpu", ir.IntType(32), [])(builder, [])
+        return builder.sext(cpu, ir.IntType(64))
+    return types.int64(), codegen
+
+
+def _affinity_intrinsic(name, doc):
+    def template(typingctx, mask):
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            pointer = builder.bitcast(array.data, ir.IntType(8).as_pointer())
+            size = builder.mul(array.nitems, array.itemsize)
+            status = _libc_call(name, ir.IntType(32), [ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()])(
+                builder, [ir.Constant(ir.IntType(32), 0), size, pointer])
+            return builder.sext(status, ir.IntType(64))
+        return types.int64(mask), codegen
+    template.__name__, template.__doc__ = name, doc
+    return intrinsic(template)
+
+
+get_affinity = _affinity_intrinsic("sched_getaffinity", "This thread's CPU mask into a uint8 array; 0 on success.")
+set_affinity = _affinity_intrinsic("sched_setaffinity", "This thread's CPU mask from a uint8 array; 0 on success.")
+
+
+@compiled_only(inline="always")
+def note_cpu(state, t):
+    """Before the handshake: the first thread writes down its CPU for :func:`keep_apart`."""
+    if t == 0:
+        state[FIRST_CPU] = current_cpu()
+
+
+@compiled_only(inline="always")
+def keep_apart(state, masks, t):
+    """After the handshake: if the second thread runs on the first one's CPU, take that CPU
+    out of its affinity mask for the region (the kernel moves it at once); a thread
+    allowed nowhere else stays. :func:`let_go` puts its mask back."""
+    if t != 1:
+        return
+    cpu = current_cpu()
+    if cpu < 0 or cpu != state[FIRST_CPU] or cpu // 8 >= masks.shape[1]:
+        return
+    own, moved = masks[0], masks[1]
+    if get_affinity(own) != 0:
+        return
+    elsewhere = False
+    for i in range(own.shape[0]):
+        moved[i] = own[i]
+        if i == cpu // 8:
+            moved[i] &= ~np.uint8(1 << (cpu % 8))
+        elsewhere = elsewhere or moved[i] != 0
+    if elsewhere and set_affinity(moved) == 0:
+        state[MOVED] = 1
+
+
+@compiled_only(inline="always")
+def let_go(state, masks, t):
+    """At the end of a region: the second thread's own CPU mask back, if :func:`keep_apart` moved it."""
+    if t == 1 and state[MOVED] == 1:
+        set_affinity(masks[0])
+        state[MOVED] = 0
 
 
 @compiled_only(inline="always")
