@@ -121,6 +121,31 @@ def test_epoch_runs_in_chunks_with_the_same_result(monkeypatch):
     np.testing.assert_array_equal(net.theta, whole.theta)
 
 
+def test_a_refit_starts_at_the_last_fits_chunk(monkeypatch):
+    """A network fitted again with the same batch size starts at the chunk size its last
+    fit ended with, not at one batch; another batch size (or network) starts at one."""
+    X, y = data(300)
+    calls = []
+    original = cpu_training.CpuEngine.train_batches
+
+    def counted(self, perm, first, stop, epoch, lr):
+        calls.append((first, stop))
+        return original(self, perm, first, stop, epoch, lr)
+
+    monkeypatch.setattr(cpu_training.CpuEngine, "train_batches", counted)
+    monkeypatch.setattr(fastbp.training, "next_chunk", lambda chunk, done, seconds: 3 * max(chunk, done))
+    net = fastbp.MLP(SIZES, seed=0, dtype="float64")
+    net.fit(X, y, epochs=1, batch_size=2)
+    assert calls[:3] == [(0, 1), (1, 4), (4, 13)]
+    calls.clear()
+    net.fit(X, y, epochs=1, batch_size=2)
+    assert calls[0] == (0, 150)  # the last fit ended at a chunk of more than an epoch
+    for other, batch_size in ((net, 3), (fastbp.MLP(SIZES, seed=0, dtype="float64"), 2)):
+        calls.clear()
+        other.fit(X, y, epochs=1, batch_size=batch_size)
+        assert calls[0] == (0, 1)
+
+
 def test_inference_in_row_chunks_gives_the_same_result(monkeypatch):
     X, y = data(3000)
     net = fastbp.MLP(SIZES, seed=0, dtype="float64", batchnorm=True)
