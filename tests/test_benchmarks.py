@@ -95,6 +95,7 @@ PROTOTYPE_ARGS = {
     "small_microkernel": ["--rounds", "1"],
     "small_phases": ["--sizes", "9,17,5", "--batch", "4", "--rows", "64", "--rounds", "1"],
     "split_crossover": ["--inputs", "9", "--hidden", "17", "--batches", "8", "--rounds", "1", "--work", "20000"],
+    "split_after_idle": ["--fits", "1", "--pause", "0", "--rows", "100"],
 }
 
 
