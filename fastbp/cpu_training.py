@@ -144,7 +144,8 @@ def split_bundle(net, bmax):
     parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
     masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
-    return Split(**arrays, parts=parts, pending=pending, state=state, masks=masks)
+    rowwise, = line_aligned_rows([(2, (k + 4) * bmax)], np.float64)
+    return Split(**arrays, parts=parts, pending=pending, state=state, masks=masks, rowwise=rowwise)
 
 
 #: (threading layer, process id) once :func:`two_threads_available` has started Numba's threads

@@ -4,6 +4,7 @@ batch mode, float64 tightly and float32 loosely, on odd shapes."""
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 import fastbp
 from fastbp import reference
+from fastbp.kernels import cpu, cpu_split, simd
+from fastbp.kernels.cpu import python_callable
 
 from helpers import ReferenceTrainer, assert_close, make_data
 
@@ -219,3 +222,71 @@ def test_clip_norm_that_never_triggers_changes_nothing(batch_size, optimizer, dt
     assert hists[0].loss == hists[1].loss
     np.testing.assert_array_equal(np.array(hists[0].grad_norm), np.array(hists[1].grad_norm))
     np.testing.assert_array_equal(np.array(hists[0].update_ratio), np.array(hists[1].update_ratio))
+
+
+@numba.njit
+def _exp_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = simd.exp_nonpositive(x[i])
+
+
+def test_exp_without_libm_matches_numpy():
+    """``simd.exp_nonpositive`` (the split path's softmax) within 1 ulp of np.exp over
+    x <= 0, subnormal results and underflow to 0 included; -inf gives 0, NaN stays NaN."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.exponential(5.0, 200_000), -rng.uniform(0.0, 800.0, 20_000),
+                        [0.0, -0.0, -1e-300, -0.5 * np.log(2), -708.3, -709.8, -744.4, -745.1, -746.0, -1e308,
+                         -np.inf, np.nan]])
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    expected = np.exp(x)
+    normal = expected >= np.finfo(np.float64).tiny
+    assert np.all(np.abs(out[normal] - expected[normal]) <= 1.5 * np.spacing(expected[normal]))
+    small = ~normal & ~np.isnan(x)
+    assert np.all(np.abs(out[small] - expected[small]) <= np.spacing(0.0)) and out[-2] == 0.0
+    assert np.isnan(out[-1])
+
+
+split_softmax = python_callable(cpu_split.softmax_cross_entropy)
+one_thread_softmax = python_callable(cpu.softmax_cross_entropy)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 10), (7, 2), (32, 10), (33, 17)])
+def test_rowwise_softmax_cross_entropy_matches_reference(rows, cols, dtype):
+    """The split path's softmax-CE (rows in SIMD lanes) against the reference and the
+    one-thread kernel: z + b, a, δ and the summed loss; large logits (one row of ±300, a
+    row that underflows but for its maximum) included."""
+    rng = np.random.default_rng(rows * 100 + cols)
+    z = (4 * rng.standard_normal((rows, cols))).astype(dtype)
+    z[0, 0] = 300.0
+    if rows > 1:
+        z[1] = -300.0
+        z[1, -1] = 0.0
+    bias = rng.standard_normal(cols).astype(dtype)
+    targets = np.eye(cols, dtype=dtype)[rng.integers(0, cols, rows)]
+    results = []
+    for kernel, extra in ((split_softmax, (np.empty((cols + 4) * rows),)), (one_thread_softmax, ())):
+        zz, a, delta = z.copy(), np.empty_like(z), np.empty_like(z)
+        args = (zz, bias, a, targets, 1.0 / rows) + ((delta,) + extra if extra else (None, delta))
+        loss = kernel(*args)
+        results.append((zz, a, delta, loss))
+    (zz, a, delta, loss), (zz1, a1, delta1, loss1) = results
+    logits = z.astype(np.float64) + bias
+    expected_a = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected_a /= expected_a.sum(axis=1, keepdims=True)
+    assert (zz == zz1).all()
+    assert_close(a, expected_a, dtype, "softmax")
+    assert_close(a, a1, dtype, "softmax vs one thread")
+    assert_close(delta, (expected_a - targets) / rows, dtype, "delta")
+    expected_loss = reference.sample_losses(logits, expected_a, targets.astype(np.float64), "cross_entropy",
+                                            "softmax").sum()
+    assert_close(loss, expected_loss, dtype, "loss")
+    assert_close(loss, loss1, dtype, "loss vs one thread")
+
+
+def test_rowwise_softmax_propagates_nan():
+    z = np.zeros((3, 4))
+    z[1, 2] = np.nan
+    a, delta = np.empty_like(z), np.empty_like(z)
+    loss = split_softmax(z, np.zeros(4), a, np.eye(4)[[0, 1, 2]], 1 / 3, delta, np.empty(8 * 3))
+    assert np.isnan(loss) and np.isnan(a[1]).all() and np.isfinite(a[[0, 2]]).all()

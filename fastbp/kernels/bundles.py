@@ -72,8 +72,9 @@ Small = namedtuple("Small", "transposed pad_b pad_out")
 #: each thread's part of the logits), ``parts`` (parity × thread × layer × [Σ g², Σ Δθ²,
 #: Σ θ², penalty]), ``pending`` (the loss and rows of a call's last batch, recorded after
 #: the parallel region), the barrier's ``state`` (int64, ``kernels.sync.STATE_LENGTH``) and
-#: the second thread's CPU ``masks`` (uint8, 2 × ``sync.AFFINITY_BYTES``, ``sync.keep_apart``).
+#: the second thread's CPU ``masks`` (uint8, 2 × ``sync.AFFINITY_BYTES``, ``sync.keep_apart``)
+#: and ``rowwise``, float64 scratch of the softmax (``cpu_split.softmax_cross_entropy``).
 #: Every row is padded to cache lines of its own (``cpu_training.line_aligned_rows``): the
 #: kernels use a prefix of it
 Split = namedtuple("Split", "theta grad state1 state2 xs ys zs acts exchange logits outputs delta_out "
-                            "delta_hidden parts pending state masks")
+                            "delta_hidden parts pending state masks rowwise")
