@@ -144,7 +144,7 @@ def split_bundle(net, bmax):
     parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
     masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
-    rowwise, = line_aligned_rows([(2, (k + 4) * bmax)], np.float64)
+    rowwise, = line_aligned_rows([(2, (k + 3) * bmax)], np.float64)
     return Split(**arrays, parts=parts, pending=pending, state=state, masks=masks, rowwise=rowwise)
 
 

@@ -200,8 +200,8 @@ def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step,
 def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
     """``cpu.softmax_cross_entropy`` (z ← z + b, a = softmax(z), δ = (a − y)/B, returns the
     summed loss) with the rows in SIMD lanes: the logits are copied transposed into
-    ``scratch`` (float64, ≥ (columns + 4) × rows), and every loop over rows then runs over
-    contiguous values, the row maxima, exp (``simd.exp_nonpositive``, ~1 ulp from libm's,
+    ``scratch`` (float64, ≥ (columns + 3) × rows), and the loops over rows then run over
+    contiguous values: the row maxima, exp (``simd.exp_nonpositive``, ~1 ulp from libm's,
     which costs ~5 ns a call) and the row sums in column order. Equal to the one-thread
     path's to rounding; the loss is summed per row, then over the rows."""
     rows, cols = z.shape
@@ -209,11 +209,9 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
     m = scratch[cols * rows:(cols + 1) * rows]
     s = scratch[(cols + 1) * rows:(cols + 2) * rows]
     log_s = scratch[(cols + 2) * rows:(cols + 3) * rows]
-    loss = scratch[(cols + 3) * rows:(cols + 4) * rows]
     for i in range(rows):
         m[i] = -np.inf
         s[i] = 0.0
-        loss[i] = 0.0
         for j in range(cols):
             v = z[i, j] + bias[j]
             z[i, j] = v
@@ -229,14 +227,15 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
     for i in range(rows):
         log_s[i] = np.log(s[i])
         s[i] = 1 / s[i]
-    for j in range(cols):
-        for i in range(rows):
-            a[i, j] = e[j, i] * s[i]
-            loss[i] += targets[i, j] * (z[i, j] - m[i] - log_s[i])
-            delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
     total = 0.0
-    for i in range(rows):
-        total -= loss[i]
+    for i in range(rows):  # row by row: a, z, y and δ contiguous (~0.25 µs less than by columns)
+        inv, m_i, log_s_i = s[i], m[i], log_s[i]
+        loss = 0.0
+        for j in range(cols):
+            a[i, j] = e[j, i] * inv
+            loss += targets[i, j] * (z[i, j] - m_i - log_s_i)
+            delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
+        total -= loss
     return total
 
 
