@@ -100,10 +100,8 @@ def test_keyboard_interrupt_mid_epoch_of_a_warm_start(monkeypatch, dropout):
     np.testing.assert_array_equal(net.theta, straight.theta)
 
 
-def test_epoch_runs_in_chunks_with_the_same_result(monkeypatch):
-    """Many small batches: the epoch is several compiled calls (ranges of batches) and gives
-    the same bits as one call per epoch."""
-    X, y = data(300)
+def record_calls(monkeypatch):
+    """The (first, stop) batch range of every compiled call the CPU engine makes, in a list."""
     calls = []
     original = cpu_training.CpuEngine.train_batches
 
@@ -112,6 +110,14 @@ def test_epoch_runs_in_chunks_with_the_same_result(monkeypatch):
         return original(self, perm, first, stop, epoch, lr)
 
     monkeypatch.setattr(cpu_training.CpuEngine, "train_batches", counted)
+    return calls
+
+
+def test_epoch_runs_in_chunks_with_the_same_result(monkeypatch):
+    """Many small batches: the epoch is several compiled calls (ranges of batches) and gives
+    the same bits as one call per epoch."""
+    X, y = data(300)
+    calls = record_calls(monkeypatch)
     net = fastbp.MLP(SIZES, seed=0, dtype="float64")
     net.fit(X, y, epochs=2, batch_size=2)
     assert len(calls) > 2 and calls[0] == (0, 1)
@@ -125,14 +131,7 @@ def test_a_refit_starts_at_the_last_fits_chunk(monkeypatch):
     """A network fitted again with the same batch size starts at the chunk size its last
     fit ended with, not at one batch; another batch size (or network) starts at one."""
     X, y = data(300)
-    calls = []
-    original = cpu_training.CpuEngine.train_batches
-
-    def counted(self, perm, first, stop, epoch, lr):
-        calls.append((first, stop))
-        return original(self, perm, first, stop, epoch, lr)
-
-    monkeypatch.setattr(cpu_training.CpuEngine, "train_batches", counted)
+    calls = record_calls(monkeypatch)
     monkeypatch.setattr(fastbp.training, "next_chunk", lambda chunk, done, seconds: 3 * max(chunk, done))
     net = fastbp.MLP(SIZES, seed=0, dtype="float64")
     net.fit(X, y, epochs=1, batch_size=2)

@@ -91,22 +91,21 @@ def spin_pause(typingctx):
     return types.void(), codegen
 
 
-@intrinsic
-def sched_yield(typingctx):
-    """POSIX ``sched_yield()``: give the core to another runnable thread."""
-    def codegen(context, builder, signature, args):
-        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
-                                                  "sched_yield")
-        builder.call(function, [])
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
 def _libc_call(name, returns, arguments):
+    """An emitter of a call to the C library's function ``name`` (resolved when the code loads)."""
     def call(builder, values):
         function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(returns, arguments), name)
         return builder.call(function, values)
     return call
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """POSIX ``sched_yield()``: give the core to another runnable thread."""
+    def codegen(context, builder, signature, args):
+        _libc_call("sched_yield", ir.IntType(32), [])(builder, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
 
 
 @intrinsic
