@@ -8,6 +8,7 @@ and which fits take the path."""
 
 import multiprocessing
 import os
+import sys
 
 import numba
 import numpy as np
@@ -185,6 +186,15 @@ def _child_fit(queue):
     X, Y = make_data(30, [6, 8, 3], "softmax", np.float64, seed=6)
     net = fastbp.MLP([6, 8, 3], seed=1, dtype=np.float64)
     queue.put((cpu_training.two_threads_available(), net.fit(X, Y, epochs=2, batch_size=4, threads=2).loss))
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_the_path_needs_linux(monkeypatch, platform):
+    """The barrier and keep_apart call the C library's sched_yield, sched_getcpu and
+    affinity functions, which macOS and Windows lack (Windows is "AMD64" too): no split."""
+    assert cpu_training.two_threads_available()
+    monkeypatch.setattr(sys, "platform", platform)
+    assert not cpu_training.two_threads_available()
 
 
 def test_a_forked_child_trains_on_one_thread():
