@@ -143,43 +143,122 @@ def split_bundle(net, bmax):
     arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
     parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
-    masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
     rowwise, = line_aligned_rows([(2, (k + 3) * bmax)], np.float64)
-    return Split(**arrays, parts=parts, pending=pending, state=state, masks=masks, rowwise=rowwise)
-
-
-#: (threading layer, process id) once :func:`two_threads_available` has started Numba's threads
-_threading_layer = None
+    partner = second_thread()
+    return Split(**arrays, parts=parts, pending=pending, state=state, placement=partner.signal, masks=partner.masks,
+                 rowwise=rowwise)
 
 
 def two_threads_available():
     """Can the split path run here: Linux on x86-64 (its spin-wait instruction; the C library's
     ``sched_yield``, ``sched_getcpu`` and CPU affinity calls, ``kernels.sync``), two or more cores for
-    this process and for Numba's parallel loops (``numba.get_num_threads()``, per calling
-    thread), and Numba's OpenMP threading layer, whose ``parallel for`` runs the two
-    iterations of the split path's loop on two threads at once (TBB may run both on one,
-    ``workqueue`` is unsafe from several Python threads), started in this very process:
-    GNU OpenMP does not survive ``fork()``, and Numba terminates a forked child that uses a
-    pool its parent started, so a child of such a process trains on one thread."""
-    global _threading_layer
+    this process, and Numba allowed two threads (``NUMBA_NUM_THREADS``, which a user sets to
+    keep Numba's work on one core) with its compiler on (not ``NUMBA_DISABLE_JIT``). The
+    second thread is fastbp's own (:class:`SecondThread`), so neither Numba's threading
+    layer nor a ``fork()`` matters."""
     import platform
 
     import numba
     if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    if available_cores() < 2:
+    if numba.config.DISABLE_JIT or numba.config.NUMBA_NUM_THREADS < 2:
         return False
-    if numba.config.DISABLE_JIT or numba.get_num_threads() < 2:
-        return False
-    if _threading_layer is None:
-        try:
-            from numba.np.ufunc import parallel
-            parallel._launch_threads()  # what a first parallel call does; then the layer is known
-            _threading_layer = (numba.threading_layer(), os.getpid())
-        except Exception:  # a private Numba API: without it, stay on one thread
-            _threading_layer = ("unknown", os.getpid())
-    layer, pid = _threading_layer
-    return layer == "omp" and pid == os.getpid()
+    return available_cores() >= 2
+
+
+#: spins (``pause``, a yield every ``sync.SPINS_BEFORE_YIELD``) the second thread waits for
+#: the next call before it blocks: ~2.7 ms here, longer than the Python between two calls
+#: of one fit, between the fits of a loop and from :meth:`SecondThread.wake` to the call,
+#: so that it is still spinning when the call comes (a blocked thread took ~0.1 ms to
+#: start its half, ``benchmarks/README.md`` section 13)
+PARTNER_SPINS = 100_000
+
+
+class SecondThread:
+    """The split path's second thread: a daemon thread of this process that runs thread 1's
+    half of every ``cpu_split.train_batches`` call while the calling thread runs thread 0's
+    (both compiled without the GIL). One per process (:func:`second_thread`); calls from
+    several Python threads take turns (:attr:`lock`).
+
+    A call: the caller puts the job on :attr:`jobs`; ``cpu_split.call_partner`` counts the
+    call in :attr:`signal` and waits, without the GIL, until this thread has arrived at the
+    kernel's handshake. This thread waits for calls spinning (``cpu_split.await_call``, off
+    the caller's CPU, :attr:`masks`) for :data:`PARTNER_SPINS` after its last job or a
+    :meth:`wake`, then blocked on the queue, and takes the job as soon as the count says
+    there is one. Numba's own parallel loop did the same work, but compiling the driver as
+    a parallel function took ~8 s more on an empty cache (``cpu_split``'s docstring)."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.pid = os.getpid()
+        self.jobs, self.results = queue.SimpleQueue(), queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.signal, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
+        self.masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
+        threading.Thread(target=self._serve, name="fastbp-split", daemon=True).start()
+
+    def wake(self):
+        """Have the thread spin from now on (:data:`PARTNER_SPINS`): a fit calls this when it
+        builds its engine, so that the thread has woken by the time the first call comes."""
+        cpu_split.note_caller(self.signal)
+        self.jobs.put((None, None))
+
+    def _serve(self):
+        served = 0
+        while True:
+            if not cpu_split.await_call(self.signal, self.masks, served, PARTNER_SPINS):
+                cpu_split.settle(self.signal, self.masks)
+            kernel, args = self.jobs.get()
+            if kernel is None:  # wake()
+                continue
+            served += 1
+            try:
+                result = kernel(*args, 1)
+            except BaseException as exc:  # handed to the caller, which raises it
+                result = exc
+            self.results.put(result)
+
+    def run(self, kernel, args, state):
+        """``kernel(*args, t)`` on the calling thread (t = 0) and on this one (t = 1), with
+        ``state`` (the kernel's barrier state) zeroed first; True if both returned True."""
+        with self.lock:
+            state[:] = 0
+            self.jobs.put((kernel, args))
+            try:
+                cpu_split.call_partner(self.signal, state)
+                ours = kernel(*args, 0)
+            finally:
+                theirs = self._result()
+            if isinstance(theirs, BaseException):
+                raise theirs
+            return bool(ours) and bool(theirs)
+
+    def _result(self):
+        """The second thread's return value (waited for even through a KeyboardInterrupt,
+        raised after it: the next call must not find this one's result)."""
+        interrupted = None
+        while True:
+            try:
+                result = self.results.get()
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+        return result
+
+
+_second_thread = None
+
+
+def second_thread():
+    """This process's :class:`SecondThread` (a new one in a forked child: threads do not
+    survive ``fork()``)."""
+    global _second_thread
+    if _second_thread is None or _second_thread.pid != os.getpid():
+        _second_thread = SecondThread()
+    return _second_thread
 
 
 def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, checkpoint=None):
@@ -230,6 +309,8 @@ class CpuEngine:
         split = not small and use_split(net, self.bmax, X.shape[0], threads, sample_weight is not None, clip_norm,
                                          checkpoint)
         self.split = split_bundle(net, self.bmax) if split else None
+        if split:
+            second_thread().wake()
         self.kernel_threads = 1 if split else threads
         segments = checkpoint_segments(n_layers, checkpoint) if checkpoint and not small else None
         self.network = network_bundle(net, loss_code)
@@ -249,8 +330,9 @@ class CpuEngine:
         if first == 0:
             self.optimizer.diagnostics[...] = 0
         if self.split is not None:
-            if cpu_split.train_batches(self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                                       Data(self.X, self.Y, perm, None), (int(first), int(stop)), self.split):
+            args = (self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
+                    Data(self.X, self.Y, perm, None), (int(first), int(stop)), self.split)
+            if second_thread().run(cpu_split.train_batches, args, self.split.state):
                 return float(self.work.sums[0]), int(self.work.counts[0])
             warnings.warn("fastbp: the two training threads did not run at the same time; this fit goes on "
                           "on one thread", RuntimeWarning, stacklevel=2)

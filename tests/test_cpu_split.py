@@ -9,6 +9,8 @@ and which fits take the path."""
 import multiprocessing
 import os
 import sys
+import threading
+import time
 
 import numba
 import numpy as np
@@ -23,7 +25,7 @@ from fastbp.network import FitState
 from helpers import ReferenceTrainer, assert_close, make_data
 
 pytestmark = pytest.mark.skipif(not cpu_training.two_threads_available(),
-                                reason="the split path needs x86-64, two cores and Numba's OpenMP layer")
+                                reason="the split path needs Linux on x86-64 and two cores")
 
 OUTPUT_LOSS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse")]
 
@@ -116,30 +118,97 @@ def test_chunking_does_not_change_the_bits(dtype):
     assert results[0] == results[1]
 
 
-def test_two_threads_that_do_not_run_together_change_nothing():
-    """With one Numba thread the loop's two iterations run one after the other: the
-    handshake gives up, the driver returns False and θ and the optimizer state are as
-    before; the engine warns and trains the batches on one thread instead."""
+def test_two_threads_that_do_not_run_together_change_nothing(monkeypatch):
+    """Thread 0's half alone (the second thread never comes): the handshake gives up, the
+    kernel returns False and θ and the optimizer state are as before; the engine warns
+    and trains the batches on one thread instead."""
     sizes = [4, 6, 2]
     X, Y = make_data(12, sizes, "softmax", np.float64, seed=3)
     net = fastbp.MLP(sizes, activation="relu", output="softmax", seed=2, dtype=np.float64)
     run = engine(net, X, Y, "cross_entropy", fastbp.Adam(0.01), 4)
     before = (net.theta.copy(), run.state.state1.copy(), int(run.state.step[0]))
     perm = np.arange(12)
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        assert not cpu_split.train_batches(run.network, run.optimizer, run.hyper, run.work, Data(X, Y, perm, None),
-                                           (0, 3), run.split)
-        assert (net.theta == before[0]).all() and (run.state.state1 == before[1]).all()
-        assert int(run.state.step[0]) == before[2]
-        with pytest.warns(RuntimeWarning, match="did not run at the same time"):
-            run.train_batches(perm, 0, 3, 0, 0.01)
-    finally:
-        numba.set_num_threads(previous)
+    alone = cpu_split.train_batches  # waits sync.HANDSHAKE_SPINS (~0.5 s) for the other half
+    run.split.state[:] = 0
+    assert not alone(run.network, run.optimizer, run.hyper, run.work, Data(X, Y, perm, None), (0, 3), run.split, 0)
+    assert (net.theta == before[0]).all() and (run.state.state1 == before[1]).all()
+    assert int(run.state.step[0]) == before[2]
+
+    class Absent:
+        def run(self, kernel, args, state):
+            state[:] = 0
+            return alone(*args, 0)
+    monkeypatch.setattr(cpu_training, "second_thread", Absent)
+    with pytest.warns(RuntimeWarning, match="did not run at the same time"):
+        run.train_batches(perm, 0, 3, 0, 0.01)
     assert run.split is None
     assert int(run.state.step[0]) == 3 and not (net.theta == before[0]).all()
-    assert sync.HANDSHAKE_SPINS > 0
+
+
+def test_the_second_thread_runs_the_other_half():
+    """A split fit runs its two halves on two threads: the calling one and fastbp's own
+    daemon thread, which counts the call."""
+    partner = cpu_training.second_thread()
+    calls = int(partner.signal[cpu_split.CALLS])
+    fit_pair([8, 11, 3], np.float32, epochs=1)
+    assert int(partner.signal[cpu_split.CALLS]) > calls
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("fastbp-split") == 1
+
+
+def test_a_second_thread_that_blocked_between_calls_gives_the_same_bits(monkeypatch):
+    """The second thread waits for the next call spinning, then blocked on its queue: a
+    call finds it either way, with the same result."""
+    spinning = fit_pair([9, 12, 4], np.float64, epochs=2)
+    monkeypatch.setattr(cpu_training, "PARTNER_SPINS", 1)
+    time.sleep(0.05)  # whatever it was doing, it now blocks right after each call
+    blocked = fit_pair([9, 12, 4], np.float64, epochs=2)
+    assert spinning[2].theta.tobytes() == blocked[2].theta.tobytes()
+    assert spinning[3].loss == blocked[3].loss
+
+
+def test_fits_from_two_python_threads_take_turns():
+    """Two split fits started at once from two Python threads share the second thread (one
+    call at a time, ``SecondThread.lock``); each gives the bits it gives alone."""
+    X, Y = make_data(64, [8, 11, 3], "softmax", np.float32, seed=1)
+
+    def fit(seed):
+        net = fastbp.MLP([8, 11, 3], seed=seed, dtype=np.float32)
+        net.fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=3, batch_size=4, seed=seed, threads=2)
+        return net.theta.tobytes()
+    alone = [fit(seed) for seed in (1, 2)]
+    together = [None, None]
+
+    def run(i):
+        together[i] = fit(i + 1)
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert together == alone
+
+
+def test_an_interrupt_while_waiting_for_the_second_thread_keeps_its_result():
+    """A KeyboardInterrupt during the wait for the second thread's result is raised after
+    that result has arrived, so the next call does not take it for its own."""
+    partner = cpu_training.SecondThread()
+    real = partner.results
+
+    class Interrupted:
+        def __init__(self):
+            self.raised = False
+
+        def get(self):
+            if not self.raised:
+                self.raised = True
+                raise KeyboardInterrupt
+            return real.get()
+    partner.results = Interrupted()
+    real.put(True)
+    with pytest.raises(KeyboardInterrupt):
+        partner._result()
+    assert real.empty()
 
 
 @pytest.mark.parametrize("change,expected", [
@@ -185,7 +254,9 @@ def test_the_bench_small_network_takes_the_path():
 def _child_fit(queue):
     X, Y = make_data(30, [6, 8, 3], "softmax", np.float64, seed=6)
     net = fastbp.MLP([6, 8, 3], seed=1, dtype=np.float64)
-    queue.put((cpu_training.two_threads_available(), net.fit(X, Y, epochs=2, batch_size=4, threads=2).loss))
+    calls = int(cpu_training.second_thread().signal[cpu_split.CALLS])
+    losses = net.fit(X, Y, epochs=2, batch_size=4, threads=2).loss
+    queue.put((int(cpu_training.second_thread().signal[cpu_split.CALLS]) - calls, net.theta.tobytes(), losses))
 
 
 @pytest.mark.parametrize("platform", ["darwin", "win32"])
@@ -197,19 +268,22 @@ def test_the_path_needs_linux(monkeypatch, platform):
     assert not cpu_training.two_threads_available()
 
 
-def test_a_forked_child_trains_on_one_thread():
-    """This process has started Numba's OpenMP threads (the tests above); GNU OpenMP does
-    not survive fork(), and Numba terminates a child that uses its parent's pool: a forked
-    child must not take the split path, and its fit must finish."""
-    assert cpu_training.two_threads_available()
+def test_a_forked_child_trains_on_two_threads():
+    """The second thread is fastbp's own, so a child forked from a process that has one
+    (threads do not survive fork()) starts its own and trains on two threads, to the bits
+    of the same fit here."""
+    fit_pair([8, 11, 3], np.float32, epochs=1)  # this process has its second thread
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_child_fit, args=(queue,))
     child.start()
     child.join(timeout=300)
     assert child.exitcode == 0
-    available, losses = queue.get(timeout=10)
-    assert available is False and len(losses) == 2 and np.isfinite(losses).all()
+    calls, theta, losses = queue.get(timeout=10)
+    X, Y = make_data(30, [6, 8, 3], "softmax", np.float64, seed=6)
+    net = fastbp.MLP([6, 8, 3], seed=1, dtype=np.float64)
+    assert net.fit(X, Y, epochs=2, batch_size=4, threads=2).loss == losses
+    assert calls >= 1 and theta == net.theta.tobytes()
 
 
 def _lines(array, index, width):
@@ -263,9 +337,10 @@ def _share_then_keep_apart(state, masks, t):
 
 
 def _split_state():
-    net = fastbp.MLP([5, 7, 3], dtype="float32")
-    split = cpu_training.split_bundle(net, 4)
-    return split.state, split.masks
+    """A state array and CPU masks of their own (not the second thread's)."""
+    state, = cpu_training.line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
+    masks, = cpu_training.line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
+    return state, masks
 
 
 def test_keep_apart_moves_the_second_thread_off_the_first_ones_cpu():
@@ -295,11 +370,34 @@ def test_keep_apart_leaves_the_first_thread_and_a_thread_with_one_cpu():
         os.sched_setaffinity(0, own)
 
 
+def test_keep_apart_while_moved_starts_from_the_threads_own_mask():
+    """The second thread, moved off one CPU (its mask then allows only the other on two
+    cores), finds the first thread on its new CPU: it moves again, from its own mask, not
+    from the narrowed one (which would leave it nowhere to go)."""
+    own = os.sched_getaffinity(0)
+    if len(own) < 2:
+        pytest.skip("needs two CPUs")
+    state, masks = _split_state()
+    for c in own:  # its own mask, as the first move saved it
+        masks[0][c // 8] |= 1 << (c % 8)
+    cpu = min(own)
+    try:
+        os.sched_setaffinity(0, {cpu})  # as if moved there
+        state[sync.MOVED] = 1
+        before, during, moved = _share_then_keep_apart(state, masks, np.int64(1))
+    finally:
+        os.sched_setaffinity(0, own)
+    assert before == cpu and moved == 1 and during != cpu
+
+
 def test_a_fit_leaves_every_threads_cpu_mask_as_it_was():
+    """Once the second thread has stopped spinning (it blocks after PARTNER_SPINS, ~3 ms)."""
     def masks():
         return {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
     fit_pair([8, 11, 3], np.float32)
+    time.sleep(0.1)
     before = masks()
     fit_pair([8, 11, 3], np.float32)
+    time.sleep(0.1)
     after = masks()
     assert all(after[tid] == mask for tid, mask in before.items() if tid in after)

@@ -42,7 +42,7 @@ def main(argv=None):
     batches = [int(b) for b in args.batches.split(",")]
     print(f"{'sizes':>14}{'batch':>7}{'1 thread us':>13}{'2 threads us':>14}{'ratio':>8}{'best ratio':>12}")
     if not cpu_training.two_threads_available():
-        print("the split path cannot run here (it needs x86-64, two cores and Numba's OpenMP layer)")
+        print("the split path cannot run here (it needs Linux on x86-64 and two cores)")
         return
     with threadpool_limits(1):
         for d in (int(v) for v in args.inputs.split(",")):

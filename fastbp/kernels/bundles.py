@@ -77,4 +77,4 @@ Small = namedtuple("Small", "transposed pad_b pad_out")
 #: Every row is padded to cache lines of its own (``cpu_training.line_aligned_rows``): the
 #: kernels use a prefix of it
 Split = namedtuple("Split", "theta grad state1 state2 xs ys zs acts exchange logits outputs delta_out "
-                            "delta_hidden parts pending state masks rowwise")
+                            "delta_hidden parts pending state placement masks rowwise")

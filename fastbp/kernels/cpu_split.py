@@ -31,21 +31,24 @@ The results equal the one-thread path's to rounding (the logits are summed in tw
 the products have other shapes), and are the same bits from run to run. The path covers
 plain fits — no dropout, batchnorm, checkpointing, sample weights or ``clip_norm`` (a
 global norm would need a second exchange per batch); ``fastbp.cpu_training`` picks it
-where :data:`FASTER_THAN_ONE_THREAD` says it won, on x86-64 with two or more cores and
-Numba's OpenMP threading layer started in the same process
+where :data:`FASTER_THAN_ONE_THREAD` says it won, on Linux on x86-64 with two or more cores
 (``cpu_training.two_threads_available``).
+
+The two threads are the calling one (t = 0) and fastbp's own daemon thread
+(``cpu_training.SecondThread``, t = 1), each in :func:`train_batches` without the GIL;
+:func:`call_partner`, :func:`await_call` and :func:`settle` hand each call over between them.
+Numba's ``prange(2)`` did the same with its OpenMP threads until 2026-12-07, but compiling a
+parallel driver made a first split fit on an empty cache ~8 s longer (18.4 against 10.1 s
+here), and tied the path to the OpenMP threading layer and to processes that had not forked
+(``benchmarks/README.md``, section 13).
 """
 
 import numpy as np
-from numba import prange
 
 from . import cpu, simd, sync
-from .bundles import Data, Hyper, Split
 
 _jit = cpu.compiled_only(boundscheck=False)
-#: the driver holds the parallel loop (``prange``) itself: one level less of Numba's
-#: linking and optimising than a separate parallel function (~1 s of a first fit)
-_entry = cpu.entry(boundscheck=False, parallel=True)
+_entry = cpu.entry(boundscheck=False)
 
 #: batch size → (narrowest, widest) hidden layer at which two threads beat one, for
 #: float32 d-H-10 networks, ReLU + softmax-CE, Adam, d in 16, 64, 256, from ``python -m
@@ -59,8 +62,9 @@ FASTER_THAN_ONE_THREAD = {8: (32, 128)}
 DTYPES = ("float32",)
 #: rows × parameters of the training set below which an automatic choice stays on one thread:
 #: an epoch is then under ~10 ms (0.85 ns per row and parameter at 64-128-10), and the split
-#: driver's compile on an empty Numba cache (~8 s more than the one-thread driver's) would
-#: not pay back in a typical fit (``fastbp train``'s digits, 1.4 k rows × 4.8 k parameters)
+#: driver's compile on an empty Numba cache (~3 s more than the one-thread driver's, ~8 s
+#: before 2026-12-07, when it was a parallel function) would not pay back in a typical fit
+#: (``fastbp train``'s digits, 1.4 k rows × 4.8 k parameters)
 MIN_EPOCH_WORK = 10 ** 8
 
 
@@ -84,8 +88,8 @@ def wins(sizes, dtype, batch, rows):
     return narrowest <= sizes[1] <= widest
 
 
-#: the thread that records the batches (loss, correct count, diagnostics): iteration 0,
-#: which OpenMP runs on the calling thread. With the pool's thread (1) keeping the books,
+#: the thread that records the batches (loss, correct count, diagnostics): the calling
+#: thread. With the other thread (1, then Numba's OpenMP worker) keeping the books,
 #: ``perf`` had the caller spinning at the barrier for ~1/4 of its samples, and an epoch
 #: of 64-128-10 × 32 took ~2 % longer (9.15 against 8.95 ms, three processes each)
 BOOKKEEPER = 0
@@ -243,10 +247,10 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
 def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostics, totals, counts, first, stop,
                    bmax, hidden, step0):
     """Thread t's part of batches first..stop-1 (see the module docstring)."""
-    sync.note_cpu(split.state, t)
+    sync.note_cpu(split.placement, t)
     if not sync.handshake(split.state):
-        return
-    sync.keep_apart(split.state, split.masks, t)
+        return False
+    sync.keep_apart(split.placement, split.masks, t)
     X, Y, perm = data.X, data.Y, data.perm
     n, d, k = perm.shape[0], X.shape[1], Y.shape[1]
     lo, h = _own_units(t, hidden)
@@ -301,51 +305,79 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     if t == BOOKKEEPER:  # the last batch: recorded by the driver after the region
         split.pending[0] = pending_loss
         split.pending[1] = pending_rows
-    sync.let_go(split.state, split.masks, t)
+    return True
 
 
 @_entry
-def train_batches(net, opt, hyper, work, data, batches, split):
+def train_batches(net, opt, hyper, work, data, batches, split, t):
     """``cpu.train_batches`` of a plain fit of a one-hidden-layer network on two threads:
-    batches ``batches`` = (first, stop) in one parallel region. Returns False, with
-    nothing changed, if the region's two iterations did not run at the same time
+    thread ``t``'s part of batches ``batches`` = (first, stop). Two threads call it at the
+    same time, the calling thread with t = 0 and ``cpu_training.SecondThread`` with t = 1,
+    ``split.state`` zeroed before either starts. Thread 0 copies θ and the optimizer state
+    into the shards before the handshake, and back once both threads are past their last
+    batch. Returns False, with nothing changed, if the two did not run at the same time
     (``sync.handshake``): the caller then trains these batches on one thread."""
     first, stop = batches
-    if first == 0:
-        work.sums[0] = 0.0
-        work.counts[0] = 0
-    if stop <= first:
-        return True
     layout = net.layout
-    shard_copy(net.theta, layout, split.theta, INTO)
-    shard_copy(opt.state1, layout, split.state1, INTO)
-    shard_copy(opt.state2, layout, split.state2, INTO)
-    for i in range(sync.STATE_LENGTH):
-        split.state[i] = 0
-    theta_s, grad_s, state1_s, state2_s, xs, ys, zs, acts = (split.theta, split.grad, split.state1, split.state2,
-                                                             split.xs, split.ys, split.zs, split.acts)
-    exchange, logits, outputs, delta_out, delta_hidden = (split.exchange, split.logits, split.outputs,
-                                                          split.delta_out, split.delta_hidden)
-    parts, pending, state, masks, rowwise = split.parts, split.pending, split.state, split.masks, split.rowwise
-    X, Y, perm = data.X, data.Y, data.perm
-    lr, momentum, beta2, eps, l1, l2, clip_value = (hyper.lr, hyper.momentum, hyper.beta2, hyper.eps, hyper.l1,
-                                                   hyper.l2, hyper.clip_value)
-    codes, loss_code, opt_code, diagnostics = net.codes, net.loss_code, opt.code, opt.diagnostics
-    bmax, hidden, step0, totals, counts_total = work.bmax, layout[0, 1], opt.step[0], work.sums, work.counts
-    # a parallel loop's body takes arrays and scalars, not tuples: the bundles are rebuilt
-    # inside; t as int64, as the loop's own typing has it (one specialisation)
-    for t in prange(2):
-        thread_batches(np.int64(t), Split(theta_s, grad_s, state1_s, state2_s, xs, ys, zs, acts, exchange, logits,
-                                          outputs, delta_out, delta_hidden, parts, pending, state, masks, rowwise),
-                       Data(X, Y, perm, None), Hyper(lr, momentum, beta2, eps, l1, l2, 0.0, clip_value),
-                       codes, loss_code, opt_code, diagnostics, totals, counts_total, first, stop, bmax, hidden,
-                       step0)
-    if sync.aborted(split.state):
+    if t == 0:
+        if first == 0:
+            work.sums[0] = 0.0
+            work.counts[0] = 0
+        shard_copy(net.theta, layout, split.theta, INTO)
+        shard_copy(opt.state1, layout, split.state1, INTO)
+        shard_copy(opt.state2, layout, split.state2, INTO)
+    if not thread_batches(t, split, data, hyper, net.codes, net.loss_code, opt.code, opt.diagnostics, work.sums,
+                          work.counts, first, stop, work.bmax, layout[0, 1], opt.step[0]):
         return False
-    shard_copy(net.theta, layout, split.theta, BACK)
-    shard_copy(opt.state1, layout, split.state1, BACK)
-    shard_copy(opt.state2, layout, split.state2, BACK)
-    shard_copy(opt.grad, layout, split.grad, BACK)
-    record_batch(opt.diagnostics, work.sums, split.parts[(stop - 1) % 2], split.pending[0], split.pending[1])
-    opt.step[0] += stop - first
+    sync.barrier(split.state)  # both threads are past their last batch
+    if t == 0:
+        shard_copy(net.theta, layout, split.theta, BACK)
+        shard_copy(opt.state1, layout, split.state1, BACK)
+        shard_copy(opt.state2, layout, split.state2, BACK)
+        shard_copy(opt.grad, layout, split.grad, BACK)
+        record_batch(opt.diagnostics, work.sums, split.parts[(stop - 1) % 2], split.pending[0], split.pending[1])
+        opt.step[0] += stop - first
     return True
+
+
+#: the second thread's ``signal`` (``cpu_training.SecondThread``): a ``sync`` state array whose
+#: first entry counts the calls made (the caller's CPU and keep_apart's flag as in ``state``)
+CALLS = 0
+
+
+@_entry
+def note_caller(signal):
+    """The calling thread's CPU into ``signal`` (where :func:`await_call` keeps off it)."""
+    sync.note_cpu(signal, 0)
+
+
+@_entry
+def call_partner(signal, state):
+    """The calling thread, before its own :func:`train_batches`: its CPU into ``signal``,
+    one more call counted there (the second thread, spinning in :func:`await_call`, then
+    takes the job), then a wait without the GIL until that thread has arrived at the
+    handshake (at most ``sync.HANDSHAKE_SPINS`` spins, yielding often: the other thread
+    may be waiting for this very CPU; the handshake decides whether they met). With the
+    GIL released before the count, the second thread starts its call at once."""
+    sync.note_cpu(signal, 0)
+    sync.atomic_add(signal, CALLS, 1)
+    sync.await_arrival(state)
+
+
+@_entry
+def await_call(signal, masks, served, spins):
+    """The second thread, between calls: off the caller's CPU first (``sync.keep_apart``,
+    undone by :func:`settle`), then spinning until more than ``served`` calls have been
+    made or ``spins`` have passed; True in the first case."""
+    sync.keep_apart(signal, masks, 1)
+    for spin in range(spins):
+        if sync.atomic_load(signal, CALLS) > served:
+            return True
+        sync.wait(spin)
+    return False
+
+
+@_entry
+def settle(signal, masks):
+    """The second thread's own CPU mask back (before a call, and before it blocks)."""
+    sync.let_go(signal, masks, 1)

@@ -1,28 +1,30 @@
-"""Two threads in step inside one compiled parallel region: atomics and a spin barrier.
+"""Two threads in step inside one compiled call each: atomics and a spin barrier.
 
 Numba's ``prange`` forks and joins its threads once per loop, about 1.6 µs here, and a
 loop per training step would also move the whole gradient between the cores
-(``benchmarks/README.md``, section 11). ``kernels.cpu_split`` therefore opens one region
-per compiled call, the two iterations of a ``prange(2)`` that each run a chunk of
-batches, and keeps them in step with :func:`barrier`: a sense-reversing barrier on an
-int64 array ``state`` = [arrived, generation, handshake] that both threads share. The
-barrier waits with the CPU's ``pause`` and, every :data:`SPINS_BEFORE_YIELD` of them,
-``sched_yield`` (a partner thread that lost its core gets it back sooner than if the
-waiting one burnt its time slice).
+(``benchmarks/README.md``, section 11). ``kernels.cpu_split`` therefore runs one call per
+thread that each train a chunk of batches (the calling thread and fastbp's own second
+thread, ``cpu_training.SecondThread``), and keeps them in step with :func:`barrier`: a
+sense-reversing barrier on an int64 array ``state`` = [arrived, generation, handshake]
+that both threads share. The barrier waits with the CPU's ``pause`` and, every
+:data:`SPINS_BEFORE_YIELD` of them, ``sched_yield`` (a partner thread that lost its core
+gets it back sooner than if the waiting one burnt its time slice).
 
-:func:`handshake` comes first in a region: the two iterations must run at the same
-time (two threads), or a barrier would wait forever. It waits for the other iteration
-at most :data:`HANDSHAKE_SPINS` spins; if it does not come, both iterations return at
-once and :func:`aborted` says so (the caller then trains the chunk on one thread).
+:func:`handshake` comes first in a call: the two must run at the same time, or a barrier
+would wait forever. It waits for the other at most :data:`HANDSHAKE_SPINS` spins; if it
+does not come, both return at once and :func:`aborted` says so (the caller then trains
+the chunk on one thread). :func:`await_arrival` lets the caller wait for the other
+thread's arrival before its own call.
 
-Linux may place the two threads on one core: waking an idle pool thread at the start of
-a region, a scheduler that packs threads onto few vCPUs (this machine's kernel has a
-``sched_vcpu_pack`` setting) puts it on the caller's core, and two threads that spin and
-yield there stay runnable on that one core while the other idles, for 5-40 ms
-(``perf sched timehist``: they alternated every ~0.1 ms on one vCPU; an epoch of
-64-128-10 took 18-20 ms instead of 10). :func:`keep_apart` checks, once per region, and
-if so moves the second thread off the first one's core for the region (its CPU affinity,
-put back by :func:`let_go`): a few µs, and only when the two did share a core.
+Linux may place the two threads on one core: waking an idle thread, a scheduler that
+packs threads onto few vCPUs (this machine's kernel has a ``sched_vcpu_pack`` setting)
+puts it on the waker's core, and two threads that spin and yield there stay runnable on
+that one core while the other idles, for 5-40 ms (``perf sched timehist``: they
+alternated every ~0.1 ms on one vCPU; an epoch of 64-128-10 took 18-20 ms instead of 10).
+:func:`keep_apart` checks, once per call and whenever the second thread starts waiting
+for a call, and if so moves the second thread off the first one's core (its CPU
+affinity, put back by :func:`let_go` when the second thread goes to sleep): a few µs,
+and only when the two did share a core.
 
 The intrinsics emit LLVM's atomic instructions and intrinsics directly, and the C
 library's ``sched_yield``, ``sched_getcpu`` and ``sched_{get,set}affinity`` (Linux) are
@@ -39,6 +41,9 @@ from .cpu import compiled_only
 
 #: ``pause`` instructions a waiting thread spins before each ``sched_yield``
 SPINS_BEFORE_YIELD = 2000
+#: the same in :func:`await_arrival`, a wait of the other thread's Python (~0.05 ms), which
+#: may be waiting for this very CPU
+SPINS_BEFORE_QUICK_YIELD = 32
 #: spins (each ``pause``, then a yield every :data:`SPINS_BEFORE_YIELD`) the handshake
 #: waits for the second thread: well over a second of an idle core, far longer than a
 #: thread start, so only a region that runs its iterations one after the other times out
@@ -78,6 +83,18 @@ def atomic_load(typingctx, array, index):
         address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
         return builder.load_atomic(address, "acquire", 8)
     return types.int64(array, index), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, array, index, value):
+    """array[index] = value on an int64 array, written atomically (release: what the
+    thread wrote before is visible to a thread that reads the value with acquire)."""
+    def codegen(context, builder, signature, args):
+        address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(value, address, "release", 8)
+        return context.get_dummy_value()
+    return types.void(array, index, value), codegen
 
 
 @intrinsic
@@ -144,16 +161,17 @@ def note_cpu(state, t):
 
 @compiled_only(inline="always")
 def keep_apart(state, masks, t):
-    """After the handshake: if the second thread runs on the first one's CPU, take that CPU
-    out of its affinity mask for the region (the kernel moves it at once); a thread
-    allowed nowhere else stays. :func:`let_go` puts its mask back."""
+    """If the second thread (t = 1) runs on the CPU of the first (``state[FIRST_CPU]``, from
+    :func:`note_cpu`), take that CPU out of its affinity mask (the kernel moves it at once);
+    a thread allowed nowhere else stays. ``masks[0]`` keeps its own mask while it is moved
+    (``state[MOVED]``): a later move starts again from it, and :func:`let_go` puts it back."""
     if t != 1:
         return
     cpu = current_cpu()
     if cpu < 0 or cpu != state[FIRST_CPU] or cpu // 8 >= masks.shape[1]:
         return
     own, moved = masks[0], masks[1]
-    if get_affinity(own) != 0:
+    if state[MOVED] == 0 and get_affinity(own) != 0:
         return
     elsewhere = False
     for i in range(own.shape[0]):
@@ -167,7 +185,7 @@ def keep_apart(state, masks, t):
 
 @compiled_only(inline="always")
 def let_go(state, masks, t):
-    """At the end of a region: the second thread's own CPU mask back, if :func:`keep_apart` moved it."""
+    """The second thread's own CPU mask back, if :func:`keep_apart` moved it."""
     if t == 1 and state[MOVED] == 1:
         set_affinity(masks[0])
         state[MOVED] = 0
@@ -193,6 +211,18 @@ def barrier(state):
         while atomic_load(state, GENERATION) == generation:
             wait(spins)
             spins += 1
+
+
+@compiled_only(inline="always")
+def await_arrival(state):
+    """Wait until the other thread has arrived at the :func:`handshake` (or gave up), at
+    most :data:`HANDSHAKE_SPINS` spins, yielding every :data:`SPINS_BEFORE_QUICK_YIELD`."""
+    spins = 0
+    while atomic_load(state, HANDSHAKE) == 0 and spins < HANDSHAKE_SPINS:
+        spin_pause()
+        if spins % SPINS_BEFORE_QUICK_YIELD == SPINS_BEFORE_QUICK_YIELD - 1:
+            sched_yield()
+        spins += 1
 
 
 @compiled_only(inline="always")
