@@ -308,9 +308,12 @@ class CpuEngine:
         #: run one thread each (``kernel_threads``)
         split = not small and use_split(net, self.bmax, X.shape[0], threads, sample_weight is not None, clip_norm,
                                          checkpoint)
-        self.split = split_bundle(net, self.bmax) if split else None
         if split:
-            second_thread().wake()
+            try:
+                second_thread().wake()
+            except RuntimeError:  # no thread to be had ("can't start new thread"): one thread
+                split = False
+        self.split = split_bundle(net, self.bmax) if split else None
         self.kernel_threads = 1 if split else threads
         segments = checkpoint_segments(n_layers, checkpoint) if checkpoint and not small else None
         self.network = network_bundle(net, loss_code)

@@ -156,6 +156,23 @@ def test_the_second_thread_runs_the_other_half():
     assert names.count("fastbp-split") == 1
 
 
+def test_no_thread_to_be_had_means_one_thread(monkeypatch):
+    """Where no thread can be started ("can't start new thread"), a fit that asked for two
+    trains on one, to the one-thread bits."""
+    def refused():
+        raise RuntimeError("can't start new thread")
+    X, Y = make_data(40, [8, 11, 3], "softmax", np.float64, seed=1)
+    nets = [fastbp.MLP([8, 11, 3], seed=9, dtype=np.float64) for _ in range(2)]
+    nets[0].fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=2, batch_size=8, seed=4, threads=1)
+    monkeypatch.setattr(cpu_training, "second_thread", refused)
+    run = cpu_training.CpuEngine(nets[1], X, Y, FitState(nets[1].n_params, nets[1].dtype), batch_size=8,
+                                 optimizer=fastbp.Adam(0.01), loss_code=spec.LOSSES["cross_entropy"], threads=2,
+                                 l1=0.0, l2=0.0, clip_norm=0.0, clip_value=0.0)
+    assert run.split is None and run.kernel_threads == 2
+    nets[1].fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=2, batch_size=8, seed=4, threads=2)
+    assert nets[1].theta.tobytes() == nets[0].theta.tobytes()
+
+
 def test_a_second_thread_that_blocked_between_calls_gives_the_same_bits(monkeypatch):
     """The second thread waits for the next call spinning, then blocked on its queue: a
     call finds it either way, with the same result."""

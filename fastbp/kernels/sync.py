@@ -12,8 +12,8 @@ gets it back sooner than if the waiting one burnt its time slice).
 
 :func:`handshake` comes first in a call: the two must run at the same time, or a barrier
 would wait forever. It waits for the other at most :data:`HANDSHAKE_SPINS` spins; if it
-does not come, both return at once and :func:`aborted` says so (the caller then trains
-the chunk on one thread). :func:`await_arrival` lets the caller wait for the other
+does not come, both return False at once (the caller then trains the chunk on one
+thread). :func:`await_arrival` lets the caller wait for the other
 thread's arrival before its own call.
 
 Linux may place the two threads on one core: waking an idle thread, a scheduler that
@@ -230,8 +230,7 @@ def handshake(state):
     """True when both iterations of the region run at the same time. The first to arrive
     waits for the second; if it gives up first, ``state[HANDSHAKE]`` jumps by
     :data:`GAVE_UP` in the same atomic step that tells it whether the other had come
-    after all, so the two always agree: both go on, or both return False (and
-    :func:`aborted` says so to the caller)."""
+    after all, so the two always agree: both go on, or both return False."""
     if atomic_add(state, HANDSHAKE, 1) == 1:  # the other is waiting (or gave up: >= GAVE_UP)
         return True
     if atomic_load(state, HANDSHAKE) >= GAVE_UP:
@@ -243,9 +242,3 @@ def handshake(state):
         wait(spins)
         spins += 1
     return True
-
-
-@compiled_only(inline="always")
-def aborted(state):
-    """Did the last region's :func:`handshake` give up?"""
-    return state[HANDSHAKE] >= GAVE_UP
