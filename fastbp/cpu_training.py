@@ -196,6 +196,8 @@ class SecondThread:
         self.lock = threading.Lock()
         self.signal, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
         self.masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
+        #: calls counted in :attr:`signal` that this thread has served
+        self.served = 0
         threading.Thread(target=self._serve, name="fastbp-split", daemon=True).start()
 
     def wake(self):
@@ -205,18 +207,19 @@ class SecondThread:
         self.jobs.put((None, None))
 
     def _serve(self):
-        served = 0
         while True:
-            if not cpu_split.await_call(self.signal, self.masks, served, PARTNER_SPINS):
+            if not cpu_split.await_call(self.signal, self.masks, self.served, PARTNER_SPINS):
                 cpu_split.settle(self.signal, self.masks)
             kernel, args = self.jobs.get()
             if kernel is None:  # wake()
                 continue
-            served += 1
             try:
                 result = kernel(*args, 1)
             except BaseException as exc:  # handed to the caller, which raises it
                 result = exc
+            # the calls counted so far, this one included unless its caller never got to
+            # call_partner (then the handshake gave up): the next call is the next count
+            self.served = int(self.signal[cpu_split.CALLS])
             self.results.put(result)
 
     def run(self, kernel, args, state):

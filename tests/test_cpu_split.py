@@ -184,6 +184,27 @@ def test_a_second_thread_that_blocked_between_calls_gives_the_same_bits(monkeypa
     assert spinning[3].loss == blocked[3].loss
 
 
+def test_a_call_that_was_not_counted_leaves_the_count_in_step():
+    """A job whose caller never reached call_partner (an interrupt in between): the second
+    thread takes it from its queue when its spin ends, the two meet at the handshake, and
+    the calls it has served then equal the count again, so the next call is seen at once."""
+    sizes = [4, 6, 2]
+    X, Y = make_data(12, sizes, "softmax", np.float64, seed=3)
+    net = fastbp.MLP(sizes, seed=2, dtype=np.float64)
+    run = engine(net, X, Y, "cross_entropy", fastbp.Adam(0.01), 4)
+    partner = cpu_training.second_thread()
+    args = (run.network, run.optimizer, run.hyper, run.work, Data(X, Y, np.arange(12), None), (0, 3), run.split)
+    with partner.lock:
+        run.split.state[:] = 0
+        partner.jobs.put((cpu_split.train_batches, args))
+        ours = cpu_split.train_batches(*args, 0)
+        theirs = partner._result()
+    assert ours and theirs
+    assert partner.served == partner.signal[cpu_split.CALLS]
+    fit_pair([8, 11, 3], np.float64, epochs=1)
+    assert partner.served == partner.signal[cpu_split.CALLS]
+
+
 def test_fits_from_two_python_threads_take_turns():
     """Two split fits started at once from two Python threads share the second thread (one
     call at a time, ``SecondThread.lock``); each gives the bits it gives alone."""
