@@ -14,6 +14,7 @@ the hot path neither allocates nor runs Python per batch.
 import math
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -190,7 +191,6 @@ class SecondThread:
 
     def __init__(self):
         import queue
-        import threading
         self.pid = os.getpid()
         self.jobs, self.results = queue.SimpleQueue(), queue.SimpleQueue()
         self.lock = threading.Lock()
@@ -221,6 +221,7 @@ class SecondThread:
             # call_partner (then the handshake gave up): the next call is the next count
             self.served = int(self.signal[cpu_split.CALLS])
             self.results.put(result)
+            kernel = args = result = None  # the fit's arrays are not kept alive until the next call
 
     def run(self, kernel, args, state):
         """``kernel(*args, t)`` on the calling thread (t = 0) and on this one (t = 1), with
@@ -253,15 +254,26 @@ class SecondThread:
 
 
 _second_thread = None
+_second_thread_lock = threading.Lock()
+
+
+def _forget_second_thread():
+    """In a forked child: threads do not survive ``fork()``, and the lock may have been held."""
+    global _second_thread, _second_thread_lock
+    _second_thread, _second_thread_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_second_thread)
 
 
 def second_thread():
-    """This process's :class:`SecondThread` (a new one in a forked child: threads do not
-    survive ``fork()``)."""
+    """This process's :class:`SecondThread`, started on first use."""
     global _second_thread
-    if _second_thread is None or _second_thread.pid != os.getpid():
-        _second_thread = SecondThread()
-    return _second_thread
+    with _second_thread_lock:
+        if _second_thread is None or _second_thread.pid != os.getpid():
+            _second_thread = SecondThread()
+        return _second_thread
 
 
 def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, checkpoint=None):

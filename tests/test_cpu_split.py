@@ -6,11 +6,13 @@ diagnostics and history next to the one-thread path; bitwise stability from run 
 and across chunkings of an epoch; the fallback when the two threads cannot run together;
 and which fits take the path."""
 
+import gc
 import multiprocessing
 import os
 import sys
 import threading
 import time
+import weakref
 
 import numba
 import numpy as np
@@ -203,6 +205,19 @@ def test_a_call_that_was_not_counted_leaves_the_count_in_step():
     assert partner.served == partner.signal[cpu_split.CALLS]
     fit_pair([8, 11, 3], np.float64, epochs=1)
     assert partner.served == partner.signal[cpu_split.CALLS]
+
+
+def test_the_second_thread_keeps_no_fit_alive():
+    """After a fit the second thread holds none of its arrays (a training set can be large)."""
+    X, Y = make_data(40, [8, 11, 3], "softmax", np.float32, seed=1)
+    X, Y = np.ascontiguousarray(X, np.float32), np.ascontiguousarray(Y, np.float32)
+    net = fastbp.MLP([8, 11, 3], seed=9, dtype=np.float32)
+    net.fit(X, Y, epochs=1, batch_size=8, threads=2)
+    refs = [weakref.ref(X), weakref.ref(Y)]
+    del X, Y
+    time.sleep(0.05)
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
 
 
 def test_fits_from_two_python_threads_take_turns():
