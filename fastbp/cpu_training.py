@@ -140,7 +140,8 @@ def split_bundle(net, bmax):
     shapes = {"theta": (2, length), "grad": (2, length), "state1": (2, length), "state2": (2, length),
               "xs": (2, bmax * d), "ys": (2, bmax * k), "zs": (2, bmax * h), "acts": (2, bmax * h),
               "exchange": (2, 2, bmax * k), "logits": (2, bmax * k), "outputs": (2, bmax * k),
-              "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h)}
+              "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h),
+              "dmasks": (2, bmax * h if any(net.dropout) else 1), "dacts": (2, bmax * h if any(net.dropout) else 1)}
     arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
     parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
@@ -282,7 +283,7 @@ def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, che
     ``rows`` training rows in batches of ``batch``."""
     if threads == 1 or checkpoint:
         return False
-    if not cpu_split.eligible(net.sizes, any(net.dropout), net.batchnorm, weighted, clip_norm):
+    if not cpu_split.eligible(net.sizes, net.batchnorm, weighted, clip_norm):
         return False
     if threads is None and not cpu_split.wins(net.sizes, net.dtype, batch, rows):
         return False
@@ -349,7 +350,8 @@ class CpuEngine:
             self.optimizer.diagnostics[...] = 0
         if self.split is not None:
             args = (self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                    Data(self.X, self.Y, perm, None), (int(first), int(stop)), self.split)
+                    Data(self.X, self.Y, perm, None), (int(first), int(stop)), self.split,
+                    (float(self.net.keep[0]), self.seed, int(epoch)))
             if second_thread().run(cpu_split.train_batches, args, self.split.state):
                 return float(self.work.sums[0]), int(self.work.counts[0])
             warnings.warn("fastbp: the two training threads did not run at the same time; this fit goes on "

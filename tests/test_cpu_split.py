@@ -87,6 +87,27 @@ def fit_pair(sizes, dtype, batch_size=8, rows=50, epochs=2):
     return result
 
 
+@pytest.mark.parametrize("sizes,batch_size", [([8, 11, 3], 8), ([5, 2, 3], 1), ([6, 13, 4], 5)],
+                         ids=["odd-hidden", "hidden-2,batch-1", "partial-batch"])
+def test_dropout_matches_one_thread(sizes, batch_size, dtype):
+    """Dropout on the hidden units: each thread draws its own units' masks, the masks of the
+    one-thread path (rng.keep_unit of the global column), so the fits agree to rounding;
+    and the masks are applied (the fit differs from one without dropout)."""
+    X, Y = make_data(23, sizes, "softmax", dtype, seed=5)
+    fits = {}
+    for threads, rate in ((1, 0.4), (2, 0.4), (2, 0.0)):
+        net = fastbp.MLP(sizes, activation="tanh", output="softmax", seed=7, dtype=dtype, dropout=rate)
+        assert cpu_training.use_split(net, batch_size, 23, threads=threads) is (threads == 2)
+        history = net.fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=3, batch_size=batch_size, seed=2,
+                          threads=threads)
+        fits[threads, rate] = (net.theta.copy(), history)
+    assert_close(fits[2, 0.4][0], fits[1, 0.4][0], dtype, "parameters with dropout")
+    for name in ("loss", "accuracy", "grad_norm", "update_ratio"):
+        assert_close(np.asarray(getattr(fits[2, 0.4][1], name)), np.asarray(getattr(fits[1, 0.4][1], name)), dtype,
+                     name)
+    assert np.abs(fits[2, 0.4][0] - fits[2, 0.0][0]).max() > 1e-3
+
+
 def test_diagnostics_and_history_match_one_thread(dtype):
     net1, h1, net2, h2 = fit_pair([8, 11, 3], dtype)
     assert_close(net2.theta, net1.theta, dtype, "parameters")
@@ -132,7 +153,8 @@ def test_two_threads_that_do_not_run_together_change_nothing(monkeypatch):
     perm = np.arange(12)
     alone = cpu_split.train_batches  # waits sync.HANDSHAKE_SPINS (~0.5 s) for the other half
     run.split.state[:] = 0
-    assert not alone(run.network, run.optimizer, run.hyper, run.work, Data(X, Y, perm, None), (0, 3), run.split, 0)
+    assert not alone(run.network, run.optimizer, run.hyper, run.work, Data(X, Y, perm, None), (0, 3), run.split,
+                     (1.0, 0, 0), 0)
     assert (net.theta == before[0]).all() and (run.state.state1 == before[1]).all()
     assert int(run.state.step[0]) == before[2]
 
@@ -195,7 +217,8 @@ def test_a_call_that_was_not_counted_leaves_the_count_in_step():
     net = fastbp.MLP(sizes, seed=2, dtype=np.float64)
     run = engine(net, X, Y, "cross_entropy", fastbp.Adam(0.01), 4)
     partner = cpu_training.second_thread()
-    args = (run.network, run.optimizer, run.hyper, run.work, Data(X, Y, np.arange(12), None), (0, 3), run.split)
+    args = (run.network, run.optimizer, run.hyper, run.work, Data(X, Y, np.arange(12), None), (0, 3), run.split,
+            (1.0, 0, 0))
     with partner.lock:
         run.split.state[:] = 0
         partner.jobs.put((cpu_split.train_batches, args))
@@ -268,7 +291,7 @@ def test_an_interrupt_while_waiting_for_the_second_thread_keeps_its_result():
     ({}, True),
     ({"threads": 1}, False),
     ({"sizes": [5, 7, 6, 3]}, False),
-    ({"dropout": True}, False),
+    ({"dropout": True}, True),
     ({"batchnorm": True}, False),
     ({"weighted": True}, False),
     ({"clip_norm": 1.0}, False),

@@ -29,8 +29,9 @@ threads per batch (``Split.parts``), as ``cpu.update_params`` records them.
 
 The results equal the one-thread path's to rounding (the logits are summed in two parts,
 the products have other shapes), and are the same bits from run to run. The path covers
-plain fits — no dropout, batchnorm, checkpointing, sample weights or ``clip_norm`` (a
-global norm would need a second exchange per batch); ``fastbp.cpu_training`` picks it
+plain fits and dropout (each thread draws its units' masks, the one-thread path's) — no
+batchnorm, checkpointing, sample weights or ``clip_norm`` (a global norm would need a
+second exchange per batch); ``fastbp.cpu_training`` picks it
 where :data:`FASTER_THAN_ONE_THREAD` says it won, on Linux on x86-64 with two or more cores
 (``cpu_training.two_threads_available``).
 
@@ -68,9 +69,9 @@ DTYPES = ("float32",)
 MIN_EPOCH_WORK = 10 ** 8
 
 
-def eligible(sizes, dropout=False, batchnorm=False, weighted=False, clip_norm=0.0):
-    """Can a fit take the split path at all (whatever the speed)?"""
-    return len(sizes) == 3 and sizes[1] >= 2 and not (dropout or batchnorm or weighted or clip_norm)
+def eligible(sizes, batchnorm=False, weighted=False, clip_norm=0.0):
+    """Can a fit take the split path at all (whatever the speed)? Dropout can."""
+    return len(sizes) == 3 and sizes[1] >= 2 and not (batchnorm or weighted or clip_norm)
 
 
 def wins(sizes, dtype, batch, rows):
@@ -244,9 +245,22 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
 
 
 @_jit
+def draw_columns(mask, keep, key, first_col):
+    """``cpu.draw_mask`` for columns first_col.. of the batch's layer: the thread's units get
+    the masks the one-thread path draws for them (``rng.keep_unit`` of the global column)."""
+    inv = 1.0 / keep
+    threshold = cpu.keep_threshold(keep)
+    rows, cols = mask.shape
+    for i in range(rows):
+        for j in range(cols):
+            mask[i, j] = inv if cpu.keep_unit(key, i, first_col + j, threshold) else 0.0
+
+
+@_jit
 def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostics, totals, counts, first, stop,
-                   bmax, hidden, step0):
-    """Thread t's part of batches first..stop-1 (see the module docstring)."""
+                   bmax, hidden, step0, dropout):
+    """Thread t's part of batches first..stop-1 (see the module docstring); ``dropout`` =
+    (keep probability of the hidden units, seed, epoch), keep = 1 for none."""
     sync.note_cpu(split.placement, t)
     if not sync.handshake(split.state):
         return False
@@ -258,6 +272,7 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     w1, b1, w2, b2 = shard_views(theta, d, h, k)
     dw1, db1, dw2, db2 = shard_views(grad, d, h, k)
     hidden_code, out_code = codes[0], codes[1]
+    keep, seed, epoch = dropout
     zero = np.int64(0)
     pending_loss, pending_rows = 0.0, 0  # the bookkeeper's previous batch, recorded once both threads' sums are in
     for b in range(first, stop):
@@ -270,9 +285,16 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
         cpu.gather_rows(Y, perm, start, rows, y)
         z = cpu.rows_view(split.zs[t], zero, rows, h)
         a = cpu.rows_view(split.acts[t], zero, rows, h)
+        step = step0 + (b - first) + 1
         np.dot(x, w1, z)
         cpu.forward_epilogue(z, b1, hidden_code, a)
-        np.dot(a, w2, cpu.rows_view(split.exchange[parity, t], zero, rows, k))
+        kept = a  # what W² reads: a, or its dropped copy
+        if keep < 1:
+            mask = cpu.rows_view(split.dmasks[t], zero, rows, h)
+            kept = cpu.rows_view(split.dacts[t], zero, rows, h)
+            draw_columns(mask, keep, cpu.stream_key(seed, epoch, step, 0), lo)
+            cpu.apply_mask(a, mask, kept)
+        np.dot(kept, w2, cpu.rows_view(split.exchange[parity, t], zero, rows, k))
         sync.barrier(split.state)
         if t == BOOKKEEPER and b > first:  # the other thread's sums of the previous batch are complete now
             record_batch(diagnostics, totals, split.parts[1 - parity], pending_loss, pending_rows)
@@ -290,15 +312,17 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
         else:
             cpu.forward_epilogue(logits, b2, out_code, out)
             loss = cpu.output_delta(logits, out, y, out_code, loss_code, scale, None, delta)
-        np.dot(a.T, delta, dw2)
+        np.dot(kept.T, delta, dw2)
         cpu.bias_gradient(delta, db2)
         delta_hidden = cpu.rows_view(split.delta_hidden[t], zero, rows, h)
         np.dot(delta, w2.T, delta_hidden)
         cpu.delta_epilogue(z, a, hidden_code, delta_hidden)
+        if keep < 1:
+            cpu.apply_mask(delta_hidden, cpu.rows_view(split.dmasks[t], zero, rows, h), delta_hidden)
         np.dot(x.T, delta_hidden, dw1)
         cpu.bias_gradient(delta_hidden, db1)
-        update_shard(t, theta, grad, split.state1[t], split.state2[t], d, h, k, opt_code, hyper,
-                     step0 + (b - first) + 1, split.parts[parity])
+        update_shard(t, theta, grad, split.state1[t], split.state2[t], d, h, k, opt_code, hyper, step,
+                     split.parts[parity])
         if t == BOOKKEEPER:
             pending_loss, pending_rows = loss, rows
             counts[0] += cpu.correct_count(out, y, out_code)
@@ -309,14 +333,16 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
 
 
 @_entry
-def train_batches(net, opt, hyper, work, data, batches, split, t):
+def train_batches(net, opt, hyper, work, data, batches, split, dropout, t):
     """``cpu.train_batches`` of a plain fit of a one-hidden-layer network on two threads:
     thread ``t``'s part of batches ``batches`` = (first, stop). Two threads call it at the
     same time, the calling thread with t = 0 and ``cpu_training.SecondThread`` with t = 1,
     ``split.state`` zeroed before either starts. Thread 0 copies θ and the optimizer state
     into the shards before the handshake, and back once both threads are past their last
-    batch. Returns False, with nothing changed, if the two did not run at the same time
-    (``sync.handshake``): the caller then trains these batches on one thread."""
+    batch. ``dropout`` = (keep probability of the hidden units, seed, epoch), keep = 1 for
+    none: the masks of the one-thread path (``cpu.forward_step``). Returns False, with
+    nothing changed, if the two did not run at the same time (``sync.handshake``): the
+    caller then trains these batches on one thread."""
     first, stop = batches
     layout = net.layout
     if t == 0:
@@ -327,7 +353,7 @@ def train_batches(net, opt, hyper, work, data, batches, split, t):
         shard_copy(opt.state1, layout, split.state1, INTO)
         shard_copy(opt.state2, layout, split.state2, INTO)
     if not thread_batches(t, split, data, hyper, net.codes, net.loss_code, opt.code, opt.diagnostics, work.sums,
-                          work.counts, first, stop, work.bmax, layout[0, 1], opt.step[0]):
+                          work.counts, first, stop, work.bmax, layout[0, 1], opt.step[0], dropout):
         return False
     sync.barrier(split.state)  # both threads are past their last batch
     if t == 0:
