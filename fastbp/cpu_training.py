@@ -143,12 +143,12 @@ def split_bundle(net, bmax):
               "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h),
               "dmasks": (2, bmax * h if any(net.dropout) else 1), "dacts": (2, bmax * h if any(net.dropout) else 1)}
     arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
-    parts, pending = line_aligned_rows([(2, 2, 2, 4), (2,)], np.float64)
+    parts, norms, pending = line_aligned_rows([(2, 2, 2, 4), (2, 2, 1), (2,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
     rowwise, = line_aligned_rows([(2, (k + 3) * bmax)], np.float64)
     partner = second_thread()
-    return Split(**arrays, parts=parts, pending=pending, state=state, placement=partner.signal, masks=partner.masks,
-                 rowwise=rowwise)
+    return Split(**arrays, parts=parts, norms=norms, pending=pending, state=state, placement=partner.signal,
+                 masks=partner.masks, rowwise=rowwise)
 
 
 def two_threads_available():
@@ -278,12 +278,13 @@ def second_thread():
 
 
 def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, checkpoint=None):
-    """Train on the split path? ``threads`` = 1: never; ≥ 2: wherever the fit is plain and
-    has one hidden layer; None: where ``cpu_split.wins`` (measured) says it is faster for
-    ``rows`` training rows in batches of ``batch``."""
+    """Train on the split path? ``threads`` = 1: never; ≥ 2: wherever the fit has one hidden
+    layer and neither batchnorm, sample weights nor checkpointing (``clip_norm`` and dropout
+    are fine); None: where ``cpu_split.wins`` (measured) says it is faster for ``rows``
+    training rows in batches of ``batch``."""
     if threads == 1 or checkpoint:
         return False
-    if not cpu_split.eligible(net.sizes, net.batchnorm, weighted, clip_norm):
+    if not cpu_split.eligible(net.sizes, net.batchnorm, weighted):
         return False
     if threads is None and not cpu_split.wins(net.sizes, net.dtype, batch, rows):
         return False

@@ -29,9 +29,9 @@ threads per batch (``Split.parts``), as ``cpu.update_params`` records them.
 
 The results equal the one-thread path's to rounding (the logits are summed in two parts,
 the products have other shapes), and are the same bits from run to run. The path covers
-plain fits and dropout (each thread draws its units' masks, the one-thread path's) — no
-batchnorm, checkpointing, sample weights or ``clip_norm`` (a global norm would need a
-second exchange per batch); ``fastbp.cpu_training`` picks it
+plain fits, dropout (each thread draws its units' masks, the one-thread path's) and
+``clip_norm`` (the threads' parts of the global norm cross at a second barrier, in
+batches where it is on) — no batchnorm, checkpointing or sample weights; ``fastbp.cpu_training`` picks it
 where :data:`FASTER_THAN_ONE_THREAD` says it won, on Linux on x86-64 with two or more cores
 (``cpu_training.two_threads_available``).
 
@@ -69,9 +69,9 @@ DTYPES = ("float32",)
 MIN_EPOCH_WORK = 10 ** 8
 
 
-def eligible(sizes, batchnorm=False, weighted=False, clip_norm=0.0):
-    """Can a fit take the split path at all (whatever the speed)? Dropout can."""
-    return len(sizes) == 3 and sizes[1] >= 2 and not (batchnorm or weighted or clip_norm)
+def eligible(sizes, batchnorm=False, weighted=False):
+    """Can a fit take the split path at all (whatever the speed)? Dropout and ``clip_norm`` can."""
+    return len(sizes) == 3 and sizes[1] >= 2 and not (batchnorm or weighted)
 
 
 def wins(sizes, dtype, batch, rows):
@@ -177,12 +177,29 @@ def record_batch(diagnostics, totals, parts, loss, rows):
 
 
 @_jit
-def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step, parts):
-    """The optimizer step on thread t's shard (weights with L1/L2, biases without; ``cpu._update_range``);
-    its sums per layer into ``parts[t]`` (b²'s gradient counted by thread 0 only)."""
+def shard_sq_norm(t, theta, grad, d, h, k, hyper):
+    """Thread t's part of Σ g² of the regularised gradient (``cpu._clip_scale``'s sum: the
+    weights with L1/L2, the biases without; b² counted by thread 0 only)."""
+    cast = theta.dtype.type
+    zero, l1, l2 = cast(0), cast(hyper.l1), cast(hyper.l2)
+    w2 = d * h + h
+    b2 = w2 + h * k
+    total = cpu._regularised_sq_norm(theta[:d * h], grad[:d * h], l1, l2)
+    total += cpu._regularised_sq_norm(theta[d * h:w2], grad[d * h:w2], zero, zero)
+    total += cpu._regularised_sq_norm(theta[w2:b2], grad[w2:b2], l1, l2)
+    if t == 0:
+        total += cpu._regularised_sq_norm(theta[b2:b2 + k], grad[b2:b2 + k], zero, zero)
+    return total
+
+
+@_jit
+def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step, parts, clip_scale):
+    """The optimizer step on thread t's shard (weights with L1/L2, biases without; ``cpu._update_range``,
+    the gradient times ``clip_scale``); its sums per layer into ``parts[t]`` (b²'s gradient
+    counted by thread 0 only)."""
     consts = cpu.step_constants(theta, hyper, step)
     cast = theta.dtype.type
-    zero, one, l1, l2 = cast(0), cast(1), cast(hyper.l1), cast(hyper.l2)
+    zero, one, l1, l2 = cast(0), cast(clip_scale), cast(hyper.l1), cast(hyper.l2)
     w2 = d * h + h
     b2 = w2 + h * k
     for l in range(2):  # the weights, with L1/L2
@@ -321,8 +338,14 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
             cpu.apply_mask(delta_hidden, cpu.rows_view(split.dmasks[t], zero, rows, h), delta_hidden)
         np.dot(x.T, delta_hidden, dw1)
         cpu.bias_gradient(delta_hidden, db1)
+        clip_scale = 1.0
+        if hyper.clip_norm > 0:  # the global norm: both parts, summed in the same order on both threads
+            split.norms[parity, t, 0] = shard_sq_norm(t, theta, grad, d, h, k, hyper)
+            sync.barrier(split.state)
+            norm = np.sqrt(split.norms[parity, 0, 0] + split.norms[parity, 1, 0])
+            clip_scale = hyper.clip_norm / norm if norm > hyper.clip_norm else 1.0
         update_shard(t, theta, grad, split.state1[t], split.state2[t], d, h, k, opt_code, hyper, step,
-                     split.parts[parity])
+                     split.parts[parity], clip_scale)
         if t == BOOKKEEPER:
             pending_loss, pending_rows = loss, rows
             counts[0] += cpu.correct_count(out, y, out_code)
