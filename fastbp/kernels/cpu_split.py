@@ -63,7 +63,7 @@ FASTER_THAN_ONE_THREAD = {8: (32, 128)}
 DTYPES = ("float32",)
 #: rows × parameters of the training set below which an automatic choice stays on one thread:
 #: an epoch is then under ~10 ms (0.85 ns per row and parameter at 64-128-10), and the split
-#: driver's compile on an empty Numba cache (~3 s more than the one-thread driver's, ~8 s
+#: driver's compile on an empty Numba cache (~4 s more than the one-thread driver's, ~10 s
 #: before 2026-12-07, when it was a parallel function) would not pay back in a typical fit
 #: (``fastbp train``'s digits, 1.4 k rows × 4.8 k parameters)
 MIN_EPOCH_WORK = 10 ** 8
