@@ -641,15 +641,16 @@ keep_threshold = _jit(rng.keep_threshold)
 
 
 @_jit
-def draw_mask(mask, keep, key):
-    """mask[i, j] = 1/keep where ``rng.keep_unit`` keeps unit (i, j) of the batch's layer
-    ``key`` (probability keep), else 0 (inverted dropout)."""
+def draw_mask(mask, keep, key, first_col):
+    """mask[i, j] = 1/keep where ``rng.keep_unit`` keeps unit (i, first_col + j) of the
+    batch's layer ``key`` (probability keep), else 0 (inverted dropout). ``first_col``: 0
+    for a whole layer, the first unit a thread owns on the split path (``cpu_split``)."""
     inv = 1.0 / keep
     threshold = keep_threshold(keep)
     rows, cols = mask.shape
     for i in range(rows):
         for j in range(cols):
-            mask[i, j] = inv if keep_unit(key, i, j, threshold) else 0.0
+            mask[i, j] = inv if keep_unit(key, i, first_col + j, threshold) else 0.0
 
 
 @_jit
@@ -694,7 +695,7 @@ def forward_step(net, work, l, a_in, dropout, batchnorm, step, replay):
         if l < layout.shape[0] - 1 and dropout.keep[l] < 1:
             mask = rows_view(dropout.masks, work.offsets[l, 1], rows, cols)
             if not replay:
-                draw_mask(mask, dropout.keep[l], stream_key(dropout.seed, dropout.epoch, step, l))
+                draw_mask(mask, dropout.keep[l], stream_key(dropout.seed, dropout.epoch, step, l), np.int64(0))
             dropped = rows_view(dropout.dacts, work.offsets[l, 1], rows, cols)
             apply_mask(a, mask, dropped)
             return dropped

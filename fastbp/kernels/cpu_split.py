@@ -39,8 +39,8 @@ The two threads are the calling one (t = 0) and fastbp's own daemon thread
 (``cpu_training.SecondThread``, t = 1), each in :func:`train_batches` without the GIL;
 :func:`call_partner`, :func:`await_call` and :func:`settle` hand each call over between them.
 Numba's ``prange(2)`` did the same with its OpenMP threads until 2026-12-07, but compiling a
-parallel driver made a first split fit on an empty cache ~8 s longer (18.4 against 10.1 s
-here), and tied the path to the OpenMP threading layer and to processes that had not forked
+parallel driver made a first split fit on an empty cache ~6 s longer (17.0-18.5 against
+11.2-12.8 s, one sitting), and tied the path to the OpenMP threading layer and to processes that had not forked
 (``benchmarks/README.md``, section 13).
 """
 
@@ -199,13 +199,13 @@ def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step,
     counted by thread 0 only)."""
     consts = cpu.step_constants(theta, hyper, step)
     cast = theta.dtype.type
-    zero, one, l1, l2 = cast(0), cast(clip_scale), cast(hyper.l1), cast(hyper.l2)
+    zero, scale, l1, l2 = cast(0), cast(clip_scale), cast(hyper.l1), cast(hyper.l2)
     w2 = d * h + h
     b2 = w2 + h * k
     for l in range(2):  # the weights, with L1/L2
         lo, hi = (np.int64(0), d * h) if l == 0 else (w2, b2)
         g, s, w, p = cpu._update_range(theta[lo:hi], grad[lo:hi], state1[lo:hi], state2[lo:hi], opt_code,
-                                       consts, l1, l2, one)
+                                       consts, l1, l2, scale)
         parts[t, l, 0] = g
         parts[t, l, 1] = s
         parts[t, l, 2] = w
@@ -213,7 +213,7 @@ def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step,
     for l in range(2):  # the biases (b² is replicated: counted once)
         lo, hi = (d * h, w2) if l == 0 else (b2, b2 + k)
         g, _, _, _ = cpu._update_range(theta[lo:hi], grad[lo:hi], state1[lo:hi], state2[lo:hi], opt_code,
-                                       consts, zero, zero, one)
+                                       consts, zero, zero, scale)
         if l == 0 or t == 0:
             parts[t, l, 0] += g
 
@@ -262,18 +262,6 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
 
 
 @_jit
-def draw_columns(mask, keep, key, first_col):
-    """``cpu.draw_mask`` for columns first_col.. of the batch's layer: the thread's units get
-    the masks the one-thread path draws for them (``rng.keep_unit`` of the global column)."""
-    inv = 1.0 / keep
-    threshold = cpu.keep_threshold(keep)
-    rows, cols = mask.shape
-    for i in range(rows):
-        for j in range(cols):
-            mask[i, j] = inv if cpu.keep_unit(key, i, first_col + j, threshold) else 0.0
-
-
-@_jit
 def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostics, totals, counts, first, stop,
                    bmax, hidden, step0, dropout):
     """Thread t's part of batches first..stop-1 (see the module docstring); ``dropout`` =
@@ -309,7 +297,7 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
         if keep < 1:
             mask = cpu.rows_view(split.dmasks[t], zero, rows, h)
             kept = cpu.rows_view(split.dacts[t], zero, rows, h)
-            draw_columns(mask, keep, cpu.stream_key(seed, epoch, step, 0), lo)
+            cpu.draw_mask(mask, keep, cpu.stream_key(seed, epoch, step, 0), lo)  # its units' masks
             cpu.apply_mask(a, mask, kept)
         np.dot(kept, w2, cpu.rows_view(split.exchange[parity, t], zero, rows, k))
         sync.barrier(split.state)
