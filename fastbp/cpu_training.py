@@ -169,10 +169,9 @@ def two_threads_available():
 
 
 #: spins (``pause``, a yield every ``sync.SPINS_BEFORE_YIELD``) the second thread waits for
-#: the next call before it blocks: ~2.7 ms here, longer than the Python between two calls
+#: the next call before it sleeps: ~2.7 ms here, longer than the Python between two calls
 #: of one fit, between the fits of a loop and from :meth:`SecondThread.wake` to the call,
-#: so that it is still spinning when the call comes (a blocked thread took ~0.1 ms to
-#: start its half, ``benchmarks/README.md`` section 13)
+#: so that it is still spinning when the call comes
 PARTNER_SPINS = 100_000
 
 
@@ -184,11 +183,12 @@ class SecondThread:
 
     A call: the caller puts the job on :attr:`jobs`; ``cpu_split.call_partner`` counts the
     call in :attr:`signal` and waits, without the GIL, until this thread has arrived at the
-    kernel's handshake. This thread waits for calls spinning (``cpu_split.await_call``, off
-    the caller's CPU, :attr:`masks`) for :data:`PARTNER_SPINS` after its last job or a
-    :meth:`wake`, then blocked on the queue, and takes the job as soon as the count says
-    there is one. Numba's own parallel loop did the same work, but compiling the driver as
-    a parallel function took ~8 s more on an empty cache (``cpu_split``'s docstring)."""
+    kernel's handshake. Between calls this thread is in ``cpu_split.await_call``, without
+    the GIL: spinning off the caller's CPU (:attr:`masks`) for :data:`PARTNER_SPINS` after
+    its last job or a :meth:`wake`, then asleep on a futex until a call or a wake; it
+    returns to Python only to take a counted job. Numba's own parallel loop did the same
+    work, but compiling the driver as a parallel function took ~8 s more on an empty cache
+    (``cpu_split``'s docstring)."""
 
     def __init__(self):
         import queue
@@ -203,23 +203,19 @@ class SecondThread:
 
     def wake(self):
         """Have the thread spin from now on (:data:`PARTNER_SPINS`): a fit calls this when it
-        builds its engine, so that the thread has woken by the time the first call comes."""
-        cpu_split.note_caller(self.signal)
-        self.jobs.put((None, None))
+        builds its engine, so that the thread has woken, and left the caller's CPU, by the
+        time the first call comes. No GIL is needed on the thread's side."""
+        cpu_split.wake_partner(self.signal)
 
     def _serve(self):
         while True:
-            if not cpu_split.await_call(self.signal, self.masks, self.served, PARTNER_SPINS):
-                cpu_split.settle(self.signal, self.masks)
-            kernel, args = self.jobs.get()
-            if kernel is None:  # wake()
-                continue
+            cpu_split.await_call(self.signal, self.masks, self.served, PARTNER_SPINS)
+            kernel, args = self.jobs.get()  # put before the call was counted
             try:
                 result = kernel(*args, 1)
             except BaseException as exc:  # handed to the caller, which raises it
                 result = exc
-            # the calls counted so far, this one included unless its caller never got to
-            # call_partner (then the handshake gave up): the next call is the next count
+            # the calls counted so far, this one included: the next call is the next count
             self.served = int(self.signal[cpu_split.CALLS])
             self.results.put(result)
             kernel = args = result = None  # the fit's arrays are not kept alive until the next call
@@ -229,11 +225,14 @@ class SecondThread:
         ``state`` (the kernel's barrier state) zeroed first; True if both returned True."""
         with self.lock:
             state[:] = 0
+            counted = int(self.signal[cpu_split.CALLS]) + 1
             self.jobs.put((kernel, args))
             try:
                 cpu_split.call_partner(self.signal, state)
                 ours = kernel(*args, 0)
             finally:
+                if self.signal[cpu_split.CALLS] < counted:  # interrupted before the count: the
+                    cpu_split.call_partner(self.signal, state)  # thread takes counted jobs only
                 theirs = self._result()
             if isinstance(theirs, BaseException):
                 raise theirs

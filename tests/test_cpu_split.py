@@ -223,21 +223,51 @@ def test_no_thread_to_be_had_means_one_thread(monkeypatch):
     assert nets[1].theta.tobytes() == nets[0].theta.tobytes()
 
 
-def test_a_second_thread_that_blocked_between_calls_gives_the_same_bits(monkeypatch):
-    """The second thread waits for the next call spinning, then blocked on its queue: a
+def test_a_second_thread_that_slept_between_calls_gives_the_same_bits(monkeypatch):
+    """The second thread waits for the next call spinning, then asleep on its futex: a
     call finds it either way, with the same result."""
     spinning = fit_pair([9, 12, 4], np.float64, epochs=2)
     monkeypatch.setattr(cpu_training, "PARTNER_SPINS", 1)
-    time.sleep(0.05)  # whatever it was doing, it now blocks right after each call
-    blocked = fit_pair([9, 12, 4], np.float64, epochs=2)
-    assert spinning[2].theta.tobytes() == blocked[2].theta.tobytes()
-    assert spinning[3].loss == blocked[3].loss
+    time.sleep(0.05)  # whatever it was doing, it now sleeps right after each call
+    slept = fit_pair([9, 12, 4], np.float64, epochs=2)
+    assert spinning[2].theta.tobytes() == slept[2].theta.tobytes()
+    assert spinning[3].loss == slept[3].loss
 
 
-def test_a_call_that_was_not_counted_leaves_the_count_in_step():
-    """A job whose caller never reached call_partner (an interrupt in between): the second
-    thread takes it from its queue when its spin ends, the two meet at the handshake, and
-    the calls it has served then equal the count again, so the next call is seen at once."""
+def _sleeping(partner, timeout=1.0):
+    """Wait until the second thread sleeps on its bell; True if it does within ``timeout``."""
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if partner.signal[cpu_split.SLEEPERS] == 1:
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def test_a_wake_gets_a_sleeping_second_thread_spinning():
+    """``SecondThread.wake`` (a fit sends it when it builds its engine) rings the bell the
+    second thread sleeps on: it is up and spinning within a few milliseconds, long before
+    the futex's own timeout (``sync.FUTEX_SLEEP_NS``, 100 ms) would have woken it."""
+    partner = cpu_training.second_thread()
+    fit_pair([8, 11, 3], np.float32, epochs=1)
+    assert _sleeping(partner)  # after PARTNER_SPINS (~3 ms)
+    rings = int(partner.signal[cpu_split.BELL])
+    start = time.perf_counter()
+    partner.wake()
+    while partner.signal[cpu_split.SLEEPERS] == 1 and time.perf_counter() - start < 1.0:
+        pass
+    woke = time.perf_counter() - start
+    assert partner.signal[cpu_split.BELL] == rings + 1
+    assert woke < 0.02, f"the second thread took {woke * 1e3:.1f} ms to wake"
+    assert _sleeping(partner)  # and it goes back to sleep when no call comes
+
+
+def test_a_call_interrupted_before_it_was_counted_leaves_the_threads_in_step(monkeypatch):
+    """A KeyboardInterrupt between queueing the job and counting the call: ``run`` counts
+    it on the way out (the second thread takes counted jobs only, so it would otherwise
+    never take this one, and the caller would wait for its result for ever); the second
+    thread finds no partner at the handshake and gives up, the interrupt propagates, and
+    the calls it has served then equal the count, so the next fit meets it at once."""
     sizes = [4, 6, 2]
     X, Y = make_data(12, sizes, "softmax", np.float64, seed=3)
     net = fastbp.MLP(sizes, seed=2, dtype=np.float64)
@@ -245,13 +275,21 @@ def test_a_call_that_was_not_counted_leaves_the_count_in_step():
     partner = cpu_training.second_thread()
     args = (run.network, run.optimizer, run.hyper, run.work, Data(X, Y, np.arange(12), None), (0, 3), run.split,
             (1.0, 0, 0))
-    with partner.lock:
-        run.split.state[:] = 0
-        partner.jobs.put((cpu_split.train_batches, args))
-        ours = cpu_split.train_batches(*args, 0)
-        theirs = partner._result()
-    assert ours and theirs
-    assert partner.served == partner.signal[cpu_split.CALLS]
+    real = cpu_split.call_partner
+    calls = []
+
+    def interrupted_once(signal, state):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real(signal, state)
+    monkeypatch.setattr(cpu_split, "call_partner", interrupted_once)
+    before = net.theta.copy()
+    with pytest.raises(KeyboardInterrupt):
+        partner.run(cpu_split.train_batches, args, run.split.state)
+    assert len(calls) == 2 and partner.served == partner.signal[cpu_split.CALLS]
+    assert (net.theta == before).all()
+    monkeypatch.setattr(cpu_split, "call_partner", real)
     fit_pair([8, 11, 3], np.float64, epochs=1)
     assert partner.served == partner.signal[cpu_split.CALLS]
 
@@ -492,14 +530,19 @@ def test_keep_apart_while_moved_starts_from_the_threads_own_mask():
     assert before == cpu and moved == 1 and during != cpu
 
 
-def test_a_fit_leaves_every_threads_cpu_mask_as_it_was():
-    """Once the second thread has stopped spinning (it blocks after PARTNER_SPINS, ~3 ms)."""
+def test_a_fit_leaves_every_other_threads_cpu_mask_as_it_was():
+    """Only fastbp's own second thread may end a fit on a narrower CPU mask (keep_apart's,
+    kept while it sleeps); every other thread's mask is as it was, and the second thread's
+    is never empty nor wider than the process's."""
     def masks():
         return {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+    partner = cpu_training.second_thread()
+    split = next(t.native_id for t in threading.enumerate() if t.name == "fastbp-split")
+    own = os.sched_getaffinity(0)
     fit_pair([8, 11, 3], np.float32)
-    time.sleep(0.1)
     before = masks()
     fit_pair([8, 11, 3], np.float32)
-    time.sleep(0.1)
+    assert _sleeping(partner)
     after = masks()
-    assert all(after[tid] == mask for tid, mask in before.items() if tid in after)
+    assert all(after[tid] == mask for tid, mask in before.items() if tid in after and tid != split)
+    assert after[split] and after[split] <= own

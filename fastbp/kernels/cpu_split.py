@@ -37,7 +37,7 @@ where :data:`FASTER_THAN_ONE_THREAD` says it won, on Linux on x86-64 with two or
 
 The two threads are the calling one (t = 0) and fastbp's own daemon thread
 (``cpu_training.SecondThread``, t = 1), each in :func:`train_batches` without the GIL;
-:func:`call_partner`, :func:`await_call` and :func:`settle` hand each call over between them.
+:func:`wake_partner`, :func:`call_partner` and :func:`await_call` hand each call over between them.
 Numba's ``prange(2)`` did the same with its OpenMP threads until 2026-12-07, but compiling a
 parallel driver made a first split fit on an empty cache ~6 s longer (17.0-18.5 against
 11.2-12.8 s, one sitting), and tied the path to the OpenMP threading layer and to processes that had not forked
@@ -377,44 +377,64 @@ def train_batches(net, opt, hyper, work, data, batches, split, dropout, t):
     return True
 
 
-#: the second thread's ``signal`` (``cpu_training.SecondThread``): a ``sync`` state array whose
-#: first entry counts the calls made (the caller's CPU and keep_apart's flag as in ``state``)
-CALLS = 0
+#: the second thread's ``signal`` (``cpu_training.SecondThread``), an int64 array of
+#: ``sync.STATE_LENGTH``: the calls made, a bell that changes at every call and
+#: :func:`wake_partner` (the futex word the second thread sleeps on), and how many threads
+#: sleep on it (the caller's CPU and keep_apart's flag at ``sync.FIRST_CPU``/``sync.MOVED``)
+CALLS, BELL, SLEEPERS = 0, 1, 2
+
+
+@cpu.compiled_only(inline="always")
+def _ring(signal):
+    """The bell changes; a sleeping second thread is woken (a system call only if one sleeps:
+    the bell and the sleeper count are each changed before the other is read, with full
+    barriers, so either the ringer sees the sleeper or the sleeper sees the new bell)."""
+    sync.atomic_add(signal, BELL, 1)
+    if sync.atomic_load(signal, SLEEPERS) > 0:
+        sync.futex(signal, BELL, sync.FUTEX_WAKE_PRIVATE, 1)
 
 
 @_entry
-def note_caller(signal):
-    """The calling thread's CPU into ``signal`` (where :func:`await_call` keeps off it)."""
+def wake_partner(signal):
+    """The calling thread's CPU into ``signal`` (where :func:`await_call` keeps off it), and
+    the second thread woken if it sleeps: it spins from now on, waiting for the call."""
     sync.note_cpu(signal, 0)
+    _ring(signal)
 
 
 @_entry
 def call_partner(signal, state):
     """The calling thread, before its own :func:`train_batches`: its CPU into ``signal``,
-    one more call counted there (the second thread, spinning in :func:`await_call`, then
-    takes the job), then a wait without the GIL until that thread has arrived at the
-    handshake (at most ``sync.HANDSHAKE_SPINS`` spins, yielding often: the other thread
-    may be waiting for this very CPU; the handshake decides whether they met). With the
-    GIL released before the count, the second thread starts its call at once."""
+    one more call counted there (the second thread, spinning or asleep in
+    :func:`await_call`, then takes the job), then a wait without the GIL until that thread
+    has arrived at the handshake (at most ``sync.HANDSHAKE_SPINS`` spins, yielding often:
+    the other thread may be waiting for this very CPU; the handshake decides whether they
+    met). With the GIL released before the count, the second thread starts its call at once."""
     sync.note_cpu(signal, 0)
     sync.atomic_add(signal, CALLS, 1)
+    _ring(signal)
     sync.await_arrival(state)
 
 
 @_entry
 def await_call(signal, masks, served, spins):
-    """The second thread, between calls: off the caller's CPU first (``sync.keep_apart``,
-    undone by :func:`settle`), then spinning until more than ``served`` calls have been
-    made or ``spins`` have passed; True in the first case."""
-    sync.keep_apart(signal, masks, 1)
-    for spin in range(spins):
-        if sync.atomic_load(signal, CALLS) > served:
-            return True
-        sync.wait(spin)
-    return False
-
-
-@_entry
-def settle(signal, masks):
-    """The second thread's own CPU mask back (before a call, and before it blocks)."""
-    sync.let_go(signal, masks, 1)
+    """The second thread, between calls, until more than ``served`` calls have been made:
+    off the caller's CPU (``sync.keep_apart``), spinning ``spins`` times; then asleep on
+    the bell (``sync.futex``) until a call or a :func:`wake_partner` rings it, and spinning
+    again after a wake. It sleeps in this compiled call, without the GIL, and under the
+    CPU mask ``keep_apart`` gave it (the kernel wakes it on a CPU it may run on, not on
+    the waker's): woken by a fit's ``wake_partner``, it is off the caller's CPU and
+    spinning by the time the call comes, however long the caller's Python keeps the GIL.
+    Blocked in Python on a queue instead, it first waited for the GIL, then for the
+    caller's CPU: ~0.13 ms more per fit (``benchmarks/README.md`` section 14)."""
+    while True:
+        sync.keep_apart(signal, masks, 1)
+        for spin in range(spins):
+            if sync.atomic_load(signal, CALLS) > served:
+                return
+            sync.wait(spin)
+        bell = sync.atomic_load(signal, BELL)
+        sync.atomic_add(signal, SLEEPERS, 1)
+        while sync.atomic_load(signal, CALLS) <= served and sync.atomic_load(signal, BELL) == bell:
+            sync.futex(signal, BELL, sync.FUTEX_WAIT_PRIVATE, bell)  # returns at the latest after FUTEX_SLEEP_NS
+        sync.atomic_add(signal, SLEEPERS, -1)

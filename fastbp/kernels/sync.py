@@ -23,12 +23,17 @@ that one core while the other idles, for 5-40 ms (``perf sched timehist``: they
 alternated every ~0.1 ms on one vCPU; an epoch of 64-128-10 took 18-20 ms instead of 10).
 :func:`keep_apart` checks, once per call and whenever the second thread starts waiting
 for a call, and if so moves the second thread off the first one's core (its CPU
-affinity, put back by :func:`let_go` when the second thread goes to sleep): a few µs,
-and only when the two did share a core.
+affinity): a few µs, and only when the two did share a core. The second thread keeps
+that mask while it sleeps between fits, so that a wake puts it on another core than the
+waker's: woken onto the caller's core, it waited there until the caller's Python let go
+of it, ~0.1 ms of every fit (``benchmarks/README.md``, section 14). :func:`let_go` puts
+a thread's own mask back.
 
 The intrinsics emit LLVM's atomic instructions and intrinsics directly, and the C
-library's ``sched_yield``, ``sched_getcpu`` and ``sched_{get,set}affinity`` (Linux) are
-resolved when the code is loaded, so functions that use them are cached like any other.
+library's ``sched_yield``, ``sched_getcpu``, ``sched_{get,set}affinity`` and ``syscall``
+(Linux's ``futex``, on which the second thread sleeps between fits without returning to
+Python) are resolved when the code is loaded, so functions that use them are cached like
+any other.
 """
 
 import numpy as np
@@ -146,6 +151,36 @@ def _affinity_intrinsic(name, doc):
         return types.int64(mask), codegen
     template.__name__, template.__doc__ = name, doc
     return intrinsic(template)
+
+
+#: Linux x86-64: the number of the futex(2) system call, and its two operations used here
+#: (private to this process: the word is not shared with another process)
+SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129
+#: how long :func:`futex` with ``FUTEX_WAIT_PRIVATE`` sleeps at most (ns, < 1 s): a sleeping
+#: thread looks at its condition again this often, whatever happens to the wakes
+FUTEX_SLEEP_NS = 100_000_000
+
+
+@intrinsic
+def futex(typingctx, array, index, op, value):
+    """Linux ``futex(2)`` on the low 32 bits of ``array[index]`` (an int64 array; x86-64
+    is little-endian, so those bits change whenever the value changes by less than 2³²):
+    ``FUTEX_WAIT_PRIVATE`` sleeps while the word equals the low 32 bits of ``value``, at most
+    :data:`FUTEX_SLEEP_NS`; ``FUTEX_WAKE_PRIVATE`` wakes up to ``value`` sleepers. Returns
+    the system call's result (-1 on error: the word had changed, a signal, the timeout)."""
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
+        operation = context.cast(builder, args[2], signature.args[2], types.int64)
+        word = builder.and_(context.cast(builder, args[3], signature.args[3], types.int64),
+                            ir.Constant(i64, 0xFFFFFFFF))
+        timeout = cgutils.alloca_once(builder, ir.ArrayType(i64, 2))  # struct timespec {0 s, FUTEX_SLEEP_NS}
+        builder.store(ir.Constant(ir.ArrayType(i64, 2), [0, FUTEX_SLEEP_NS]), timeout)
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64], var_arg=True),
+                                                  "syscall")
+        return builder.call(function, [ir.Constant(i64, SYS_FUTEX), builder.ptrtoint(address, i64), operation,
+                                       word, builder.ptrtoint(timeout, i64)])
+    return types.int64(array, index, op, value), codegen
 
 
 get_affinity = _affinity_intrinsic("sched_getaffinity", "This thread's CPU mask into a uint8 array; 0 on success.")
