@@ -131,9 +131,9 @@ def line_aligned_rows(shapes, dtype):
     return arrays
 
 
-def split_bundle(net, bmax):
+def split_bundle(net, bmax, weighted=False):
     """Shards and buffers of the split path (``kernels.cpu_split``), one row per thread,
-    each on cache lines of its own."""
+    each on cache lines of its own; ``weighted``: buffers for a batch's sample weights."""
     d, hidden, k = net.sizes
     h = cpu_split.own_units(0, hidden)[1]
     length = cpu_split.shard_length(net.sizes)
@@ -143,12 +143,13 @@ def split_bundle(net, bmax):
               "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h),
               "dmasks": (2, bmax * h if any(net.dropout) else 1), "dacts": (2, bmax * h if any(net.dropout) else 1)}
     arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
-    parts, norms, pending = line_aligned_rows([(2, 2, 2, 4), (2, 2, 1), (2,)], np.float64)
+    parts, norms, pending = line_aligned_rows([(2, 2, 2, 4), (2, 2, 1), (3,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
     rowwise, = line_aligned_rows([(2, (k + 3) * bmax)], np.float64)
+    row_weights = line_aligned_rows([(2, bmax)], np.float64)[0] if weighted else None
     partner = second_thread()
     return Split(**arrays, parts=parts, norms=norms, pending=pending, state=state, placement=partner.signal,
-                 masks=partner.masks, rowwise=rowwise)
+                 masks=partner.masks, rowwise=rowwise, row_weights=row_weights)
 
 
 def two_threads_available():
@@ -276,14 +277,14 @@ def second_thread():
         return _second_thread
 
 
-def use_split(net, batch, rows, threads=None, weighted=False, clip_norm=0.0, checkpoint=None):
+def use_split(net, batch, rows, threads=None, checkpoint=None):
     """Train on the split path? ``threads`` = 1: never; ≥ 2: wherever the fit has one hidden
-    layer and neither batchnorm, sample weights nor checkpointing (``clip_norm`` and dropout
+    layer and neither batchnorm nor checkpointing (``clip_norm``, dropout and sample weights
     are fine); None: where ``cpu_split.wins`` (measured) says it is faster for ``rows``
     training rows in batches of ``batch``."""
     if threads == 1 or checkpoint:
         return False
-    if not cpu_split.eligible(net.sizes, net.batchnorm, weighted):
+    if not cpu_split.eligible(net.sizes, net.batchnorm):
         return False
     if threads is None and not cpu_split.wins(net.sizes, net.dtype, batch, rows):
         return False
@@ -322,14 +323,13 @@ class CpuEngine:
         self.small = small_bundle(net, self.bmax) if small else None
         #: the split path's buffers where it runs (``use_split``), else None; its BLAS calls
         #: run one thread each (``kernel_threads``)
-        split = not small and use_split(net, self.bmax, X.shape[0], threads, sample_weight is not None, clip_norm,
-                                         checkpoint)
+        split = not small and use_split(net, self.bmax, X.shape[0], threads, checkpoint)
         if split:
             try:
                 second_thread().wake()
             except RuntimeError:  # no thread to be had ("can't start new thread"): one thread
                 split = False
-        self.split = split_bundle(net, self.bmax) if split else None
+        self.split = split_bundle(net, self.bmax, sample_weight is not None) if split else None
         self.kernel_threads = 1 if split else threads
         segments = checkpoint_segments(n_layers, checkpoint) if checkpoint and not small else None
         self.network = network_bundle(net, loss_code)
@@ -350,7 +350,7 @@ class CpuEngine:
             self.optimizer.diagnostics[...] = 0
         if self.split is not None:
             args = (self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
-                    Data(self.X, self.Y, perm, None), (int(first), int(stop)), self.split,
+                    Data(self.X, self.Y, perm, self.sample_weight), (int(first), int(stop)), self.split,
                     (float(self.net.keep[0]), self.seed, int(epoch)))
             if second_thread().run(cpu_split.train_batches, args, self.split.state):
                 return float(self.work.sums[0]), int(self.work.counts[0])

@@ -348,11 +348,11 @@ class MLP:
         threads : int or None
             Threads of the fit's kernels (default: chosen per network and data, see
             ``fastbp.threads`` and ``fastbp.kernels.cpu_split``; the user's own thread
-            settings are restored after). 1: one thread throughout. 2 or more: a plain
-            fit (no dropout, batchnorm, checkpointing, sample weights or clip_norm) of a
-            network with one hidden layer trains on two threads that split the hidden
-            units (the same results to rounding, the same bits from run to run); any
-            other fit gives BLAS this many threads.
+            settings are restored after). 1: one thread throughout. 2 or more: a fit of a
+            network with one hidden layer (no batchnorm or checkpointing; dropout,
+            ``clip_norm`` and sample weights are fine) trains on two threads that split
+            the hidden units (the same results to rounding, the same bits from run to
+            run); any other fit gives BLAS this many threads.
         sample_weight : array-like (n_samples,), optional
             Finite weights >= 0, not all zero. Each batch minimises
             (Σ w_i ℓ_i + B·penalty)/Σw over its B rows (scikit-learn's MLP semantics: a

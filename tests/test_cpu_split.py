@@ -85,7 +85,7 @@ def test_clip_norm_matches_reference(clip_norm, dtype):
     thetas = []
     for norm in (clip_norm, None):
         net = fastbp.MLP(sizes, activation="tanh", output="softmax", seed=5, dtype=dtype)
-        assert cpu_training.use_split(net, 8, 31, threads=2, clip_norm=norm or 0.0)
+        assert cpu_training.use_split(net, 8, 31, threads=2)
         ref = ReferenceTrainer(net)
         options = dict(l1=1e-3, l2=1e-2, clip_norm=norm)
         optimizer = fastbp.Adam(0.05)
@@ -99,6 +99,73 @@ def test_clip_norm_matches_reference(clip_norm, dtype):
         assert np.abs(thetas[0] - thetas[1]).max() > 1e-3
     else:
         assert thetas[0].tobytes() == thetas[1].tobytes()
+
+
+def split_weights(n, seed=0):
+    """Unequal weights in [0, 3) with single zeros and one whole zero batch of 5 (rows 5-9)."""
+    w = np.random.default_rng(seed).uniform(0.0, 3.0, n)
+    w[[2, 13]] = 0.0
+    w[5:10] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS + [("exp", "poisson")])
+def test_sample_weights_match_reference(output, loss, dtype):
+    """Sample weights on two threads against reference.train_epoch: weighted δ² and loss,
+    L1/L2 scaled by B/Σw, a batch of zero weights skipped by both threads (batches of 5
+    over 23 rows: a partial last batch; the skip shifts the double buffers' parity), an
+    odd hidden width."""
+    sizes = [6, 9, 4] if output != "exp" else [6, 9, 1]
+    net = fastbp.MLP(sizes, activation="tanh", output=output, seed=5, dtype=dtype)
+    X, Y = make_data(23, sizes, output, dtype, seed=8)
+    w = split_weights(23)
+    optimizer = fastbp.Adam(0.01)
+    ref = ReferenceTrainer(net)
+    options = dict(l1=1e-3, l2=1e-2)
+    losses = [ref.epoch(X, Y, np.arange(23), 5, loss, optimizer, optimizer.lr, sample_weight=w, **options)[0]
+              for _ in range(3)]
+    run = engine(net, X, Y, loss, optimizer, 5, sample_weight=w)
+    assert run.split is not None and run.split.row_weights is not None
+    history = net.fit(X, Y, loss=loss, optimizer=optimizer, epochs=3, batch_size=5, shuffle=False, threads=2,
+                      sample_weight=w, **options)
+    assert_close(net.theta, ref.flat(), dtype, "parameters")
+    assert_close(history.loss, losses, dtype, "weighted losses")
+    assert net.fit_state.step[0] == 3 * 4  # 5 batches an epoch, one of them skipped
+
+
+def test_sample_weights_with_dropout_and_clip_norm_match_one_thread(dtype):
+    """Weights with dropout and clip_norm, shuffled, against the same fit on one thread: the
+    parameters, losses, accuracy and diagnostics to rounding, the step count exactly."""
+    sizes = [8, 11, 3]
+    X, Y = make_data(47, sizes, "softmax", dtype, seed=2)
+    w = split_weights(47, seed=3)
+    fits = []
+    for threads in (1, 2):
+        net = fastbp.MLP(sizes, activation="relu", output="softmax", dropout=0.3, seed=9, dtype=dtype)
+        history = net.fit(X, Y, optimizer=fastbp.Adam(0.02), epochs=3, batch_size=5, seed=4, threads=threads,
+                          sample_weight=w, clip_norm=0.5, l2=1e-2)
+        fits.append((net, history))
+    (one, h1), (two, h2) = fits
+    assert_close(two.theta, one.theta, dtype, "parameters")
+    assert_close(h2.loss, h1.loss, dtype, "losses")
+    assert h2.accuracy == h1.accuracy
+    assert_close(np.array(h2.grad_norm), np.array(h1.grad_norm), dtype, "gradient norms")
+    assert two.fit_state.step[0] == one.fit_state.step[0]
+
+
+def test_unit_sample_weights_give_the_unweighted_bits():
+    """Weights of 1 on the split path: the bits of the same fit without weights (the
+    weighted δ², loss and penalty reduce to exact products with 1)."""
+    sizes = [9, 12, 4]
+    X, Y = make_data(41, sizes, "softmax", np.float32, seed=6)
+    thetas, losses = [], []
+    for w in (None, np.ones(41)):
+        net = fastbp.MLP(sizes, activation="relu", output="softmax", seed=9, dtype=np.float32)
+        history = net.fit(X, Y, optimizer=fastbp.Adam(0.01), epochs=2, batch_size=8, seed=4, threads=2, l2=1e-3,
+                          sample_weight=w)
+        thetas.append(net.theta.tobytes())
+        losses.append(history.loss)
+    assert thetas[0] == thetas[1] and losses[0] == losses[1]
 
 
 def fit_pair(sizes, dtype, batch_size=8, rows=50, epochs=2):
@@ -357,17 +424,24 @@ def test_an_interrupt_while_waiting_for_the_second_thread_keeps_its_result():
     ({"sizes": [5, 7, 6, 3]}, False),
     ({"dropout": True}, True),
     ({"batchnorm": True}, False),
-    ({"weighted": True}, False),
+    ({"weighted": True}, True),
     ({"clip_norm": 1.0}, True),
     ({"checkpoint": True}, False),
 ])
 def test_which_fits_take_the_path(change, expected):
+    """The engine a fit builds with threads=2: on the split path or not."""
     options = dict(sizes=[5, 7, 3], threads=2, dropout=False, batchnorm=False, weighted=False, clip_norm=0.0,
                    checkpoint=None)
     options.update(change)
-    net = fastbp.MLP(options.pop("sizes"), dropout=0.2 if options.pop("dropout") else 0.0,
-                     batchnorm=options.pop("batchnorm"))
-    assert cpu_training.use_split(net, 8, 100, **options) is expected
+    sizes = options["sizes"]
+    net = fastbp.MLP(sizes, dropout=0.2 if options["dropout"] else 0.0, batchnorm=options["batchnorm"])
+    X, Y = make_data(100, sizes, "softmax", np.float64, seed=1)
+    weights = np.linspace(0.5, 2.0, 100) if options["weighted"] else None
+    run = cpu_training.CpuEngine(net, X, Y, FitState(net.n_params, net.dtype), batch_size=8,
+                                 optimizer=fastbp.Adam(0.01), loss_code=spec.LOSSES["cross_entropy"],
+                                 threads=options["threads"], l1=0.0, l2=0.0, clip_norm=options["clip_norm"],
+                                 clip_value=0.0, checkpoint=options["checkpoint"], sample_weight=weights)
+    assert (run.split is not None) is expected
 
 
 def test_automatic_choice_follows_the_table(monkeypatch):

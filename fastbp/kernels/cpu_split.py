@@ -31,7 +31,8 @@ The results equal the one-thread path's to rounding (the logits are summed in tw
 the products have other shapes), and are the same bits from run to run. The path covers
 plain fits, dropout (each thread draws its units' masks, the one-thread path's) and
 ``clip_norm`` (the threads' parts of the global norm cross at a second barrier, in
-batches where it is on) — no batchnorm, checkpointing or sample weights; ``fastbp.cpu_training`` picks it
+batches where it is on) and sample weights (each thread gathers the batch's weights) —
+no batchnorm or checkpointing; ``fastbp.cpu_training`` picks it
 where :data:`FASTER_THAN_ONE_THREAD` says it won, on Linux on x86-64 with two or more cores
 (``cpu_training.two_threads_available``).
 
@@ -69,9 +70,10 @@ DTYPES = ("float32",)
 MIN_EPOCH_WORK = 10 ** 8
 
 
-def eligible(sizes, batchnorm=False, weighted=False):
-    """Can a fit take the split path at all (whatever the speed)? Dropout and ``clip_norm`` can."""
-    return len(sizes) == 3 and sizes[1] >= 2 and not (batchnorm or weighted)
+def eligible(sizes, batchnorm=False):
+    """Can a fit take the split path at all (whatever the speed)? Dropout, ``clip_norm`` and
+    sample weights can."""
+    return len(sizes) == 3 and sizes[1] >= 2 and not batchnorm
 
 
 def wins(sizes, dtype, batch, rows):
@@ -219,10 +221,19 @@ def update_shard(t, theta, grad, state1, state2, d, h, k, opt_code, hyper, step,
 
 
 @_jit
-def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
-    """``cpu.softmax_cross_entropy`` (z ← z + b, a = softmax(z), δ = (a − y)/B, returns the
-    summed loss) with the rows in SIMD lanes: the logits are copied transposed into
-    ``scratch`` (float64, ≥ (columns + 3) × rows), and the loops over rows then run over
+def thread_weights(row_weights, t, rows):
+    """Thread t's buffer of a batch's sample weights (its first ``rows``), or None without weights."""
+    if row_weights is None:
+        return None
+    return row_weights[t, :rows]
+
+
+@_jit
+def softmax_cross_entropy(z, bias, a, targets, inv_batch, row_weights, delta, scratch):
+    """``cpu.softmax_cross_entropy`` (z ← z + b, a = softmax(z), δ = w (a − y)·``inv_batch``,
+    returns the summed loss Σ w ℓ; w = 1 where ``row_weights`` is None) with the rows in
+    SIMD lanes: the logits are copied transposed into ``scratch`` (float64, ≥ (columns +
+    3) × rows), and the loops over rows then run over
     contiguous values: the row maxima, exp (``simd.exp_nonpositive``, ~1 ulp from libm's,
     which costs ~5 ns a call) and the row sums in column order. Equal to the one-thread
     path's to rounding; the loss is summed per row, then over the rows."""
@@ -252,12 +263,14 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
     total = 0.0
     for i in range(rows):  # row by row: a, z, y and δ contiguous (~0.25 µs less than by columns)
         inv, m_i, log_s_i = s[i], m[i], log_s[i]
+        w = cpu.row_weight(row_weights, i)  # 1.0 without weights: exact products, the same bits
+        scale = w * inv_batch
         loss = 0.0
         for j in range(cols):
             a[i, j] = e[j, i] * inv
             loss += targets[i, j] * (z[i, j] - m_i - log_s_i)
-            delta[i, j] = (a[i, j] - targets[i, j]) * inv_batch
-        total -= loss
+            delta[i, j] = (a[i, j] - targets[i, j]) * scale
+        total -= w * loss
     return total
 
 
@@ -265,7 +278,10 @@ def softmax_cross_entropy(z, bias, a, targets, inv_batch, delta, scratch):
 def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostics, totals, counts, first, stop,
                    bmax, hidden, step0, dropout):
     """Thread t's part of batches first..stop-1 (see the module docstring); ``dropout`` =
-    (keep probability of the hidden units, seed, epoch), keep = 1 for none."""
+    (keep probability of the hidden units, seed, epoch), keep = 1 for none. With
+    ``data.weights`` a batch's objective is (Σ w_i ℓ_i + B·penalty)/Σw, as in
+    ``cpu.train_batches``, and a batch whose weights sum to 0 is skipped by both threads
+    (the double buffers alternate with the batches trained, not with b)."""
     sync.note_cpu(split.placement, t)
     if not sync.handshake(split.state):
         return False
@@ -280,17 +296,25 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     keep, seed, epoch = dropout
     zero = np.int64(0)
     pending_loss, pending_rows = 0.0, 0  # the bookkeeper's previous batch, recorded once both threads' sums are in
+    trained = 0
     for b in range(first, stop):
         start = b * bmax
         rows = min(bmax, n - start)
-        parity = b % 2
+        row_weights = thread_weights(split.row_weights, t, rows)
+        cpu.gather_weights(data.weights, perm, start, rows, row_weights)
+        weight_sum = cpu.weight_total(row_weights, rows)
+        if weight_sum == 0:  # no objective: skipped (both threads read the same weights)
+            continue
+        scale = rows / weight_sum  # B/Σw: exactly 1 without weights
+        step_hyper = cpu.batch_hyper(hyper, data.weights, scale)
+        parity = trained % 2
         x = cpu.rows_view(split.xs[t], zero, rows, d)
         y = cpu.rows_view(split.ys[t], zero, rows, k)
         cpu.gather_rows(X, perm, start, rows, x)
         cpu.gather_rows(Y, perm, start, rows, y)
         z = cpu.rows_view(split.zs[t], zero, rows, h)
         a = cpu.rows_view(split.acts[t], zero, rows, h)
-        step = step0 + (b - first) + 1
+        step = step0 + trained + 1
         np.dot(x, w1, z)
         cpu.forward_epilogue(z, b1, hidden_code, a)
         kept = a  # what W² reads: a, or its dropped copy
@@ -301,7 +325,7 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
             cpu.apply_mask(a, mask, kept)
         np.dot(kept, w2, cpu.rows_view(split.exchange[parity, t], zero, rows, k))
         sync.barrier(split.state)
-        if t == BOOKKEEPER and b > first:  # the other thread's sums of the previous batch are complete now
+        if t == BOOKKEEPER and trained > 0:  # the other thread's sums of the previous batch are complete now
             record_batch(diagnostics, totals, split.parts[1 - parity], pending_loss, pending_rows)
         part0 = cpu.rows_view(split.exchange[parity, 0], zero, rows, k)
         part1 = cpu.rows_view(split.exchange[parity, 1], zero, rows, k)
@@ -311,12 +335,12 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
                 logits[i, j] = part0[i, j] + part1[i, j]
         out = cpu.rows_view(split.outputs[t], zero, rows, k)
         delta = cpu.rows_view(split.delta_out[t], zero, rows, k)
-        scale = 1.0 / rows
+        inv_sum = 1.0 / weight_sum  # 1/B without weights
         if out_code == cpu.SOFTMAX and loss_code == cpu.CE:
-            loss = softmax_cross_entropy(logits, b2, out, y, scale, delta, split.rowwise[t])
+            loss = softmax_cross_entropy(logits, b2, out, y, inv_sum, row_weights, delta, split.rowwise[t])
         else:
             cpu.forward_epilogue(logits, b2, out_code, out)
-            loss = cpu.output_delta(logits, out, y, out_code, loss_code, scale, None, delta)
+            loss = cpu.output_delta(logits, out, y, out_code, loss_code, inv_sum, row_weights, delta)
         np.dot(kept.T, delta, dw2)
         cpu.bias_gradient(delta, db2)
         delta_hidden = cpu.rows_view(split.delta_hidden[t], zero, rows, h)
@@ -328,18 +352,20 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
         cpu.bias_gradient(delta_hidden, db1)
         clip_scale = 1.0
         if hyper.clip_norm > 0:  # the global norm: both parts, summed in the same order on both threads
-            split.norms[parity, t, 0] = shard_sq_norm(t, theta, grad, d, h, k, hyper)
+            split.norms[parity, t, 0] = shard_sq_norm(t, theta, grad, d, h, k, step_hyper)
             sync.barrier(split.state)
             norm = np.sqrt(split.norms[parity, 0, 0] + split.norms[parity, 1, 0])
             clip_scale = hyper.clip_norm / norm if norm > hyper.clip_norm else 1.0
-        update_shard(t, theta, grad, split.state1[t], split.state2[t], d, h, k, opt_code, hyper, step,
+        update_shard(t, theta, grad, split.state1[t], split.state2[t], d, h, k, opt_code, step_hyper, step,
                      split.parts[parity], clip_scale)
         if t == BOOKKEEPER:
-            pending_loss, pending_rows = loss, rows
+            pending_loss, pending_rows = loss * scale, rows
             counts[0] += cpu.correct_count(out, y, out_code)
+        trained += 1
     if t == BOOKKEEPER:  # the last batch: recorded by the driver after the region
         split.pending[0] = pending_loss
         split.pending[1] = pending_rows
+        split.pending[2] = trained
     return True
 
 
@@ -372,8 +398,11 @@ def train_batches(net, opt, hyper, work, data, batches, split, dropout, t):
         shard_copy(opt.state1, layout, split.state1, BACK)
         shard_copy(opt.state2, layout, split.state2, BACK)
         shard_copy(opt.grad, layout, split.grad, BACK)
-        record_batch(opt.diagnostics, work.sums, split.parts[(stop - 1) % 2], split.pending[0], split.pending[1])
-        opt.step[0] += stop - first
+        trained = np.int64(split.pending[2])
+        if trained > 0:
+            record_batch(opt.diagnostics, work.sums, split.parts[(trained - 1) % 2], split.pending[0],
+                         split.pending[1])
+        opt.step[0] += trained
     return True
 
 
