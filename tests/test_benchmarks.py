@@ -12,6 +12,7 @@ import itertools
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 from fastbp import bench
@@ -110,6 +111,18 @@ def test_prototype_runs(name, capsys):
     module.main(PROTOTYPE_ARGS[name])
     out = capsys.readouterr().out
     assert out.count("\n") >= 2, out
+
+
+def test_split_crossover_times_dropout_clip_norm_and_weights(capsys):
+    """The crossover prototype with the fit options it can time (both sides take them)."""
+    module = importlib.import_module("benchmarks.prototypes.split_crossover")
+    module.main(PROTOTYPE_ARGS["split_crossover"] + ["--dropout", "0.2", "--clip-norm", "1", "--weighted"])
+    out = capsys.readouterr().out
+    assert out.count("\n") >= 2, out
+    X, Y, _ = module.training_set([9, 17, 10], 8, 20000)
+    pair = [module.engine([9, 17, 10], X, Y, 8, 0, threads, 0.2, 1.0, np.ones(X.shape[0])) for threads in (1, 2)]
+    assert pair[0].split is None and pair[1].split is not None
+    assert pair[1].split.row_weights is not None and pair[1].hyper.clip_norm == 1.0 and pair[1].net.keep[0] < 1
 
 
 def test_prototypes_define_no_asv_benchmark_names():

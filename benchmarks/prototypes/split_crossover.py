@@ -7,22 +7,38 @@ ratio (> 1: two threads win).
 
     python -m benchmarks.prototypes.split_crossover [--rounds 5] [--inputs 16,64,256]
         [--hidden 16,32,64,128,256] [--batches 8,16,32,64,128] [--work N]
+        [--dropout P] [--clip-norm C] [--weighted]
+
+``--dropout``, ``--clip-norm`` and ``--weighted`` (sample weights uniform in [0.5, 2))
+time fits with those options on both sides instead of plain ones.
 """
 
 import argparse
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastbp import cpu_training
+from fastbp import MLP, Adam, cpu_training, spec
+from fastbp.network import FitState
 from fastbp.threads import blas_pools
 
-from .small_crossover import WORK, engine, interleaved_timings, training_set
+from .small_crossover import WORK, interleaved_timings, training_set
 
 
-def compare(sizes, batch, rounds, work=WORK, seed=0):
+def engine(sizes, X, Y, batch, seed, threads, dropout=0.0, clip_norm=0.0, weights=None):
+    """A CpuEngine of a fresh float32 ReLU/softmax network on X, Y (Adam, no penalties),
+    with dropout on the hidden units, ``clip_norm`` and sample ``weights`` as given."""
+    net = MLP(list(sizes), activation="relu", output="softmax", seed=seed, dtype="float32", dropout=dropout)
+    return cpu_training.CpuEngine(net, X, Y, FitState(net.n_params, net.dtype), batch_size=batch,
+                                  optimizer=Adam(1e-3), loss_code=spec.CROSS_ENTROPY, l1=0.0, l2=0.0,
+                                  clip_norm=clip_norm, clip_value=0.0, sample_weight=weights, threads=threads)
+
+
+def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0, weighted=False):
     """µs per batch: (median one thread, median two, best one, best two), the same data and start."""
     X, Y, perm = training_set(sizes, batch, work, seed)
-    pair = [engine(sizes, X, Y, batch, seed, threads=threads) for threads in (1, 2)]
+    weights = np.random.default_rng(seed + 1).uniform(0.5, 2.0, X.shape[0]) if weighted else None
+    pair = [engine(sizes, X, Y, batch, seed, threads, dropout, clip_norm, weights) for threads in (1, 2)]
     if pair[0].split is not None or pair[1].split is None:
         raise RuntimeError("threads=1 must train on one thread and threads=2 on the split path")
     for e in pair:
@@ -37,6 +53,9 @@ def main(argv=None):
     parser.add_argument("--hidden", default="16,32,64,128,256")
     parser.add_argument("--batches", default="8,16,32,64,128")
     parser.add_argument("--work", type=int, default=WORK, help="rows × parameters per epoch")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout probability of the hidden units")
+    parser.add_argument("--clip-norm", type=float, default=0.0, help="clip the global gradient norm (0: off)")
+    parser.add_argument("--weighted", action="store_true", help="sample weights uniform in [0.5, 2)")
     args = parser.parse_args(argv)
     blas_pools()
     batches = [int(b) for b in args.batches.split(",")]
@@ -48,7 +67,9 @@ def main(argv=None):
         for d in (int(v) for v in args.inputs.split(",")):
             for hidden in (int(v) for v in args.hidden.split(",")):
                 for batch in batches:
-                    one, two, best_one, best_two = compare([d, hidden, 10], batch, args.rounds, args.work)
+                    one, two, best_one, best_two = compare([d, hidden, 10], batch, args.rounds, args.work,
+                                                           dropout=args.dropout, clip_norm=args.clip_norm,
+                                                           weighted=args.weighted)
                     print(f"{f'{d}-{hidden}-10':>14}{batch:>7}{one:>13.2f}{two:>14.2f}{one / two:>8.2f}"
                           f"{best_one / best_two:>12.2f}", flush=True)
 
