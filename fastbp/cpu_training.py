@@ -182,22 +182,30 @@ class SecondThread:
     (both compiled without the GIL). One per process (:func:`second_thread`); calls from
     several Python threads take turns (:attr:`lock`).
 
-    A call: the caller puts the job on :attr:`jobs`; ``cpu_split.call_partner`` counts the
-    call in :attr:`signal` and waits, without the GIL, until this thread has arrived at the
-    kernel's handshake. Between calls this thread is in ``cpu_split.await_call``, without
-    the GIL: spinning off the caller's CPU (:attr:`masks`) for :data:`PARTNER_SPINS` after
-    its last job or a :meth:`wake`, then asleep on a futex until a call or a wake; it
-    returns to Python only to take a counted job. Numba's own parallel loop did the same
-    work, but compiling the driver as a parallel function took ~8 s more on an empty cache
-    (``cpu_split``'s docstring)."""
+    A call: the caller puts the numbered job in :attr:`job`; ``cpu_split.call_partner``
+    counts the call in :attr:`signal` and waits, without the GIL, until this thread has
+    arrived at the kernel's handshake. Between calls this thread is in
+    ``cpu_split.await_call``, without the GIL: spinning off the caller's CPU (:attr:`masks`)
+    for :data:`PARTNER_SPINS` after its last job or a :meth:`wake`, then asleep on a futex
+    until a call or a wake; it returns to Python only to run a counted job, and posts the
+    numbered result in :attr:`done`. Job and result are slots that one statement writes,
+    numbered by the call count, so that a KeyboardInterrupt at any point of the caller's
+    Python can neither lose a result nor let a later call take an earlier one's. Numba's
+    own parallel loop did the same work, but compiling the driver as a parallel function
+    took ~8 s more on an empty cache (``cpu_split``'s docstring)."""
 
     def __init__(self):
         import queue
         self.pid = os.getpid()
-        self.jobs, self.results = queue.SimpleQueue(), queue.SimpleQueue()
         self.lock = threading.Lock()
         self.signal, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
-        self.masks, = line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
+        self.masks, = line_aligned_rows([(sync.MASK_ROWS, sync.AFFINITY_BYTES)], np.uint8)
+        #: (number, kernel, args) of the latest call, set before the call is counted
+        self.job = None
+        #: (number, result) of the latest call served (the result dropped once read)
+        self.done = (0, None)
+        #: a doorbell: the number of each result posted in :attr:`done` (which is what counts)
+        self.finished = queue.SimpleQueue()
         #: calls counted in :attr:`signal` that this thread has served
         self.served = 0
         threading.Thread(target=self._serve, name="fastbp-split", daemon=True).start()
@@ -211,47 +219,65 @@ class SecondThread:
     def _serve(self):
         while True:
             cpu_split.await_call(self.signal, self.masks, self.served, PARTNER_SPINS)
-            kernel, args = self.jobs.get()  # put before the call was counted
+            job = self.job
+            if job is None or job[0] <= self.served:  # counted without a job (run sets it first): no spin on it
+                self.served = int(self.signal[cpu_split.CALLS])
+                continue
+            number, kernel, args = job
+            job = None
             try:
                 result = kernel(*args, 1)
             except BaseException as exc:  # handed to the caller, which raises it
                 result = exc
-            # the calls counted so far, this one included: the next call is the next count
-            self.served = int(self.signal[cpu_split.CALLS])
-            self.results.put(result)
+            self.served = number
+            self.done = (number, result)
+            self.finished.put(number)
             kernel = args = result = None  # the fit's arrays are not kept alive until the next call
 
     def run(self, kernel, args, state):
         """``kernel(*args, t)`` on the calling thread (t = 0) and on this one (t = 1), with
         ``state`` (the kernel's barrier state) zeroed first; True if both returned True."""
         with self.lock:
-            state[:] = 0
-            counted = int(self.signal[cpu_split.CALLS]) + 1
-            self.jobs.put((kernel, args))
+            number = int(self.signal[cpu_split.CALLS]) + 1
             try:
+                state[:] = 0
+                self.job = (number, kernel, args)
                 cpu_split.call_partner(self.signal, state)
                 ours = kernel(*args, 0)
             finally:
-                if self.signal[cpu_split.CALLS] < counted:  # interrupted before the count: the
-                    cpu_split.call_partner(self.signal, state)  # thread takes counted jobs only
-                theirs = self._result()
+                job = self.job
+                if self.signal[cpu_split.CALLS] < number and job is not None and job[0] == number:
+                    cpu_split.call_partner(self.signal, state)  # set, then interrupted before the count: count it
+                theirs = self._result(number) if self.signal[cpu_split.CALLS] >= number else None
+                self.job = job = None
             if isinstance(theirs, BaseException):
                 raise theirs
             return bool(ours) and bool(theirs)
 
-    def _result(self):
-        """The second thread's return value (waited for even through a KeyboardInterrupt,
-        raised after it: the next call must not find this one's result)."""
+    def _result(self, number):
+        """Call ``number``'s result from this thread (waited for even through a
+        KeyboardInterrupt, which is raised after it), dropped from :attr:`done` once read."""
+        import queue
         interrupted = None
         while True:
             try:
-                result = self.results.get()
-                break
+                done = self.done
+                if done[0] >= number:
+                    break
+                self.finished.get(timeout=RESULT_POLL_SECONDS)  # a doorbell, maybe an earlier call's: look again
+            except queue.Empty:
+                pass
             except KeyboardInterrupt as exc:
                 interrupted = exc
+        self.done = (done[0], None)
         if interrupted is not None:
             raise interrupted
-        return result
+        return done[1]
+
+
+#: how often the caller looks at :attr:`SecondThread.done` while it waits, at the latest
+#: (the thread's doorbell wakes it at once; this only bounds a doorbell an interrupt took)
+RESULT_POLL_SECONDS = 0.05
 
 
 _second_thread = None

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import numba
@@ -314,7 +315,7 @@ def _sleeping(partner, timeout=1.0):
 def test_a_wake_gets_a_sleeping_second_thread_spinning():
     """``SecondThread.wake`` (a fit sends it when it builds its engine) rings the bell the
     second thread sleeps on: it is up and spinning within a few milliseconds, long before
-    the futex's own timeout (``sync.FUTEX_SLEEP_NS``, 100 ms) would have woken it."""
+    the futex's own timeout (``sync.FUTEX_SLEEP_NS``, 1 s) would have woken it."""
     partner = cpu_training.second_thread()
     fit_pair([8, 11, 3], np.float32, epochs=1)
     assert _sleeping(partner)  # after PARTNER_SPINS (~3 ms)
@@ -398,24 +399,46 @@ def test_fits_from_two_python_threads_take_turns():
 
 def test_an_interrupt_while_waiting_for_the_second_thread_keeps_its_result():
     """A KeyboardInterrupt during the wait for the second thread's result is raised after
-    that result has arrived, so the next call does not take it for its own."""
+    that result has arrived (it arrives while the interrupt is raised here), and the
+    result is dropped once read, so no later call can take it for its own."""
     partner = cpu_training.SecondThread()
-    real = partner.results
 
-    class Interrupted:
+    class Interrupting:
         def __init__(self):
             self.raised = False
 
-        def get(self):
+        def get(self, timeout=None):
             if not self.raised:
                 self.raised = True
+                partner.done = (7, True)
                 raise KeyboardInterrupt
-            return real.get()
-    partner.results = Interrupted()
-    real.put(True)
+    partner.finished = Interrupting()
     with pytest.raises(KeyboardInterrupt):
-        partner._result()
-    assert real.empty()
+        partner._result(7)
+    assert partner.done == (7, None)
+
+
+def test_a_result_left_by_an_earlier_call_is_not_taken_for_the_next():
+    """Results are numbered by the call count: one left over from an earlier call (whose
+    caller was interrupted before it read it) is passed over for the call's own, and the
+    next fit still trains on two threads, to the bits it gives otherwise."""
+    waiting = cpu_training.SecondThread()
+
+    class Posting:  # the thread posts call 6's result while the caller waits
+        def get(self, timeout=None):
+            waiting.done = (6, True)
+    waiting.done = (5, False)
+    waiting.finished = Posting()
+    assert waiting._result(6) is True
+
+    partner = cpu_training.second_thread()
+    expected = fit_pair([8, 11, 3], np.float64, epochs=1)[2].theta.tobytes()
+    with partner.lock:
+        partner.done = (int(partner.signal[cpu_split.CALLS]), False)  # as if the last call had failed, unread
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "did not run at the same time" would fail the fit
+        again = fit_pair([8, 11, 3], np.float64, epochs=1)[2].theta.tobytes()
+    assert again == expected
 
 
 @pytest.mark.parametrize("change,expected", [
@@ -553,7 +576,7 @@ def _share_then_keep_apart(state, masks, t):
 def _split_state():
     """A state array and CPU masks of their own (not the second thread's)."""
     state, = cpu_training.line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
-    masks, = cpu_training.line_aligned_rows([(2, sync.AFFINITY_BYTES)], np.uint8)
+    masks, = cpu_training.line_aligned_rows([(sync.MASK_ROWS, sync.AFFINITY_BYTES)], np.uint8)
     return state, masks
 
 
@@ -595,6 +618,7 @@ def test_keep_apart_while_moved_starts_from_the_threads_own_mask():
     for c in own:  # its own mask, as the first move saved it
         masks[0][c // 8] |= 1 << (c % 8)
     cpu = min(own)
+    masks[1][cpu // 8] = 1 << (cpu % 8)  # the mask that move set
     try:
         os.sched_setaffinity(0, {cpu})  # as if moved there
         state[sync.MOVED] = 1
@@ -602,6 +626,35 @@ def test_keep_apart_while_moved_starts_from_the_threads_own_mask():
     finally:
         os.sched_setaffinity(0, own)
     assert before == cpu and moved == 1 and during != cpu
+
+
+def test_keep_apart_takes_a_mask_changed_from_outside_as_the_threads_own():
+    """A moved thread whose mask was changed from outside (here: narrowed to one CPU, as
+    ``taskset -a`` would) keeps that mask when it meets the first thread again: it does not
+    move back onto CPUs its old own mask allowed."""
+    own = os.sched_getaffinity(0)
+    if len(own) < 2:
+        pytest.skip("needs two CPUs")
+    state, masks = _split_state()
+    for c in own:  # the own mask saved at the first move, and the mask that move set
+        masks[0][c // 8] |= 1 << (c % 8)
+    masks[1][:] = masks[0]
+    state[sync.MOVED] = 1
+    cpu = min(own)
+    try:
+        os.sched_setaffinity(0, {cpu})  # changed from outside
+        state[sync.FIRST_CPU] = cpu
+        _keep_apart_here(state, masks)
+        after = os.sched_getaffinity(0)
+    finally:
+        os.sched_setaffinity(0, own)
+    assert after == {cpu}
+    assert [c for c in range(8 * sync.AFFINITY_BYTES) if masks[0][c // 8] & (1 << (c % 8))] == [cpu]
+
+
+@numba.njit(nogil=True)
+def _keep_apart_here(state, masks):
+    sync.keep_apart(state, masks, np.int64(1))
 
 
 def test_a_fit_leaves_every_other_threads_cpu_mask_as_it_was():

@@ -251,11 +251,13 @@ split_softmax = python_callable(cpu_split.softmax_cross_entropy)
 one_thread_softmax = python_callable(cpu.softmax_cross_entropy)
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (1, 10), (7, 2), (32, 10), (33, 17)])
-def test_rowwise_softmax_cross_entropy_matches_reference(rows, cols, dtype):
+def test_rowwise_softmax_cross_entropy_matches_reference(rows, cols, weighted, dtype):
     """The split path's softmax-CE (rows in SIMD lanes) against the reference and the
-    one-thread kernel: z + b, a, δ and the summed loss; large logits (one row of ±300, a
-    row that underflows but for its maximum) included."""
+    one-thread kernel: z + b, a, δ and the summed loss, with sample weights per row or
+    without; large logits (one row of ±300, a row that underflows but for its maximum)
+    included."""
     rng = np.random.default_rng(rows * 100 + cols)
     z = (4 * rng.standard_normal((rows, cols))).astype(dtype)
     z[0, 0] = 300.0
@@ -264,22 +266,25 @@ def test_rowwise_softmax_cross_entropy_matches_reference(rows, cols, dtype):
         z[1, -1] = 0.0
     bias = rng.standard_normal(cols).astype(dtype)
     targets = np.eye(cols, dtype=dtype)[rng.integers(0, cols, rows)]
+    weights = rng.uniform(0.5, 2.0, rows) if weighted else None
+    inv = 1.0 / (weights.sum() if weighted else rows)
     results = []
     for kernel, extra in ((split_softmax, (np.empty((cols + 3) * rows),)), (one_thread_softmax, ())):
         zz, a, delta = z.copy(), np.empty_like(z), np.empty_like(z)
-        args = (zz, bias, a, targets, 1.0 / rows) + ((delta,) + extra if extra else (None, delta))
-        loss = kernel(*args)
+        loss = kernel(zz, bias, a, targets, inv, weights, delta, *extra)
         results.append((zz, a, delta, loss))
     (zz, a, delta, loss), (zz1, a1, delta1, loss1) = results
     logits = z.astype(np.float64) + bias
     expected_a = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected_a /= expected_a.sum(axis=1, keepdims=True)
+    w = np.ones(rows) if weights is None else weights
     assert (zz == zz1).all()
     assert_close(a, expected_a, dtype, "softmax")
     assert_close(a, a1, dtype, "softmax vs one thread")
-    assert_close(delta, (expected_a - targets) / rows, dtype, "delta")
-    expected_loss = reference.sample_losses(logits, expected_a, targets.astype(np.float64), "cross_entropy",
-                                            "softmax").sum()
+    assert_close(delta, w[:, None] * (expected_a - targets) * inv, dtype, "delta")
+    assert_close(delta, delta1, dtype, "delta vs one thread")
+    expected_loss = (w * reference.sample_losses(logits, expected_a, targets.astype(np.float64), "cross_entropy",
+                                                 "softmax")).sum()
     assert_close(loss, expected_loss, dtype, "loss")
     assert_close(loss, loss1, dtype, "loss vs one thread")
 
@@ -288,5 +293,5 @@ def test_rowwise_softmax_propagates_nan():
     z = np.zeros((3, 4))
     z[1, 2] = np.nan
     a, delta = np.empty_like(z), np.empty_like(z)
-    loss = split_softmax(z, np.zeros(4), a, np.eye(4)[[0, 1, 2]], 1 / 3, delta, np.empty(8 * 3))
+    loss = split_softmax(z, np.zeros(4), a, np.eye(4)[[0, 1, 2]], 1 / 3, None, delta, np.empty(8 * 3))
     assert np.isnan(loss) and np.isnan(a[1]).all() and np.isfinite(a[[0, 2]]).all()

@@ -74,8 +74,8 @@ Small = namedtuple("Small", "transposed pad_b pad_out")
 #: (parity × thread: its part of Σ g² for ``clip_norm``), ``pending`` (the loss and rows of
 #: a call's last batch, recorded after both threads' last batch, and the batches trained), the barrier's ``state``
 #: (int64, ``kernels.sync.STATE_LENGTH``), the second thread's ``placement`` (its
-#: ``signal``: the caller's CPU, whether it is moved) and CPU ``masks`` (uint8, 2 ×
-#: ``sync.AFFINITY_BYTES``, ``sync.keep_apart``), both ``cpu_training.SecondThread``'s, and
+#: ``signal``: the caller's CPU, whether it is moved) and CPU ``masks`` (uint8,
+#: ``sync.MASK_ROWS`` × ``sync.AFFINITY_BYTES``, ``sync.keep_apart``), both ``cpu_training.SecondThread``'s, and
 #: ``rowwise``, float64 scratch of the softmax (``cpu_split.softmax_cross_entropy``), and
 #: ``row_weights`` (float64, a batch's sample weights per thread; None without weights).
 #: Every row is padded to cache lines of its own (``cpu_training.line_aligned_rows``): the

@@ -419,7 +419,7 @@ def _ring(signal):
     the bell and the sleeper count are each changed before the other is read, with full
     barriers, so either the ringer sees the sleeper or the sleeper sees the new bell)."""
     sync.atomic_add(signal, BELL, 1)
-    if sync.atomic_load(signal, SLEEPERS) > 0:
+    if sync.atomic_read(signal, SLEEPERS) > 0:
         sync.futex(signal, BELL, sync.FUTEX_WAKE_PRIVATE, 1)
 
 
@@ -464,6 +464,11 @@ def await_call(signal, masks, served, spins):
             sync.wait(spin)
         bell = sync.atomic_load(signal, BELL)
         sync.atomic_add(signal, SLEEPERS, 1)
-        while sync.atomic_load(signal, CALLS) <= served and sync.atomic_load(signal, BELL) == bell:
-            sync.futex(signal, BELL, sync.FUTEX_WAIT_PRIVATE, bell)  # returns at the latest after FUTEX_SLEEP_NS
+        failed = 0
+        while sync.atomic_read(signal, CALLS) <= served and sync.atomic_read(signal, BELL) == bell:
+            # returns at the latest after FUTEX_SLEEP_NS; at once if the bell changed, and
+            # (no futex here at all) every time: then at least spin politely
+            if sync.futex(signal, BELL, sync.FUTEX_WAIT_PRIVATE, bell) != 0:
+                sync.wait(failed)
+                failed += 1
         sync.atomic_add(signal, SLEEPERS, -1)

@@ -26,8 +26,8 @@ for a call, and if so moves the second thread off the first one's core (its CPU
 affinity): a few µs, and only when the two did share a core. The second thread keeps
 that mask while it sleeps between fits, so that a wake puts it on another core than the
 waker's: woken onto the caller's core, it waited there until the caller's Python let go
-of it, ~0.1 ms of every fit (``benchmarks/README.md``, section 14). :func:`let_go` puts
-a thread's own mask back.
+of it, ~0.1 ms of every fit (``benchmarks/README.md``, section 14). A mask changed from
+outside meanwhile becomes the thread's own. :func:`let_go` puts a thread's own mask back.
 
 The intrinsics emit LLVM's atomic instructions and intrinsics directly, and the C
 library's ``sched_yield``, ``sched_getcpu``, ``sched_{get,set}affinity`` and ``syscall``
@@ -58,9 +58,11 @@ HANDSHAKE_SPINS = 20_000_000
 #: (written before the handshake) and whether :func:`keep_apart` moved the second thread
 ARRIVED, GENERATION, HANDSHAKE, FIRST_CPU, MOVED = 0, 1, 2, 3, 4
 STATE_LENGTH = 5
-#: bytes of a CPU mask (``cpu_set_t`` for up to 8192 CPUs): ``masks`` is (2, AFFINITY_BYTES)
-#: uint8, the second thread's own mask and the one it runs under while moved
+#: bytes of a CPU mask (``cpu_set_t`` for up to 8192 CPUs): ``masks`` is (MASK_ROWS,
+#: AFFINITY_BYTES) uint8, the second thread's own mask, the one it runs under while moved,
+#: and scratch for the mask it finds
 AFFINITY_BYTES = 1024
+MASK_ROWS = 3
 #: added to ``state[HANDSHAKE]`` by a thread that stopped waiting for the other
 GAVE_UP = 1 << 20
 
@@ -88,6 +90,14 @@ def atomic_load(typingctx, array, index):
         address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
         return builder.load_atomic(address, "acquire", 8)
     return types.int64(array, index), codegen
+
+
+@compiled_only(inline="always")
+def atomic_read(array, index):
+    """array[index] of an int64 array as a sequentially consistent read-modify-write (adds
+    0): ordered with this thread's earlier atomic writes, where an acquire load is not
+    (the store-buffering case of a sleeper and its waker)."""
+    return atomic_add(array, index, 0)
 
 
 @intrinsic
@@ -156,9 +166,10 @@ def _affinity_intrinsic(name, doc):
 #: Linux x86-64: the number of the futex(2) system call, and its two operations used here
 #: (private to this process: the word is not shared with another process)
 SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129
-#: how long :func:`futex` with ``FUTEX_WAIT_PRIVATE`` sleeps at most (ns, < 1 s): a sleeping
-#: thread looks at its condition again this often, whatever happens to the wakes
-FUTEX_SLEEP_NS = 100_000_000
+#: how long :func:`futex` with ``FUTEX_WAIT_PRIVATE`` sleeps at most (ns): a sleeping thread
+#: looks at its condition again this often (the wakes are not lost; this only bounds one
+#: that went astray, at one wake-up a second of an idle process)
+FUTEX_SLEEP_NS = 1_000_000_000
 
 
 @intrinsic
@@ -174,8 +185,8 @@ def futex(typingctx, array, index, op, value):
         operation = context.cast(builder, args[2], signature.args[2], types.int64)
         word = builder.and_(context.cast(builder, args[3], signature.args[3], types.int64),
                             ir.Constant(i64, 0xFFFFFFFF))
-        timeout = cgutils.alloca_once(builder, ir.ArrayType(i64, 2))  # struct timespec {0 s, FUTEX_SLEEP_NS}
-        builder.store(ir.Constant(ir.ArrayType(i64, 2), [0, FUTEX_SLEEP_NS]), timeout)
+        timeout = cgutils.alloca_once(builder, ir.ArrayType(i64, 2))  # struct timespec {seconds, nanoseconds}
+        builder.store(ir.Constant(ir.ArrayType(i64, 2), list(divmod(FUTEX_SLEEP_NS, 10 ** 9))), timeout)
         function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64], var_arg=True),
                                                   "syscall")
         return builder.call(function, [ir.Constant(i64, SYS_FUTEX), builder.ptrtoint(address, i64), operation,
@@ -199,15 +210,27 @@ def keep_apart(state, masks, t):
     """If the second thread (t = 1) runs on the CPU of the first (``state[FIRST_CPU]``, from
     :func:`note_cpu`), take that CPU out of its affinity mask (the kernel moves it at once);
     a thread allowed nowhere else stays. ``masks[0]`` keeps its own mask while it is moved
-    (``state[MOVED]``): a later move starts again from it, and :func:`let_go` puts it back."""
+    (``state[MOVED]``): a later move starts again from it, and :func:`let_go` puts it back;
+    unless the mask it finds is no longer the one it set (``masks[1]``): changed from
+    outside (``taskset -a``, a cpuset), that mask is its own from then on."""
     if t != 1:
         return
     cpu = current_cpu()
     if cpu < 0 or cpu != state[FIRST_CPU] or cpu // 8 >= masks.shape[1]:
         return
-    own, moved = masks[0], masks[1]
-    if state[MOVED] == 0 and get_affinity(own) != 0:
-        return
+    own, moved, found = masks[0], masks[1], masks[2]
+    if state[MOVED] == 0:
+        if get_affinity(own) != 0:
+            return
+    else:
+        if get_affinity(found) != 0:
+            return
+        changed = False
+        for i in range(found.shape[0]):
+            changed = changed or found[i] != moved[i]
+        if changed:
+            for i in range(found.shape[0]):
+                own[i] = found[i]
     elsewhere = False
     for i in range(own.shape[0]):
         moved[i] = own[i]
