@@ -244,12 +244,9 @@ class SecondThread:
                 self.job = (number, kernel, args)
                 cpu_split.call_partner(self.signal, state)
                 ours = kernel(*args, 0)
-            finally:
-                job = self.job
-                if self.signal[cpu_split.CALLS] < number and job is not None and job[0] == number:
-                    cpu_split.call_partner(self.signal, state)  # set, then interrupted before the count: count it
+            finally:  # an uncounted job (an interrupt before the count) is never run: the next call reuses its number
                 theirs = self._result(number) if self.signal[cpu_split.CALLS] >= number else None
-                self.job = job = None
+                self.job = None
             if isinstance(theirs, BaseException):
                 raise theirs
             return bool(ours) and bool(theirs)
