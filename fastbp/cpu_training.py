@@ -13,6 +13,7 @@ the hot path neither allocates nor runs Python per batch.
 
 import math
 import os
+import queue
 import sys
 import threading
 import warnings
@@ -143,7 +144,7 @@ def split_bundle(net, bmax, weighted=False):
               "delta_out": (2, bmax * k), "delta_hidden": (2, bmax * h),
               "dmasks": (2, bmax * h if any(net.dropout) else 1), "dacts": (2, bmax * h if any(net.dropout) else 1)}
     arrays = dict(zip(shapes, line_aligned_rows(list(shapes.values()), net.dtype)))
-    parts, norms, pending = line_aligned_rows([(2, 2, 2, 4), (2, 2, 1), (3,)], np.float64)
+    parts, norms, pending = line_aligned_rows([(2, 2, 2, 4), (2, 2, 1), (2,)], np.float64)
     state, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
     rowwise, = line_aligned_rows([(2, (k + 3) * bmax)], np.float64)
     row_weights = line_aligned_rows([(2, bmax)], np.float64)[0] if weighted else None
@@ -174,6 +175,9 @@ def two_threads_available():
 #: of one fit, between the fits of a loop and from :meth:`SecondThread.wake` to the call,
 #: so that it is still spinning when the call comes
 PARTNER_SPINS = 100_000
+#: how often the caller looks at :attr:`SecondThread.done` while it waits, at the latest
+#: (the thread's doorbell wakes it at once; this only bounds a doorbell an interrupt took)
+RESULT_POLL_SECONDS = 0.05
 
 
 class SecondThread:
@@ -195,7 +199,6 @@ class SecondThread:
     took ~8 s more on an empty cache (``cpu_split``'s docstring)."""
 
     def __init__(self):
-        import queue
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.signal, = line_aligned_rows([(sync.STATE_LENGTH,)], np.int64)
@@ -254,7 +257,6 @@ class SecondThread:
     def _result(self, number):
         """Call ``number``'s result from this thread (waited for even through a
         KeyboardInterrupt, which is raised after it), dropped from :attr:`done` once read."""
-        import queue
         interrupted = None
         while True:
             try:
@@ -270,11 +272,6 @@ class SecondThread:
         if interrupted is not None:
             raise interrupted
         return done[1]
-
-
-#: how often the caller looks at :attr:`SecondThread.done` while it waits, at the latest
-#: (the thread's doorbell wakes it at once; this only bounds a doorbell an interrupt took)
-RESULT_POLL_SECONDS = 0.05
 
 
 _second_thread = None

@@ -72,7 +72,7 @@ Small = namedtuple("Small", "transposed pad_b pad_out")
 #: element without dropout); ``exchange`` (parity × thread: each thread's part of the
 #: logits), ``parts`` (parity × thread × layer × [Σ g², Σ Δθ², Σ θ², penalty]), ``norms``
 #: (parity × thread: its part of Σ g² for ``clip_norm``), ``pending`` (the loss and rows of
-#: a call's last batch, recorded after both threads' last batch, and the batches trained), the barrier's ``state``
+#: a call's last batch, recorded after both threads' last batch), the barrier's ``state``
 #: (int64, ``kernels.sync.STATE_LENGTH``), the second thread's ``placement`` (its
 #: ``signal``: the caller's CPU, whether it is moved) and CPU ``masks`` (uint8,
 #: ``sync.MASK_ROWS`` × ``sync.AFFINITY_BYTES``, ``sync.keep_apart``), both ``cpu_training.SecondThread``'s, and

@@ -281,10 +281,11 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     (keep probability of the hidden units, seed, epoch), keep = 1 for none. With
     ``data.weights`` a batch's objective is (Σ w_i ℓ_i + B·penalty)/Σw, as in
     ``cpu.train_batches``, and a batch whose weights sum to 0 is skipped by both threads
-    (the double buffers alternate with the batches trained, not with b)."""
+    (the double buffers alternate with the batches trained, not with b). Returns the
+    batches trained, or -1 if the other thread did not come (``sync.handshake``)."""
     sync.note_cpu(split.placement, t)
     if not sync.handshake(split.state):
-        return False
+        return -1
     sync.keep_apart(split.placement, split.masks, t)
     X, Y, perm = data.X, data.Y, data.perm
     n, d, k = perm.shape[0], X.shape[1], Y.shape[1]
@@ -365,8 +366,7 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     if t == BOOKKEEPER:  # the last batch: recorded by the driver after the region
         split.pending[0] = pending_loss
         split.pending[1] = pending_rows
-        split.pending[2] = trained
-    return True
+    return trained
 
 
 @_entry
@@ -389,8 +389,9 @@ def train_batches(net, opt, hyper, work, data, batches, split, dropout, t):
         shard_copy(net.theta, layout, split.theta, INTO)
         shard_copy(opt.state1, layout, split.state1, INTO)
         shard_copy(opt.state2, layout, split.state2, INTO)
-    if not thread_batches(t, split, data, hyper, net.codes, net.loss_code, opt.code, opt.diagnostics, work.sums,
-                          work.counts, first, stop, work.bmax, layout[0, 1], opt.step[0], dropout):
+    trained = thread_batches(t, split, data, hyper, net.codes, net.loss_code, opt.code, opt.diagnostics,
+                             work.sums, work.counts, first, stop, work.bmax, layout[0, 1], opt.step[0], dropout)
+    if trained < 0:
         return False
     sync.barrier(split.state)  # both threads are past their last batch
     if t == 0:
@@ -398,7 +399,6 @@ def train_batches(net, opt, hyper, work, data, batches, split, dropout, t):
         shard_copy(opt.state1, layout, split.state1, BACK)
         shard_copy(opt.state2, layout, split.state2, BACK)
         shard_copy(opt.grad, layout, split.grad, BACK)
-        trained = np.int64(split.pending[2])
         if trained > 0:
             record_batch(opt.diagnostics, work.sums, split.parts[(trained - 1) % 2], split.pending[0],
                          split.pending[1])

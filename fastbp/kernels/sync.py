@@ -101,18 +101,6 @@ def atomic_read(array, index):
 
 
 @intrinsic
-def atomic_store(typingctx, array, index, value):
-    """array[index] = value on an int64 array, written atomically (release: what the
-    thread wrote before is visible to a thread that reads the value with acquire)."""
-    def codegen(context, builder, signature, args):
-        address = _pointer(context, builder, signature.args[0], args[0], (args[1], signature.args[1]))
-        value = context.cast(builder, args[2], signature.args[2], types.int64)
-        builder.store_atomic(value, address, "release", 8)
-        return context.get_dummy_value()
-    return types.void(array, index, value), codegen
-
-
-@intrinsic
 def spin_pause(typingctx):
     """The CPU's spin-wait hint (x86 ``pause``)."""
     def codegen(context, builder, signature, args):
