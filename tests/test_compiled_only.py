@@ -75,3 +75,38 @@ def test_a_plain_fit_compiles_no_dropout_or_batchnorm_code(tmp_path):
     compiled = json.loads(run.stdout.strip().splitlines()[-1])
     assert compiled["forward_step"] >= 1 and compiled["backward_step"] >= 1
     assert compiled["draw_mask"] == compiled["bn_forward"] == compiled["bn_backward"] == 0
+
+
+STAMP = """
+import json, numpy as np
+from fastbp.kernels import cpu_split, sync
+cpu_split.wake_partner(np.zeros(sync.STATE_LENGTH, np.int64))  # a small driver of cpu_split.py, inlining sync's code
+stats = cpu_split.wake_partner.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+@pytest.mark.parametrize("changed", ["kernels/sync.py", "spec.py"])
+def test_a_change_in_a_callee_module_invalidates_the_cached_drivers(tmp_path, changed):
+    """Numba keys a cached function on its own file's contents only, yet the drivers carry
+    code and constants of other modules compiled in (``sync``'s barrier, ``spec``'s codes):
+    after an upgrade or a checkout that changed only those, the stale machine code would be
+    loaded. The drivers' stamp covers every module they compile in."""
+    import shutil
+
+    import fastbp
+    package = tmp_path / "src" / "fastbp"
+    shutil.copytree(os.path.dirname(fastbp.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path / "src"))
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", STAMP], capture_output=True, text=True, timeout=600, env=env,
+                              cwd=tmp_path)  # not the checkout's folder: its fastbp would come first
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert run() == {"hits": 0, "misses": 1}  # compiled and cached
+    assert run() == {"hits": 1, "misses": 0}  # loaded
+    with open(package / changed, "a") as source:
+        source.write("\n# a change in a module the driver compiles in\n")
+    assert run() == {"hits": 0, "misses": 1}  # compiled again, not the stale code

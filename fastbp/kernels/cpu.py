@@ -34,6 +34,8 @@ are integer codes from ``fastbp.spec`` branched on outside the inner loops.
 """
 
 import functools
+import hashlib
+import os
 
 import numpy as np
 from numba import config, njit
@@ -55,8 +57,39 @@ _OPTIONS = {"nogil": True, "error_model": "numpy"}
 def entry(**options):
     """Decorator of a driver, a function Python calls (:func:`train_batches`,
     :func:`evaluate`, :func:`loss_and_gradient`, ``cpu_small.train_batches``): compiled
-    with its callees into one library, kept in Numba's on-disk cache."""
-    return njit(cache=True, **_OPTIONS, **options)
+    with its callees into one library, kept in Numba's on-disk cache under a stamp of
+    every module it compiles in (:func:`stamp_with_sources`)."""
+    def decorate(func):
+        return stamp_with_sources(njit(cache=True, **_OPTIONS, **options)(func))
+    return decorate
+
+
+@functools.cache
+def sources_digest():
+    """SHA-256 over the CPU kernel modules (``fastbp/kernels/*.py`` but the CUDA ones) and
+    ``fastbp/spec.py``: the code and constants a driver's machine code is made of."""
+    kernels = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.join(kernels, name) for name in sorted(os.listdir(kernels))
+             if name.endswith(".py") and not name.startswith("cuda")]
+    paths.append(os.path.join(os.path.dirname(kernels), "spec.py"))
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as source:
+            digest.update(os.path.basename(path).encode() + b"\0" + source.read() + b"\0")
+    return digest.hexdigest()
+
+
+def stamp_with_sources(dispatcher):
+    """Numba stamps a cached function with its own file's contents only, but a driver has
+    its callees from other modules compiled in (``sync``'s barrier, ``cpu``'s kernels in
+    ``cpu_split``'s drivers, ``spec``'s codes): after an upgrade or a checkout that changed
+    only those, Numba would load the stale machine code. The stamp gets
+    :func:`sources_digest` added, so a change in any of them recompiles. (A private
+    attribute of Numba's cache: where it is missing the default stamp stays.)"""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if cache_file is not None and hasattr(cache_file, "_source_stamp"):
+        cache_file._source_stamp = (cache_file._source_stamp, sources_digest())
+    return dispatcher
 
 
 _entry = entry()
