@@ -33,6 +33,8 @@ from contextlib import contextmanager
 CROSSOVER_MNK = float(os.environ.get("FASTBP_BLAS_CROSSOVER", str(2 ** 22)))
 
 _pools = None
+#: :func:`kernel_blas_architecture` once found (OpenBLAS picks its kernels once per process)
+_architecture = None
 
 
 def gemm_shapes(sizes, rows):
@@ -102,13 +104,17 @@ def kernel_blas_architecture():
     """The CPU kernel family of the BLAS that Numba's np.dot calls, as OpenBLAS names it
     (lower case: "haswell", "zen", "skylakex", ...; threadpoolctl's ``architecture``),
     or None when unknown (no threadpoolctl, or not an OpenBLAS)."""
+    global _architecture
+    if _architecture is not None:
+        return _architecture
     pools = blas_pools()
     if pools is None:
         return None
     for lib in pools[0].lib_controllers:
-        architecture = lib.info().get("architecture")
+        architecture = lib.info().get("architecture")  # ~0.1 ms per fit after an idle spell: found once
         if architecture:
-            return str(architecture).lower()
+            _architecture = str(architecture).lower()
+            return _architecture
     return None
 
 
@@ -126,8 +132,20 @@ def blas_threads(sizes, rows, threads=None):
     if threads is None:
         current = min(lib.num_threads for lib in kernels.lib_controllers)
         threads = min(choose_threads(sizes, rows), current)
-    with kernels.limit(limits=int(threads)), numpy_only.limit(limits=1):
+    # each library's own get/set calls: threadpoolctl's ``limit`` first reads every library's
+    # full ``info()`` (version and kernel strings), ~0.1 ms of every fit after an idle spell
+    targets = [(lib, int(threads)) for lib in kernels.lib_controllers]
+    targets += [(lib, 1) for lib in numpy_only.lib_controllers]
+    saved = [(lib, lib.num_threads) for lib, _ in targets]
+    try:
+        for lib, count in targets:
+            if lib.num_threads != count:
+                lib.set_num_threads(count)
         yield
+    finally:
+        for lib, count in saved:
+            if lib.num_threads != count:
+                lib.set_num_threads(count)
 
 
 def check_threads(threads):

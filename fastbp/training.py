@@ -127,7 +127,7 @@ def epoch_permutation(seed, epoch, n):
     ``numpy.random.default_rng([seed, epoch]).permutation(n)``. Deriving each epoch's
     order from (seed, global epoch) rather than from one running generator makes
     training split across fits (``warm_start``, save/load) equal to training straight."""
-    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64, copy=False)
 
 
 def _progress_bar(verbose, epochs, n_batches):

@@ -77,7 +77,7 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
         raise ValueError(f"y must be 1-D labels or a 2-D (n_samples, n_outputs) array, got shape {arr.shape}")
     if arr.shape[0] != n_samples:
         raise ValueError(f"X has {n_samples} samples but y has {arr.shape[0]}")
-    if not np.isfinite(arr).all():
+    if arr.dtype.kind not in "iub" and not np.isfinite(arr).all():  # integers and bools are finite
         raise ValueError("y contains NaN or inf")
     if arr.ndim == 2 and arr.shape[1] != n_outputs:
         raise ValueError(f"y has {arr.shape[1]} columns but the network has {n_outputs} outputs")
@@ -97,7 +97,7 @@ def check_targets(y, n_samples, output, n_outputs, dtype, classification_loss):
             return np.ascontiguousarray(labels.reshape(-1, 1), dtype=dtype)
         if arr.dtype.kind not in "iub" and not np.all(np.mod(arr, 1) == 0):  # integer dtypes hold integers
             raise ValueError("class labels must be integers")
-        labels = arr.astype(np.int64)
+        labels = arr.astype(np.int64, copy=False)
         if labels.min() < 0 or labels.max() >= n_outputs:
             raise ValueError(f"class labels must lie in [0, {n_outputs - 1}] for {n_outputs} outputs, "
                              f"got range [{labels.min()}, {labels.max()}]")

@@ -218,6 +218,32 @@ def test_bitwise_stable_from_run_to_run():
     assert a[3].loss == b[3].loss
 
 
+def test_a_fit_takes_the_buffers_the_last_fit_of_its_shape_gave_back(dtype):
+    """A split fit of the previous fit's shape trains in that fit's buffers (~50 arrays
+    not built again) to the bits of a fit in new ones: the kernels write every buffer
+    before they read it. A fit of another shape builds its own."""
+    sizes = [7, 10, 3]
+    X, Y = make_data(45, sizes, "softmax", dtype, seed=2)
+    partner = cpu_training.second_thread()
+
+    def fit(seed, batch_size=5):
+        net = fastbp.MLP(sizes, activation="tanh", output="softmax", seed=seed, dtype=dtype)
+        history = net.fit(X, Y, optimizer=fastbp.Adam(0.02), epochs=2, batch_size=batch_size, seed=seed,
+                          threads=2)
+        return net, (net.theta.tobytes(), net.fit_state.state2.tobytes(), history.loss, history.accuracy)
+    net, _ = fit(1)  # leaves its buffers, full of its own numbers
+    key, used = partner.spare
+    assert key == cpu_training.split_key(net, 5, False)
+    _, reused = fit(2)
+    assert partner.spare[1] is used
+    partner.spare = None
+    _, fresh = fit(2)
+    assert partner.spare[1] is not used
+    assert reused == fresh
+    fit(2, batch_size=6)
+    assert partner.spare[0] == cpu_training.split_key(net, 6, False)
+
+
 def test_chunking_does_not_change_the_bits(dtype):
     """An epoch in one compiled call or in several (the shards are copied in and out of θ
     and the optimizer state at each call): the same bits."""
