@@ -13,7 +13,7 @@ import numpy as np
 
 from .layout import B_OFF, FAN_IN, FAN_OUT, W_OFF
 from . import cpu_training
-from .validation import check_features
+from .validation import check_features, check_sample_weight
 
 
 @dataclass
@@ -47,9 +47,12 @@ def _groups(layout, gammas=()):
 
 
 def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, l1=0.0, l2=0.0,
-              dtype="float64", device="cpu"):
+              dtype="float64", device="cpu", sample_weight=None):
     """Compare the compiled gradient of ``net`` on (X, y) with central differences
     (the analytic gradient from the ``device`` kernels, "cpu" or "cuda").
+
+    The objective is ``flat_gradient``'s: the mean loss plus the L1/L2 penalty, with
+    ``sample_weight`` (Σ w_i ℓ_i + n·penalty)/Σw, the objective ``fit`` minimises per batch.
 
     ``n_samples`` checks a seeded random subset of that many parameters (None: all).
     Works on a copy in ``dtype`` (float64 recommended: in float32 the differences
@@ -66,13 +69,17 @@ def gradcheck(net, X, y, loss=None, eps=1e-5, tol=1e-6, n_samples=None, seed=0, 
     loss, loss_code = probe._loss_code(probe.loss if loss is None else loss)
     Xc = check_features(X, probe.n_features, probe.dtype)
     Yc = probe._targets(y, Xc.shape[0], loss_code)
-    _, analytic = probe.flat_gradient(Xc, Yc, loss, l1, l2, device=device)
+    weights = check_sample_weight(sample_weight, Xc.shape[0])
+    _, analytic = probe.flat_gradient(Xc, Yc, loss, l1, l2, device=device, sample_weight=weights)
     theta = probe.theta
+    n = Xc.shape[0]
 
     def objective():  # one chunk: with batch normalization, the batch statistics of all of X
-        total, _ = cpu_training.evaluate(probe, Xc, Yc, loss_code, Xc.shape[0], batch_stats=True)
-        return total / Xc.shape[0] + sum(l1 * np.abs(W).sum() + 0.5 * l2 * (W * W).sum()
-                                         for W in probe.weights)
+        total, _ = cpu_training.evaluate(probe, Xc, Yc, loss_code, n, batch_stats=True, weights=weights)
+        penalty = sum(l1 * np.abs(W).sum() + 0.5 * l2 * (W * W).sum() for W in probe.weights)
+        if weights is None:
+            return total / n + penalty
+        return (total + n * penalty) / weights.sum()
 
     if n_samples is None or n_samples >= theta.size:
         indices = np.arange(theta.size)

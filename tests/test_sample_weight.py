@@ -152,3 +152,34 @@ def test_weights_combine_with_dropout_and_batchnorm():
     plain = fit(None)
     assert_array_equal(fit(np.ones(N)), plain)
     assert not np.allclose(fit(weights_for(N, seed=3)), plain)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True], ids=["plain", "batchnorm"])
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("exp", "poisson")])
+def test_gradcheck_with_sample_weights(output, loss, batchnorm):
+    """gradcheck's objective is the weighted one, (Σ w ℓ + n·penalty)/Σw: the weighted
+    gradient passes, with L1/L2 and batchnorm; the unweighted gradient fails against it."""
+    sizes = [4, 6, 3] if output != "exp" else [4, 6, 1]
+    net = fastbp.MLP(sizes, activation="tanh", output=output, init="xavier", batchnorm=batchnorm, seed=2)
+    X, Y = make_data(13, sizes, output, np.float64, seed=3)
+    w = weights_for(13, seed=5)
+    report = fastbp.gradcheck(net, X, Y, loss=loss, l1=1e-3, l2=1e-2, sample_weight=w)
+    assert report.passed, str(report)
+    assert report.n_checked == net.n_params
+    original = fastbp.MLP.flat_gradient
+
+    def unweighted(self, *args, sample_weight=None, **kwargs):
+        return original(self, *args, **kwargs)
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(fastbp.MLP, "flat_gradient", unweighted)
+        assert not fastbp.gradcheck(net, X, Y, loss=loss, l1=1e-3, l2=1e-2, sample_weight=w).passed
+    finally:
+        mp.undo()
+
+
+def test_gradcheck_refuses_bad_sample_weights():
+    net = network("softmax", np.float64)
+    X, Y = make_data(N, SIZES, "softmax", np.float64, seed=10)
+    with pytest.raises(ValueError, match=">= 0"):
+        fastbp.gradcheck(net, X, Y, sample_weight=np.r_[np.ones(16), -1.0])

@@ -182,6 +182,8 @@ def test_weighted_evaluate_and_flat_gradient_match_cpu():
                                                   net.gradients(X, y, device="cpu", sample_weight=w)):
         np.testing.assert_allclose(dW_gpu, dW_cpu, **TIGHT)
         np.testing.assert_allclose(db_gpu, db_cpu, **TIGHT)
+    report = fastbp.gradcheck(net, X, y, l1=1e-3, l2=1e-2, device="cuda", n_samples=12, sample_weight=w)
+    assert report.passed, report
 
 
 def test_weighted_launches_per_training_step(monkeypatch, launch_names):
