@@ -516,9 +516,11 @@ def kernels_cached():
         return None
 
 
-#: what a first fit costs with an empty cache (2-core machines, quiet: 8-11 s on an AVX-512
-#: EPYC, ~20 s on a Zen 3; ~40 s and more under load; ``benchmarks/README.md`` section 10)
-COLD_START_SECONDS = "10-60"
+#: what a first fit costs with an empty cache (2-core machines, quiet: 7.5-8.5 s for
+#: ``fastbp train`` on an AVX-512 EPYC (2026-12-07, ``fastbp bench``'s start rows), ~12 s for a
+#: first split fit there, ~20 s on a Zen 3; ~40 s and more under load;
+#: ``benchmarks/README.md`` sections 10 and 14)
+COLD_START_SECONDS = "8-60"
 
 
 def compile_notice():
