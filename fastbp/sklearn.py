@@ -71,10 +71,11 @@ Deviations (besides scikit-learn's private internals -- ``_forward_pass``,
   passed to ``fastbp.MLP``: inverted dropout during training, batch normalization
   after each hidden layer (γ lives in the network's parameters, not in ``coefs_``).
 
-fastbp extras: ``device`` (``"cpu"``; ``fastbp.MLP.fit`` takes ``device="cuda"``, the
-estimators do not yet) and ``dtype`` (None: float32 input trains in float32, anything
-else in float64, as sklearn does; or force "float32"/"float64"). ``lbfgs`` always
-optimises in float64 and casts back.
+fastbp extras: ``device`` (``"cpu"`` or ``"cuda"``: where the stochastic solvers' epochs
+and lbfgs's gradients run; predictions and early stopping's validation scores are computed on
+the CPU from the fitted parameters, so a fitted estimator predicts anywhere) and ``dtype``
+(None: float32 input trains in float32, anything else in float64, as sklearn does; or force
+"float32"/"float64"). ``lbfgs`` always optimises in float64 and casts back.
 """
 
 import numbers
@@ -99,6 +100,7 @@ try:
 except ImportError as error:  # scikit-learn < 1.6
     raise ImportError("fastbp.sklearn needs scikit-learn >= 1.6") from error
 
+from fastbp.cuda_training import check_device
 from fastbp.network import MLP
 from fastbp.optimizers import SGD, Adam, Momentum, Nesterov
 from fastbp.training import FitState
@@ -248,9 +250,7 @@ class _BaseMLP(BaseEstimator):
         if self.n_iter_no_change != np.inf:
             _check_integer("n_iter_no_change", self.n_iter_no_change, 1)
         _check_integer("max_fun", self.max_fun, 1)
-        if self.device != "cpu":
-            raise ValueError(f"device must be 'cpu': the estimators train on the CPU (fastbp.MLP.fit "
-                             f"takes device='cuda'), got {self.device!r}.")
+        check_device(self.device)  # ValueError if unknown, RuntimeError if there is no GPU
         if self.dropout is not None:
             rates = [self.dropout] if isinstance(self.dropout, numbers.Real) else self.dropout
             try:
@@ -563,7 +563,8 @@ class _BaseMLP(BaseEstimator):
                               sample_weight=sw_train,
                               schedule=_LiveRate(self, self._lr_scale()),
                               seed=int(rs.randint(np.iinfo(np.int32).max)), callbacks=[end_of_epoch],
-                              verbose=0, warm_start=not new_optimizer, gradient_warnings=False)
+                              verbose=0, warm_start=not new_optimizer, gradient_warnings=False,
+                              device=self.device)
         if history.stopped_early and not stopped and history.epochs < epochs:
             # fastbp rolled the diverging epoch back; scikit-learn records it and raises
             self.n_iter_ += 1
@@ -611,7 +612,8 @@ class _BaseMLP(BaseEstimator):
 
         def value_and_grad(theta):
             net64.theta[...] = theta
-            value, grad = net64.flat_gradient(X64, Y64, loss=loss, l2=l2, sample_weight=sample_weight)
+            value, grad = net64.flat_gradient(X64, Y64, loss=loss, l2=l2, sample_weight=sample_weight,
+                                              device=self.device)
             return scale * value, scale * grad
 
         result = scipy.optimize.minimize(

@@ -409,7 +409,7 @@ def test_assigned_coefs_are_used(blobs):
     (dict(beta_2=1.0), ValueError),
     (dict(n_iter_no_change=0), ValueError),
     (dict(shuffle="yes"), TypeError),
-    (dict(device="cuda"), ValueError),
+    (dict(device="gpu"), ValueError),
     (dict(dtype="float16"), ValueError),
     (dict(dropout=1.0), ValueError),
     (dict(dropout=[0.1, -0.1]), ValueError),

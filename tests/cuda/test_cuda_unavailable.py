@@ -32,3 +32,17 @@ def test_unknown_device_is_a_value_error(device):
     net = fastbp.MLP([3, 4, 2])
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         net.fit(np.ones((2, 3)), [0, 1], device=device)
+
+
+@without_cuda
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_an_estimator_on_cuda_raises_before_anything_changes(solver):
+    """The scikit-learn estimators' device="cuda": the same error, a fitted estimator untouched."""
+    from fastbp.sklearn import MLPClassifier
+    X, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20) % 2
+    fitted = MLPClassifier((4,), solver=solver, max_iter=3, random_state=0).fit(X, y)
+    before = [c.copy() for c in fitted.coefs_]
+    with pytest.raises(RuntimeError, match="device='cuda' is not available"):
+        fitted.set_params(device="cuda", warm_start=True).fit(X, y)
+    for a, b in zip(fitted.coefs_, before):
+        np.testing.assert_array_equal(a, b)
