@@ -180,10 +180,11 @@ def take_split_bundle(net, bmax, weighted=False):
 def give_back_split_bundle(net, bmax, weighted, bundle):
     """Keep ``bundle`` for the next fit of its shape (one bundle, of at most
     :data:`SPARE_SPLIT_BYTES`; the latest given back)."""
+    partner = _second_thread  # the thread the bundle was made for, not a new one (after a fork)
+    if partner is None or partner.pid != os.getpid() or bundle.placement is not partner.signal:
+        return
     if sum(buffer.nbytes for buffer in bundle if isinstance(buffer, np.ndarray)) <= SPARE_SPLIT_BYTES:
-        partner = second_thread()
-        if bundle.placement is partner.signal:  # not a bundle of another process's thread (fork)
-            partner.spare = (split_key(net, bmax, weighted), bundle)
+        partner.spare = (split_key(net, bmax, weighted), bundle)
 
 
 def two_threads_available():
