@@ -225,11 +225,12 @@ def test_momentum_one_is_accepted_as_in_sklearn(blobs):
     assert_same_params(MLPClassifier(**kw).fit(X, y), sk.MLPClassifier(**kw).fit(X, y))
 
 
-def test_device_message_is_current(blobs):
+def test_an_unknown_device_is_named(blobs):
+    """device="cuda" trains on the GPU (tests/cuda/test_cuda_sklearn.py; without one,
+    tests/cuda/test_cuda_unavailable.py); anything else is refused, naming the choices."""
     X, y = blobs
-    with pytest.raises(ValueError, match="device") as info:
-        MLPClassifier(device="cuda").fit(X, y)
-    assert "not available" not in str(info.value)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'gpu'"):
+        MLPClassifier(device="gpu").fit(X, y)
 
 
 # --- pickling between partial fits ---------------------------------------------------------
