@@ -110,3 +110,27 @@ def test_a_change_in_a_callee_module_invalidates_the_cached_drivers(tmp_path, ch
     with open(package / changed, "a") as source:
         source.write("\n# a change in a module the driver compiles in\n")
     assert run() == {"hits": 0, "misses": 1}  # compiled again, not the stale code
+
+
+def test_the_stamp_reads_the_sources_from_a_zip_archive_too(tmp_path):
+    """The digest is read through the package's loader: imported from a zip archive (which
+    Numba's cache supports), the kernels import and get the digest of the same sources."""
+    import zipfile
+
+    import fastbp
+    root = os.path.dirname(os.path.dirname(fastbp.__file__))
+    archive = tmp_path / "fastbp.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for folder, _, files in os.walk(os.path.join(root, "fastbp")):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    zipped.write(path, os.path.relpath(path, root))
+    env = dict(os.environ, PYTHONPATH=str(archive), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    code = "import fastbp.kernels.cpu_split, fastbp.kernels.cpu as c; print(c.__file__); print(c.sources_digest())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    where, digest = done.stdout.split()
+    assert where.startswith(str(archive))
+    assert digest == cpu.sources_digest()

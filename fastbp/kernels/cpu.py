@@ -35,7 +35,7 @@ are integer codes from ``fastbp.spec`` branched on outside the inner loops.
 
 import functools
 import hashlib
-import os
+import importlib.resources
 
 import numpy as np
 from numba import config, njit
@@ -67,15 +67,21 @@ def entry(**options):
 @functools.cache
 def sources_digest():
     """SHA-256 over the CPU kernel modules (``fastbp/kernels/*.py`` but the CUDA ones) and
-    ``fastbp/spec.py``: the code and constants a driver's machine code is made of."""
-    kernels = os.path.dirname(os.path.abspath(__file__))
-    paths = [os.path.join(kernels, name) for name in sorted(os.listdir(kernels))
-             if name.endswith(".py") and not name.startswith("cuda")]
-    paths.append(os.path.join(os.path.dirname(kernels), "spec.py"))
+    ``fastbp/spec.py``: the code and constants a driver's machine code is made of. Read
+    through the package's loader (a zip archive works too); None where the sources cannot be
+    read (a frozen application), and the drivers then keep Numba's own stamp."""
+    kernels = importlib.resources.files(__package__)
+    try:
+        names = sorted(entry.name for entry in kernels.iterdir()
+                       if entry.name.endswith(".py") and not entry.name.startswith("cuda"))
+        sources = [(name, kernels.joinpath(name).read_bytes()) for name in names]
+        sources.append(("spec.py", importlib.resources.files(__package__.rpartition(".")[0])
+                        .joinpath("spec.py").read_bytes()))
+    except OSError:
+        return None
     digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as source:
-            digest.update(os.path.basename(path).encode() + b"\0" + source.read() + b"\0")
+    for name, source in sources:
+        digest.update(name.encode() + b"\0" + source + b"\0")
     return digest.hexdigest()
 
 
@@ -87,7 +93,7 @@ def stamp_with_sources(dispatcher):
     :func:`sources_digest` added, so a change in any of them recompiles. (A private
     attribute of Numba's cache: where it is missing the default stamp stays.)"""
     cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
-    if cache_file is not None and hasattr(cache_file, "_source_stamp"):
+    if cache_file is not None and hasattr(cache_file, "_source_stamp") and sources_digest() is not None:
         cache_file._source_stamp = (cache_file._source_stamp, sources_digest())
     return dispatcher
 
