@@ -167,11 +167,14 @@ def take_split_bundle(net, bmax, weighted=False):
     (:func:`give_back_split_bundle`), else a new one. The kernels write every buffer of it
     before they read it (θ and the moments are copied into the shards at every call), so
     a fit never sees another's numbers; a bundle is held by one fit at a time (taken
-    out of the slot, put back at the fit's end), so concurrent fits never share one.
-    Building it is ~0.2 ms of a fit after an idle spell (~50 arrays)."""
+    out of the slot, put back at the fit's end, and only by a fit whose every call ended
+    in the normal way: after an interrupt the second thread may still be waiting on its
+    barrier state), so concurrent fits never share one. Building it is ~0.2 ms of a fit
+    after an idle spell (~50 arrays)."""
     key = split_key(net, bmax, weighted)
     partner = second_thread()
-    spare, partner.spare = partner.spare, None  # one atomic swap: two fits cannot both take it
+    with partner.spare_lock:  # two fits cannot both take it
+        spare, partner.spare = partner.spare, None
     if spare is not None and spare[0] == key:
         return spare[1]
     return split_bundle(net, bmax, weighted)
@@ -184,7 +187,8 @@ def give_back_split_bundle(net, bmax, weighted, bundle):
     if partner is None or partner.pid != os.getpid() or bundle.placement is not partner.signal:
         return
     if sum(buffer.nbytes for buffer in bundle if isinstance(buffer, np.ndarray)) <= SPARE_SPLIT_BYTES:
-        partner.spare = (split_key(net, bmax, weighted), bundle)
+        with partner.spare_lock:
+            partner.spare = (split_key(net, bmax, weighted), bundle)
 
 
 def two_threads_available():
@@ -245,6 +249,7 @@ class SecondThread:
         self.finished = queue.SimpleQueue()
         #: (key, split bundle) that the last fit gave back, or None (``take_split_bundle``)
         self.spare = None
+        self.spare_lock = threading.Lock()
         #: calls counted in :attr:`signal` that this thread has served
         self.served = 0
         threading.Thread(target=self._serve, name="fastbp-split", daemon=True).start()
@@ -386,6 +391,7 @@ class CpuEngine:
             except RuntimeError:  # no thread to be had ("can't start new thread"): one thread
                 split = False
         self.split = take_split_bundle(net, self.bmax, sample_weight is not None) if split else None
+        self._split_clean = True
         self.kernel_threads = 1 if split else threads
         segments = checkpoint_segments(n_layers, checkpoint) if checkpoint and not small else None
         self.network = network_bundle(net, loss_code)
@@ -408,7 +414,10 @@ class CpuEngine:
             args = (self.network, self.optimizer, self.hyper._replace(lr=float(lr)), self.work,
                     Data(self.X, self.Y, perm, self.sample_weight), (int(first), int(stop)), self.split,
                     (float(self.net.keep[0]), self.seed, int(epoch)))
-            if second_thread().run(cpu_split.train_batches, args, self.split.state):
+            self._split_clean = False  # until the call has ended in the normal way
+            together = second_thread().run(cpu_split.train_batches, args, self.split.state)
+            self._split_clean = True
+            if together:
                 return float(self.work.sums[0]), int(self.work.counts[0])
             warnings.warn("fastbp: the two training threads did not run at the same time; this fit goes on "
                           "on one thread", RuntimeWarning, stacklevel=2)
@@ -450,10 +459,11 @@ class CpuEngine:
         """Nothing to copy: the kernels work on ``net.theta`` itself."""
 
     def finish(self):
-        """Nothing to copy back; the split bundle is kept for the next fit of this shape."""
-        if self.split is not None:
+        """Nothing to copy back; the split bundle is kept for the next fit of this shape
+        unless a call raised (an interrupt may have left the second thread on it)."""
+        if self.split is not None and self._split_clean:
             give_back_split_bundle(self.net, self.bmax, self.sample_weight is not None, self.split)
-            self.split = None
+        self.split = None
 
 
 def _row_slices(net, n, chunk):

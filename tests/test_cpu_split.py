@@ -244,6 +244,27 @@ def test_a_fit_takes_the_buffers_the_last_fit_of_its_shape_gave_back(dtype):
     assert partner.spare[0] == cpu_training.split_key(net, 6, False)
 
 
+def test_a_fit_whose_call_was_interrupted_keeps_no_buffers(monkeypatch):
+    """After an interrupt inside a call the second thread may still be waiting on that
+    call's barrier state: the fit's buffers are dropped, not kept for the next fit."""
+    X, Y = make_data(24, [7, 10, 3], "softmax", np.float64, seed=2)
+    partner = cpu_training.second_thread()
+    partner.spare = None
+    calls = []
+
+    def interrupted(self, kernel, args, state):
+        calls.append(args[6])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cpu_training.SecondThread, "run", interrupted)
+    net = fastbp.MLP([7, 10, 3], seed=1, dtype=np.float64)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, epochs=1, batch_size=5, threads=2)
+    assert len(calls) == 1 and partner.spare is None
+    monkeypatch.undo()
+    net.fit(X, Y, epochs=1, batch_size=5, threads=2)
+    assert partner.spare is not None and partner.spare[1] is not calls[0]
+
+
 def test_chunking_does_not_change_the_bits(dtype):
     """An epoch in one compiled call or in several (the shards are copied in and out of θ
     and the optimizer state at each call): the same bits."""
