@@ -481,6 +481,40 @@ def memory_model(config, rows_small, rows_big):
             "fixed_over_params": fixed / (n_params * itemsize)}
 
 
+def _fixed_work(n=20_000):
+    """A fixed piece of Python work (~1-2 ms): its time tells how fast a CPU runs now."""
+    x = 0
+    for i in range(n):
+        x = (x + i * i) & 0xFFFF
+    return x
+
+
+def cpu_speeds(repeats=5):
+    """How fast each CPU this process may use runs right now: the calling thread pinned to
+    each in turn (its CPU mask restored after) times :func:`_fixed_work`, median of
+    ``repeats``. Returns {"cpus": [...], "seconds": [...], "slowest_over_fastest": speed of
+    the slowest CPU ÷ the fastest's}, or None where CPU masks are not available. A shared
+    host can run one vCPU much slower than another for seconds (``benchmarks/README.md``
+    section 15), and a two-thread fit goes at the slower one's pace: this puts a number on
+    it beside each configuration's timings."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    mask = os.sched_getaffinity(0)
+    cpus, seconds = sorted(mask), []
+    try:
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                _fixed_work()
+                times.append(time.perf_counter() - t0)
+            seconds.append(statistics.median(times))
+    finally:
+        os.sched_setaffinity(0, mask)
+    return {"cpus": cpus, "seconds": seconds, "slowest_over_fastest": min(seconds) / max(seconds)}
+
+
 def machine_info():
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
             "machine": platform.machine(), "processor": _cpu_name(), "cpus": os.cpu_count(),
@@ -516,7 +550,9 @@ def run_suite(configs=None, quick=False, repeats=None, start=True, memory=True, 
     results["gemm_gflops"] = gemm_rate(repeats=2 if quick else 7)
     for name in names:
         say(f"config {name} ...")
+        speeds = cpu_speeds()
         result = bench_config(CONFIGS[name], quick=quick, repeats=repeats, with_torch=with_torch)
+        result["cpu_speed"] = speeds
         results["configs"].append(result)
     if start:
         say("cold / warm start ...")
@@ -579,6 +615,11 @@ def format_report(results, targets=False):
         lines.append(row)
     if not torch:
         lines.append("(PyTorch not importable: skipped)")
+    speeds = [(r["config"], r["cpu_speed"]) for r in results["configs"] if r.get("cpu_speed")]
+    if speeds and len(speeds[0][1]["cpus"]) > 1:
+        lines.append("CPU speed before each configuration, slowest CPU ÷ fastest (a fixed loop pinned to each): "
+                     + ", ".join(f"{name} {s['slowest_over_fastest']:.2f}" for name, s in speeds)
+                     + "; far below 1, a two-thread fit goes at the slower CPU's pace")
     lines.append("samples/s trained: fastbp/s is MLP.fit(epochs=1) wall time, kernel/s the compiled epoch alone")
     lines.append("(History.seconds), ref/s the NumPy reference on the same batches; speedup = fastbp/s ÷ ref/s,")
     lines.append("medians of interleaved epochs (best: ratio of the fastest epochs).")

@@ -4,6 +4,7 @@ command line. Timings themselves are not checked (noise); what is computed from 
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -136,16 +137,48 @@ def test_run_suite_collects_every_part(monkeypatch):
     monkeypatch.setattr(bench, "robustness", lambda c, quick: asked.append(("robust", c.name, quick)) or {"r": 1})
     monkeypatch.setattr(bench, "inference", lambda c, quick: asked.append(("infer", c.name, quick)) or {"i": 1})
     monkeypatch.setattr(bench, "memory_model", lambda c, *rows: asked.append(("memory", c.name, rows)) or {"m": 1})
+    monkeypatch.setattr(bench, "cpu_speeds", lambda: asked.append(("speeds",)) or {"s": len(asked)})
     said = []
     results = bench.run_suite(["sgd", "small"], quick=True, progress=said.append)
-    assert asked == [("gemm", 2), ("config", "sgd", True), ("config", "small", True), ("robust", "mnist", True),
-                     ("infer", "mnist", True), ("memory", "mnist", (1024, 2048))]
-    assert results["configs"] == [{"c": "sgd"}, {"c": "small"}] and results["gemm_gflops"] == 100.0
+    assert asked == [("gemm", 2), ("speeds",), ("config", "sgd", True), ("speeds",), ("config", "small", True),
+                     ("robust", "mnist", True), ("infer", "mnist", True), ("memory", "mnist", (1024, 2048))]
+    assert results["configs"] == [{"c": "sgd", "cpu_speed": {"s": 2}}, {"c": "small", "cpu_speed": {"s": 4}}]
+    assert results["gemm_gflops"] == 100.0
     assert (results["start"], results["robustness"], results["inference"], results["memory"]) == \
         ({"start": 1}, {"r": 1}, {"i": 1}, {"m": 1})
     assert said[-1] == "fit memory ..." and any("robustness" in s for s in said)
     bench.run_suite(["sgd"], quick=False, start=False, robust=False)
     assert asked[-1] == ("memory", "mnist", (4096, 16384)) and asked[-2] == ("config", "sgd", False)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU masks are Linux's")
+def test_cpu_speeds_times_each_cpu_pinned_and_restores_the_mask(monkeypatch):
+    """Each CPU of the process's mask in turn, the thread pinned to it while it works; the
+    mask comes back; the ratio is the slowest CPU's speed over the fastest's."""
+    mask = os.sched_getaffinity(0)
+    last = max(mask)
+    seen = []
+
+    def work():  # twice as long on the last CPU
+        pinned = os.sched_getaffinity(0)
+        seen.append(pinned)
+        time.sleep(0.004 if pinned == {last} else 0.002)
+    monkeypatch.setattr(bench, "_fixed_work", work)
+    speeds = bench.cpu_speeds(repeats=2)
+    assert os.sched_getaffinity(0) == mask
+    assert speeds["cpus"] == sorted(mask) and seen == [{cpu} for cpu in sorted(mask) for _ in range(2)]
+    if len(mask) > 1:
+        assert 0.3 < speeds["slowest_over_fastest"] < 0.8
+    assert bench.cpu_speeds(repeats=1)["slowest_over_fastest"] <= 1
+
+
+def test_report_names_each_configurations_cpu_speed():
+    results = full_results()
+    assert "CPU speed" not in bench.format_report(results)  # older JSON: no line
+    results["configs"][0].update(config="small", cpu_speed={"cpus": [0, 1], "seconds": [1e-3, 2e-3],
+                                                            "slowest_over_fastest": 0.5})
+    assert ("CPU speed before each configuration, slowest CPU ÷ fastest (a fixed loop pinned to each): small 0.50; "
+            "far below 1, a two-thread fit goes at the slower CPU's pace") in bench.format_report(results).splitlines()
 
 
 def full_results():
