@@ -72,12 +72,12 @@ Deviations (besides scikit-learn's private internals -- ``_forward_pass``,
   after each hidden layer (γ lives in the network's parameters, not in ``coefs_``).
 
 fastbp extras: ``device`` (``"cpu"`` or ``"cuda"``: where the stochastic solvers' epochs
-and lbfgs's gradients run; predictions and early stopping's validation scores are computed on
-the CPU from the fitted parameters, so a fitted estimator predicts anywhere; lbfgs's every
+and lbfgs's gradients run; predictions and early stopping's validation scores are computed
+on the CPU from the fitted parameters, so a fitted estimator predicts anywhere; each lbfgs
 function evaluation is one ``flat_gradient`` call, which copies X to the device: worth it
-for large X only) and ``dtype``
-(None: float32 input trains in float32, anything else in float64, as sklearn does; or force
-"float32"/"float64"). ``lbfgs`` always optimises in float64 and casts back.
+for large X only) and ``dtype`` (None: float32 input trains in float32, anything else in
+float64, as sklearn does; or force "float32"/"float64"). ``lbfgs`` always optimises in
+float64 and casts back.
 """
 
 import numbers

@@ -93,8 +93,9 @@ def stamp_with_sources(dispatcher):
     :func:`sources_digest` added, so a change in any of them recompiles. (A private
     attribute of Numba's cache: where it is missing the default stamp stays.)"""
     cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
-    if cache_file is not None and hasattr(cache_file, "_source_stamp") and sources_digest() is not None:
-        cache_file._source_stamp = (cache_file._source_stamp, sources_digest())
+    digest = sources_digest()
+    if cache_file is not None and hasattr(cache_file, "_source_stamp") and digest is not None:
+        cache_file._source_stamp = (cache_file._source_stamp, digest)
     return dispatcher
 
 
