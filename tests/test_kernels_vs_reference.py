@@ -295,3 +295,23 @@ def test_rowwise_softmax_propagates_nan():
     a, delta = np.empty_like(z), np.empty_like(z)
     loss = split_softmax(z, np.zeros(4), a, np.eye(4)[[0, 1, 2]], 1 / 3, None, delta, np.empty(8 * 3))
     assert np.isnan(loss) and np.isnan(a[1]).all() and np.isfinite(a[[0, 2]]).all()
+
+
+kernel_correct_count = python_callable(cpu.correct_count)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 10), (7, 2), (32, 10), (33, 17)])
+def test_correct_count_matches_reference(rows, cols, dtype):
+    """The kernels' hit count against numpy's argmax (the first of equal maxima wins): random
+    outputs, rows with ties (including a tie at the target), soft targets, and the sigmoid
+    rule."""
+    rng = np.random.default_rng(rows * 100 + cols)
+    a = rng.random((rows, cols)).astype(dtype)
+    Y = np.eye(cols, dtype=dtype)[rng.integers(0, cols, rows)]
+    a[0] = 0.5  # every column tied: column 0 wins
+    if rows > 2:
+        a[1, :] = 0.25
+        a[1, [cols - 1, cols // 2]] = 0.75  # two tied maxima: the first of them wins
+        Y[2] = rng.random(cols).astype(dtype)  # soft targets
+    for output, code in (("softmax", cpu.SOFTMAX), ("sigmoid", cpu.SIGMOID)):
+        assert kernel_correct_count(a, Y, code) == reference.correct_count(a, Y, output)
