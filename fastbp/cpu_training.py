@@ -110,18 +110,32 @@ def small_bundle(net, bmax):
 
 #: bytes of a cache line: what one thread writes in the split path starts on a line of its own
 CACHE_LINE = 64
+#: bytes of a page
+PAGE = 4096
+#: bytes of gap after each row of the split path's buffers (``line_aligned_rows``): a page
+ROW_GAP = PAGE
 
 
 def line_aligned_rows(shapes, dtype):
     """C-contiguous zero arrays of ``shapes`` carved from one allocation, each starting on a
-    cache line and with its last dimension padded to whole lines plus one line of gap: no
-    two rows share a line. The two threads of the split path each write their own rows, and
-    a line both wrote would move between the cores at every write (false sharing: it made
-    the path's steps ~1.8× slower, ``benchmarks/README.md`` section 11). The kernels use
-    each row's first ``shape[-1]`` elements."""
+    cache line and with its last dimension padded to whole lines plus a gap of one page: no
+    two rows share a line, nor a 4 KB page. The two threads of the split path each write
+    their own rows.
+
+    * A line both wrote would move between the cores at every write (false sharing: it made
+      the path's steps ~1.8× slower, ``benchmarks/README.md`` section 11).
+    * The page: the cores' hardware prefetchers run ahead of a stream of reads, up to the
+      end of its page. With one line of gap, a thread streaming through the end of its row
+      (its shard in the Adam step, its activations) fetched the first lines of the next row,
+      the other thread's, and took them from the core that was writing them. Epochs of
+      64-128-10 × 32 took 7-9 % longer in a normal sitting and up to 30 % longer in a slow
+      one (``benchmarks/README.md`` section 16).
+
+    The kernels use each row's first ``shape[-1]`` elements."""
     itemsize = np.dtype(dtype).itemsize
     per_line = CACHE_LINE // itemsize
-    padded = [(*lead, (-(-width // per_line) + 1) * per_line) for *lead, width in shapes]
+    gap = ROW_GAP // itemsize
+    padded = [(*lead, -(-width // per_line) * per_line + gap) for *lead, width in shapes]
     sizes = [math.prod(shape) for shape in padded]
     raw = np.zeros(sum(sizes) + per_line, dtype)
     offset = (-raw.ctypes.data % CACHE_LINE) // itemsize

@@ -610,18 +610,22 @@ def test_a_forked_child_trains_on_two_threads():
     assert calls >= 1 and theta == net.theta.tobytes()
 
 
-def _lines(array, index, width):
-    """The cache lines holding the first ``width`` elements of ``array[index]``."""
-    line = cpu_training.CACHE_LINE
+def _blocks(array, index, width, block):
+    """The blocks of ``block`` bytes (cache lines, pages) holding the first ``width``
+    elements of ``array[index]``."""
     start = array[index].ctypes.data
-    return set(range(start // line, (start + width * array.itemsize - 1) // line + 1))
+    return set(range(start // block, (start + width * array.itemsize - 1) // block + 1))
 
 
+@pytest.mark.parametrize("block", ["line", "page"])
 @pytest.mark.parametrize("sizes,bmax", [([64, 128, 10], 32), ([5, 7, 3], 7), ([3, 2, 2], 1)])
-def test_no_cache_line_is_written_by_both_threads(sizes, bmax):
+def test_no_cache_line_or_page_is_written_by_both_threads(sizes, bmax, block):
     """Each thread writes its own rows of the split buffers; a line holding part of both
     threads' rows would move between the cores at every write (false sharing: it made the
-    path's steps ~1.8x slower in some processes). No line is shared."""
+    path's steps ~1.8x slower in some processes), and a page holding both would let one
+    core's prefetcher, running ahead to the end of the page, take the other's lines (7-30 %
+    slower epochs). No line and no page is shared."""
+    size = cpu_training.CACHE_LINE if block == "line" else cpu_training.PAGE
     net = fastbp.MLP(sizes, dtype="float32")
     split = cpu_training.split_bundle(net, bmax)
     d, hidden, k = sizes
@@ -637,13 +641,13 @@ def test_no_cache_line_is_written_by_both_threads(sizes, bmax):
             array = getattr(split, name)
             if name == "exchange":
                 for parity in range(2):
-                    lines |= _lines(array, (parity, t), width)
+                    lines |= _blocks(array, (parity, t), width, size)
             elif name == "parts":
                 for parity in range(2):
                     for layer in range(2):
-                        lines |= _lines(array, (parity, t, layer), width)
+                        lines |= _blocks(array, (parity, t, layer), width, size)
             else:
-                lines |= _lines(array, t, width)
+                lines |= _blocks(array, t, width, size)
         per_thread.append(lines)
     assert not per_thread[0] & per_thread[1]
 

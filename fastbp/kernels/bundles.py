@@ -78,8 +78,8 @@ Small = namedtuple("Small", "transposed pad_b pad_out")
 #: ``sync.MASK_ROWS`` × ``sync.AFFINITY_BYTES``, ``sync.keep_apart``), both ``cpu_training.SecondThread``'s, and
 #: ``rowwise``, float64 scratch of the softmax (``cpu_split.softmax_cross_entropy``), and
 #: ``row_weights`` (float64, a batch's sample weights per thread; None without weights).
-#: Every row is padded to cache lines of its own (``cpu_training.line_aligned_rows``): the
-#: kernels use a prefix of it
+#: Every row is padded to cache lines of its own and followed by a page of gap
+#: (``cpu_training.line_aligned_rows``): the kernels use a prefix of it
 Split = namedtuple("Split", "theta grad state1 state2 xs ys zs acts exchange logits outputs delta_out "
                             "delta_hidden dmasks dacts parts norms pending state placement masks rowwise "
                             "row_weights")
