@@ -562,7 +562,7 @@ def test_automatic_choice_follows_the_table(monkeypatch):
     assert not cpu_training.use_split(net, 8, rows)
     assert not cpu_training.use_split(net, 32, rows - 2), "too little work per epoch"
     assert not cpu_training.use_split(fastbp.MLP([64, 32, 10], dtype="float32"), 32, 10 ** 6)
-    assert not cpu_training.use_split(fastbp.MLP([64, 256, 10], dtype="float32"), 32, 10 ** 6)
+    assert not cpu_training.use_split(fastbp.MLP([64, 256, 10], dtype="float32"), 32, 10 ** 6)  # past the table
     assert not cpu_training.use_split(fastbp.MLP([64, 128, 10], dtype="float64"), 32, rows)
     monkeypatch.setattr(cpu_split, "FASTER_THAN_ONE_THREAD", {})
     assert not cpu_training.use_split(net, 32, rows)
