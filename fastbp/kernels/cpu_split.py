@@ -298,6 +298,19 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
     hidden_code, out_code = codes[0], codes[1]
     keep, seed, epoch = dropout
     zero = np.int64(0)
+    # each buffer as a (bmax, columns) array once; a batch takes its first rows (a slice: a
+    # reshape per buffer and batch called into Numba's runtime, ~26 ns each, ~0.3 µs a batch)
+    xs, ys = cpu.rows_view(split.xs[t], zero, bmax, d), cpu.rows_view(split.ys[t], zero, bmax, k)
+    zs, acts = cpu.rows_view(split.zs[t], zero, bmax, h), cpu.rows_view(split.acts[t], zero, bmax, h)
+    masked = bmax if keep < 1 else zero  # the dropout buffers hold one element without dropout
+    dmasks, dacts = cpu.rows_view(split.dmasks[t], zero, masked, h), cpu.rows_view(split.dacts[t], zero, masked, h)
+    exchange = ((cpu.rows_view(split.exchange[0, 0], zero, bmax, k),
+                 cpu.rows_view(split.exchange[0, 1], zero, bmax, k)),
+                (cpu.rows_view(split.exchange[1, 0], zero, bmax, k),
+                 cpu.rows_view(split.exchange[1, 1], zero, bmax, k)))  # [parity][thread]
+    logits_all, outputs = cpu.rows_view(split.logits[t], zero, bmax, k), cpu.rows_view(split.outputs[t], zero, bmax, k)
+    deltas_out = cpu.rows_view(split.delta_out[t], zero, bmax, k)
+    deltas_hidden = cpu.rows_view(split.delta_hidden[t], zero, bmax, h)
     pending_loss, pending_rows = 0.0, 0  # the bookkeeper's previous batch, recorded once both threads' sums are in
     trained = 0
     for b in range(first, stop):
@@ -311,33 +324,28 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
         scale = rows / weight_sum  # B/Σw: exactly 1 without weights
         step_hyper = cpu.batch_hyper(hyper, data.weights, scale)
         parity = trained % 2
-        x = cpu.rows_view(split.xs[t], zero, rows, d)
-        y = cpu.rows_view(split.ys[t], zero, rows, k)
+        x, y = xs[:rows], ys[:rows]
         cpu.gather_rows(X, perm, start, rows, x)
         cpu.gather_rows(Y, perm, start, rows, y)
-        z = cpu.rows_view(split.zs[t], zero, rows, h)
-        a = cpu.rows_view(split.acts[t], zero, rows, h)
+        z, a = zs[:rows], acts[:rows]
         step = step0 + trained + 1
         np.dot(x, w1, z)
         cpu.forward_epilogue(z, b1, hidden_code, a)
         kept = a  # what W² reads: a, or its dropped copy
         if keep < 1:
-            mask = cpu.rows_view(split.dmasks[t], zero, rows, h)
-            kept = cpu.rows_view(split.dacts[t], zero, rows, h)
+            mask, kept = dmasks[:rows], dacts[:rows]
             cpu.draw_mask(mask, keep, cpu.stream_key(seed, epoch, step, 0), lo)  # its units' masks
             cpu.apply_mask(a, mask, kept)
-        np.dot(kept, w2, cpu.rows_view(split.exchange[parity, t], zero, rows, k))
+        halves = exchange[parity]
+        np.dot(kept, w2, halves[t][:rows])
         sync.barrier(split.state)
         if t == BOOKKEEPER and trained > 0:  # the other thread's sums of the previous batch are complete now
             record_batch(diagnostics, totals, split.parts[1 - parity], pending_loss, pending_rows)
-        part0 = cpu.rows_view(split.exchange[parity, 0], zero, rows, k)
-        part1 = cpu.rows_view(split.exchange[parity, 1], zero, rows, k)
-        logits = cpu.rows_view(split.logits[t], zero, rows, k)
+        part0, part1, logits = halves[0][:rows], halves[1][:rows], logits_all[:rows]
         for i in range(rows):  # the same order on both threads: the same logits, δ² and b²
             for j in range(k):
                 logits[i, j] = part0[i, j] + part1[i, j]
-        out = cpu.rows_view(split.outputs[t], zero, rows, k)
-        delta = cpu.rows_view(split.delta_out[t], zero, rows, k)
+        out, delta = outputs[:rows], deltas_out[:rows]
         inv_sum = 1.0 / weight_sum  # 1/B without weights
         if out_code == cpu.SOFTMAX and loss_code == cpu.CE:
             loss = softmax_cross_entropy(logits, b2, out, y, inv_sum, row_weights, delta, split.rowwise[t])
@@ -346,11 +354,11 @@ def thread_batches(t, split, data, hyper, codes, loss_code, opt_code, diagnostic
             loss = cpu.output_delta(logits, out, y, out_code, loss_code, inv_sum, row_weights, delta)
         np.dot(kept.T, delta, dw2)
         cpu.bias_gradient(delta, db2)
-        delta_hidden = cpu.rows_view(split.delta_hidden[t], zero, rows, h)
+        delta_hidden = deltas_hidden[:rows]
         np.dot(delta, w2.T, delta_hidden)
         cpu.delta_epilogue(z, a, hidden_code, delta_hidden)
         if keep < 1:
-            cpu.apply_mask(delta_hidden, cpu.rows_view(split.dmasks[t], zero, rows, h), delta_hidden)
+            cpu.apply_mask(delta_hidden, dmasks[:rows], delta_hidden)
         np.dot(x.T, delta_hidden, dw1)
         cpu.bias_gradient(delta_hidden, db1)
         clip_scale = 1.0
