@@ -97,6 +97,7 @@ PROTOTYPE_ARGS = {
     "small_phases": ["--sizes", "9,17,5", "--batch", "4", "--rows", "64", "--rounds", "1"],
     "split_crossover": ["--inputs", "9", "--hidden", "17", "--batches", "8", "--rounds", "1", "--work", "20000"],
     "split_after_idle": ["--fits", "1", "--pause", "0", "--rows", "100"],
+    "split_layout": ["--rounds", "1", "--fits", "1", "--sizes", "9,17,10", "--batch", "8", "--rows", "200"],
 }
 
 
@@ -123,6 +124,14 @@ def test_split_crossover_times_dropout_clip_norm_and_weights(capsys):
     pair = [module.engine([9, 17, 10], X, Y, 8, 0, threads, 0.2, 1.0, np.ones(X.shape[0])) for threads in (1, 2)]
     assert pair[0].split is None and pair[1].split is not None
     assert pair[1].split.row_weights is not None and pair[1].hyper.clip_norm == 1.0 and pair[1].net.keep[0] < 1
+
+
+def test_split_crossover_against_the_blas_threads_of_a_fit(capsys):
+    """``--auto-blas``: the one-thread side with the BLAS threads a fit would choose."""
+    module = importlib.import_module("benchmarks.prototypes.split_crossover")
+    module.main(PROTOTYPE_ARGS["split_crossover"] + ["--auto-blas"])
+    out = capsys.readouterr().out
+    assert out.count("\n") >= 2 and "9-17-10" in out, out
 
 
 def test_prototypes_define_no_asv_benchmark_names():

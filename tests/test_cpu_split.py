@@ -568,6 +568,20 @@ def test_automatic_choice_follows_the_table(monkeypatch):
     assert not cpu_training.use_split(net, 32, rows)
 
 
+def test_no_automatic_split_where_one_thread_would_run_two_blas_threads():
+    """The crossover table was measured against one BLAS thread; where a fit on one thread
+    would run the kernels' BLAS on two (``threads.choose_threads``), the split path lost and
+    is not picked: 256-256-10 from batch 64, 784-256-10 from batch 32 (one product of
+    batch × 256 × 784 ≥ 2²² multiply-adds). Below that the table decides."""
+    rows = 10 ** 7
+    assert cpu_training.use_split(fastbp.MLP([64, 256, 10], dtype="float32"), 32, rows)
+    assert cpu_training.use_split(fastbp.MLP([256, 256, 10], dtype="float32"), 32, rows)
+    assert not cpu_training.use_split(fastbp.MLP([256, 256, 10], dtype="float32"), 64, rows)
+    assert cpu_training.use_split(fastbp.MLP([784, 256, 10], dtype="float32"), 16, rows)
+    assert not cpu_training.use_split(fastbp.MLP([784, 256, 10], dtype="float32"), 32, rows)
+    assert cpu_training.use_split(fastbp.MLP([784, 256, 10], dtype="float32"), 32, rows, threads=2)  # asked for
+
+
 def test_the_bench_small_network_takes_the_path():
     """``fastbp bench``'s small configuration (64-128-10, batch 32, 16384 rows) trains on two
     threads; ``fastbp train``'s digits network (64-64-10, 1.4 k rows) on one."""

@@ -10,8 +10,14 @@ ratio (> 1: two threads win).
         [--dropout P] [--clip-norm C] [--weighted]
 
 ``--dropout``, ``--clip-norm`` and ``--weighted`` (sample weights uniform in [0.5, 2))
-time fits with those options on both sides instead of plain ones.
+time fits with those options on both sides instead of plain ones. ``--auto-blas``: the
+one-thread side runs the kernels' BLAS pool as a fit on one thread would
+(``threads.blas_threads``: two threads where a product has at least
+``threads.CROSSOVER_MNK`` multiply-adds), not on one thread; the split path runs one BLAS
+thread per thread either way, as in a fit.
 """
+
+import contextlib
 
 import argparse
 
@@ -20,9 +26,9 @@ from threadpoolctl import threadpool_limits
 
 from fastbp import MLP, Adam, cpu_training, spec
 from fastbp.network import FitState
-from fastbp.threads import blas_pools
+from fastbp.threads import blas_pools, blas_threads
 
-from .small_crossover import WORK, interleaved_timings, training_set
+from .small_crossover import WORK, interleaved_timings, seconds_per_batch, training_set
 
 
 def engine(sizes, X, Y, batch, seed, threads, dropout=0.0, clip_norm=0.0, weights=None):
@@ -34,8 +40,9 @@ def engine(sizes, X, Y, batch, seed, threads, dropout=0.0, clip_norm=0.0, weight
                                   clip_norm=clip_norm, clip_value=0.0, sample_weight=weights, threads=threads)
 
 
-def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0, weighted=False):
-    """µs per batch: (median one thread, median two, best one, best two), the same data and start."""
+def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0, weighted=False, auto_blas=False):
+    """µs per batch: (median one thread, median two, best one, best two), the same data and start;
+    ``auto_blas``: the one-thread side with the BLAS threads a fit would choose."""
     X, Y, perm = training_set(sizes, batch, work, seed)
     weights = np.random.default_rng(seed + 1).uniform(0.5, 2.0, X.shape[0]) if weighted else None
     pair = [engine(sizes, X, Y, batch, seed, threads, dropout, clip_norm, weights) for threads in (1, 2)]
@@ -43,7 +50,17 @@ def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0,
         raise RuntimeError("threads=1 must train on one thread and threads=2 on the split path")
     for e in pair:
         e.small = None
-    return interleaved_timings(pair, perm, rounds)
+    if not auto_blas:
+        return interleaved_timings(pair, perm, rounds)
+    pools = [lambda: blas_threads(sizes, batch), lambda: blas_threads(sizes, batch, 1)]
+    times = [[], []]
+    for r in range(rounds + 1):  # the first round warms up
+        for k, e in enumerate(pair):
+            with pools[k]():
+                seconds = seconds_per_batch(e, perm)
+            if r:
+                times[k].append(seconds)
+    return [float(np.median(t)) * 1e6 for t in times] + [float(np.min(t)) * 1e6 for t in times]
 
 
 def main(argv=None):
@@ -56,6 +73,8 @@ def main(argv=None):
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout probability of the hidden units")
     parser.add_argument("--clip-norm", type=float, default=0.0, help="clip the global gradient norm (0: off)")
     parser.add_argument("--weighted", action="store_true", help="sample weights uniform in [0.5, 2)")
+    parser.add_argument("--auto-blas", action="store_true",
+                        help="one-thread side: the BLAS threads a fit would choose (else one)")
     args = parser.parse_args(argv)
     blas_pools()
     batches = [int(b) for b in args.batches.split(",")]
@@ -63,13 +82,13 @@ def main(argv=None):
     if not cpu_training.two_threads_available():
         print("the split path cannot run here (it needs Linux on x86-64 and two cores)")
         return
-    with threadpool_limits(1):
+    with contextlib.nullcontext() if args.auto_blas else threadpool_limits(1):
         for d in (int(v) for v in args.inputs.split(",")):
             for hidden in (int(v) for v in args.hidden.split(",")):
                 for batch in batches:
                     one, two, best_one, best_two = compare([d, hidden, 10], batch, args.rounds, args.work,
                                                            dropout=args.dropout, clip_norm=args.clip_norm,
-                                                           weighted=args.weighted)
+                                                           weighted=args.weighted, auto_blas=args.auto_blas)
                     print(f"{f'{d}-{hidden}-10':>14}{batch:>7}{one:>13.2f}{two:>14.2f}{one / two:>8.2f}"
                           f"{best_one / best_two:>12.2f}", flush=True)
 

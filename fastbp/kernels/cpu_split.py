@@ -47,6 +47,7 @@ parallel driver made a first split fit on an empty cache ~6 s longer (17.0-18.5 
 
 import numpy as np
 
+from .. import threads
 from . import cpu, simd, sync
 
 _jit = cpu.compiled_only(boundscheck=False)
@@ -58,9 +59,11 @@ _entry = cpu.entry(boundscheck=False)
 #: 2026-12-07 after the page gap between the threads' rows,
 #: ``benchmarks/results/2026-12-07-split-crossover-page-gap.txt``): 1.10-1.84× at hidden
 #: widths 32-128 and 1.01-1.46× at 256 (it lost 0.82-0.92× at 64-256-10 batches 8-32 before
-#: the gap) for every d and batch 8-128; at 16 units 0.85-1.62× (medians). A batch between
-#: measured ones uses the next smaller measured batch (larger batches the largest); a
-#: smaller batch never splits.
+#: the gap) for every d and batch 8-128; at 16 units 0.85-1.62× (medians); at d = 784,
+#: widths 32-256, batches 8-64: 0.96-2.01× (784-256-10 lost only at batch 32, where a fit on
+#: one thread runs its BLAS on two and :func:`wins` keeps it there). Both sides ran one BLAS
+#: thread. A batch between measured ones uses the next smaller measured batch (larger
+#: batches the largest); a smaller batch never splits.
 FASTER_THAN_ONE_THREAD = {8: (32, 256)}
 #: the dtypes the table was measured for
 DTYPES = ("float32",)
@@ -80,11 +83,16 @@ def eligible(sizes, batchnorm=False):
 
 def wins(sizes, dtype, batch, rows):
     """Is the split path faster for a fit of ``rows`` rows (:data:`FASTER_THAN_ONE_THREAD`,
-    :data:`MIN_EPOCH_WORK`)?"""
+    :data:`MIN_EPOCH_WORK`)? Not where a fit on one thread would run its BLAS on two
+    (``threads.choose_threads``): the table was measured against one BLAS thread, and
+    against two the split lost (256-256-10 and 784-128-10 at batch 64: 0.84×, 0.93×,
+    ``python -m benchmarks.prototypes.split_crossover --auto-blas``)."""
     if str(dtype) not in DTYPES:
         return False
     n_params = sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
     if rows * n_params < MIN_EPOCH_WORK:
+        return False
+    if threads.choose_threads(sizes, batch, cores=2) > 1:
         return False
     measured = [b for b in sorted(FASTER_THAN_ONE_THREAD) if b <= batch]
     if not measured:
