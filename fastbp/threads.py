@@ -118,6 +118,17 @@ def kernel_blas_architecture():
     return None
 
 
+def planned_threads(sizes, rows):
+    """The kernels' BLAS threads that :func:`blas_threads` gives a fit of ``rows``-row
+    batches through ``sizes`` without an override: :func:`choose_threads`, capped by the
+    pool's current setting (``threadpool_limits``, ``OPENBLAS_NUM_THREADS``)."""
+    choice = choose_threads(sizes, rows)
+    pools = blas_pools()
+    if pools is None or not pools[0].lib_controllers:
+        return choice
+    return min(choice, min(lib.num_threads for lib in pools[0].lib_controllers))
+
+
 @contextmanager
 def blas_threads(sizes, rows, threads=None):
     """Within the block, the kernels' BLAS pool runs :func:`choose_threads` threads

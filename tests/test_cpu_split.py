@@ -19,9 +19,11 @@ import weakref
 import numba
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import fastbp
 from fastbp import cpu_training, spec
+from fastbp import threads as blas_threads_module
 from fastbp.kernels import cpu_split, sync
 from fastbp.kernels.bundles import Data
 from fastbp.network import FitState
@@ -568,18 +570,25 @@ def test_automatic_choice_follows_the_table(monkeypatch):
     assert not cpu_training.use_split(net, 32, rows)
 
 
-def test_no_automatic_split_where_one_thread_would_run_two_blas_threads():
+def test_no_automatic_split_where_one_thread_would_run_two_blas_threads(monkeypatch):
     """The crossover table was measured against one BLAS thread; where a fit on one thread
-    would run the kernels' BLAS on two (``threads.choose_threads``), the split path lost and
-    is not picked: 256-256-10 from batch 64, 784-256-10 from batch 32 (one product of
-    batch × 256 × 784 ≥ 2²² multiply-adds). Below that the table decides."""
+    would run the kernels' BLAS on two (``threads.planned_threads``), the split path lost and
+    is not picked: 256-256-10 from batch 64, 784-256-10 from batch 32 (a product of
+    batch × 256 × 784 ≥ 2²² multiply-adds). Below that, or with the pool capped at one
+    thread, the table decides."""
+    monkeypatch.setattr(blas_threads_module, "CROSSOVER_MNK", 2 ** 22)  # FASTBP_BLAS_CROSSOVER may be set
+    monkeypatch.setattr(blas_threads_module, "available_cores", lambda: 2)
     rows = 10 ** 7
-    assert cpu_training.use_split(fastbp.MLP([64, 256, 10], dtype="float32"), 32, rows)
-    assert cpu_training.use_split(fastbp.MLP([256, 256, 10], dtype="float32"), 32, rows)
-    assert not cpu_training.use_split(fastbp.MLP([256, 256, 10], dtype="float32"), 64, rows)
-    assert cpu_training.use_split(fastbp.MLP([784, 256, 10], dtype="float32"), 16, rows)
-    assert not cpu_training.use_split(fastbp.MLP([784, 256, 10], dtype="float32"), 32, rows)
-    assert cpu_training.use_split(fastbp.MLP([784, 256, 10], dtype="float32"), 32, rows, threads=2)  # asked for
+    wide = fastbp.MLP([784, 256, 10], dtype="float32")
+    with threadpool_limits(2):
+        assert cpu_training.use_split(fastbp.MLP([64, 256, 10], dtype="float32"), 32, rows)
+        assert cpu_training.use_split(fastbp.MLP([256, 256, 10], dtype="float32"), 32, rows)
+        assert not cpu_training.use_split(fastbp.MLP([256, 256, 10], dtype="float32"), 64, rows)
+        assert cpu_training.use_split(wide, 16, rows)
+        assert not cpu_training.use_split(wide, 32, rows)
+        assert cpu_training.use_split(wide, 32, rows, threads=2)  # asked for
+    with threadpool_limits(1):  # a one-thread fit would run one BLAS thread: the table decides
+        assert cpu_training.use_split(wide, 32, rows)
 
 
 def test_the_bench_small_network_takes_the_path():
@@ -647,7 +656,7 @@ def test_no_cache_line_or_page_is_written_by_both_threads(sizes, bmax, block):
     shard = cpu_split.shard_length(sizes)
     widths = {"theta": shard, "grad": shard, "state1": shard, "state2": shard, "xs": bmax * d, "ys": bmax * k,
               "zs": bmax * h, "acts": bmax * h, "logits": bmax * k, "outputs": bmax * k, "delta_out": bmax * k,
-              "delta_hidden": bmax * h, "exchange": bmax * k, "parts": 4}
+              "delta_hidden": bmax * h, "exchange": bmax * k, "parts": 4, "norms": 1, "dmasks": 1, "dacts": 1}
     per_thread = []
     for t in range(2):
         lines = set()
@@ -660,8 +669,12 @@ def test_no_cache_line_or_page_is_written_by_both_threads(sizes, bmax, block):
                 for parity in range(2):
                     for layer in range(2):
                         lines |= _blocks(array, (parity, t, layer), width, size)
+            elif name == "norms":
+                for parity in range(2):
+                    lines |= _blocks(array, (parity, t), width, size)
             else:
                 lines |= _blocks(array, t, width, size)
+        lines |= _blocks(split.rowwise, t, (k + 3) * bmax, size)  # float64: its own allocation
         per_thread.append(lines)
     assert not per_thread[0] & per_thread[1]
 

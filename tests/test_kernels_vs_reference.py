@@ -309,9 +309,14 @@ def test_correct_count_matches_reference(rows, cols, dtype):
     a = rng.random((rows, cols)).astype(dtype)
     Y = np.eye(cols, dtype=dtype)[rng.integers(0, cols, rows)]
     a[0] = 0.5  # every column tied: column 0 wins
-    if rows > 2:
-        a[1, :] = 0.25
-        a[1, [cols - 1, cols // 2]] = 0.75  # two tied maxima: the first of them wins
-        Y[2] = rng.random(cols).astype(dtype)  # soft targets
+    if rows > 3 and cols > 2:
+        first, second = cols // 2, cols - 1
+        for i, target in ((1, first), (2, second)):  # two tied maxima: the first of them wins
+            a[i, :] = 0.25
+            a[i, [first, second]] = 0.75
+            Y[i] = np.eye(cols, dtype=dtype)[target]  # a hit in row 1, a miss in row 2
+        Y[3] = rng.random(cols).astype(dtype)  # soft targets
     for output, code in (("softmax", cpu.SOFTMAX), ("sigmoid", cpu.SIGMOID)):
         assert kernel_correct_count(a, Y, code) == reference.correct_count(a, Y, output)
+    if rows > 3 and cols > 2:
+        assert kernel_correct_count(a[1:3], Y[1:3], cpu.SOFTMAX) == 1

@@ -14,12 +14,14 @@ time fits with those options on both sides instead of plain ones. ``--auto-blas`
 one-thread side runs the kernels' BLAS pool as a fit on one thread would
 (``threads.blas_threads``: two threads where a product has at least
 ``threads.CROSSOVER_MNK`` multiply-adds), not on one thread; the split path runs one BLAS
-thread per thread either way, as in a fit.
+thread per thread either way, as in a fit. ``--pause S``: sleep S seconds before each
+split epoch (after a two-thread BLAS epoch OpenBLAS's worker spins on the second core for
+~0.1-0.2 s, and a split epoch then runs next to it).
 """
 
-import contextlib
-
 import argparse
+import contextlib
+import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -40,9 +42,11 @@ def engine(sizes, X, Y, batch, seed, threads, dropout=0.0, clip_norm=0.0, weight
                                   clip_norm=clip_norm, clip_value=0.0, sample_weight=weights, threads=threads)
 
 
-def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0, weighted=False, auto_blas=False):
+def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0, weighted=False, auto_blas=False,
+            pause=0.0):
     """µs per batch: (median one thread, median two, best one, best two), the same data and start;
-    ``auto_blas``: the one-thread side with the BLAS threads a fit would choose."""
+    ``auto_blas``: the one-thread side with the BLAS threads a fit would choose; ``pause``:
+    seconds of sleep before each epoch of the split side (with ``auto_blas``)."""
     X, Y, perm = training_set(sizes, batch, work, seed)
     weights = np.random.default_rng(seed + 1).uniform(0.5, 2.0, X.shape[0]) if weighted else None
     pair = [engine(sizes, X, Y, batch, seed, threads, dropout, clip_norm, weights) for threads in (1, 2)]
@@ -56,6 +60,8 @@ def compare(sizes, batch, rounds, work=WORK, seed=0, dropout=0.0, clip_norm=0.0,
     times = [[], []]
     for r in range(rounds + 1):  # the first round warms up
         for k, e in enumerate(pair):
+            if k == 1 and pause > 0:
+                time.sleep(pause)
             with pools[k]():
                 seconds = seconds_per_batch(e, perm)
             if r:
@@ -75,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--weighted", action="store_true", help="sample weights uniform in [0.5, 2)")
     parser.add_argument("--auto-blas", action="store_true",
                         help="one-thread side: the BLAS threads a fit would choose (else one)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="with --auto-blas: seconds of sleep before each split epoch")
     args = parser.parse_args(argv)
     blas_pools()
     batches = [int(b) for b in args.batches.split(",")]
@@ -88,7 +96,8 @@ def main(argv=None):
                 for batch in batches:
                     one, two, best_one, best_two = compare([d, hidden, 10], batch, args.rounds, args.work,
                                                            dropout=args.dropout, clip_norm=args.clip_norm,
-                                                           weighted=args.weighted, auto_blas=args.auto_blas)
+                                                           weighted=args.weighted, auto_blas=args.auto_blas,
+                                                           pause=args.pause)
                     print(f"{f'{d}-{hidden}-10':>14}{batch:>7}{one:>13.2f}{two:>14.2f}{one / two:>8.2f}"
                           f"{best_one / best_two:>12.2f}", flush=True)
 

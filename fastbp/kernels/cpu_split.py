@@ -83,16 +83,18 @@ def eligible(sizes, batchnorm=False):
 
 def wins(sizes, dtype, batch, rows):
     """Is the split path faster for a fit of ``rows`` rows (:data:`FASTER_THAN_ONE_THREAD`,
-    :data:`MIN_EPOCH_WORK`)? Not where a fit on one thread would run its BLAS on two
-    (``threads.choose_threads``): the table was measured against one BLAS thread, and
-    against two the split lost (256-256-10 and 784-128-10 at batch 64: 0.84×, 0.93×,
-    ``python -m benchmarks.prototypes.split_crossover --auto-blas``)."""
+    :data:`MIN_EPOCH_WORK`)? Not where a fit on one thread would run its BLAS on more than
+    one thread (``threads.planned_threads``: a product of ≥ 2²² multiply-adds, and the pool
+    not capped at one): the table was measured against one BLAS thread, and against two
+    the split lost (best epochs at batch 64: 256-128-10 0.87×, 256-256-10 0.90×, 784-128-10
+    0.96×, 784-256-10 0.79×; ``python -m benchmarks.prototypes.split_crossover --auto-blas
+    --pause 0.3``, whose medians the two paths' spinning threads disturb both ways)."""
     if str(dtype) not in DTYPES:
         return False
     n_params = sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:]))
     if rows * n_params < MIN_EPOCH_WORK:
         return False
-    if threads.choose_threads(sizes, batch, cores=2) > 1:
+    if threads.planned_threads(sizes, batch) > 1:
         return False
     measured = [b for b in sorted(FASTER_THAN_ONE_THREAD) if b <= batch]
     if not measured:
