@@ -141,8 +141,7 @@ def blas_threads(sizes, rows, threads=None):
         return
     kernels, numpy_only = pools
     if threads is None:
-        current = min(lib.num_threads for lib in kernels.lib_controllers)
-        threads = min(choose_threads(sizes, rows), current)
+        threads = planned_threads(sizes, rows)
     # each library's own get/set calls: threadpoolctl's ``limit`` first reads every library's
     # full ``info()`` (version and kernel strings), ~0.1 ms of every fit after an idle spell
     targets = [(lib, int(threads)) for lib in kernels.lib_controllers]
